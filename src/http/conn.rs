@@ -1,0 +1,694 @@
+//! One HTTP/1.1 server connection as a sans-IO state machine.
+//!
+//! The socket code hands it the bytes it read and the current time; it hands back the
+//! bytes to write and whether the connection should close. It never touches a socket
+//! or a clock, so every rule here is tested by feeding bytes (see the tests below and
+//! the `http_conn` fuzz target), and the poll loop stays a thin shell.
+//!
+//! Framing follows RFC 9112: `Content-Length` or `chunked` bodies, persistent
+//! connections, pipelined requests answered in order, `Expect: 100-continue`, and a
+//! fixed set of limits that bound what a peer can make us hold.
+
+use std::mem::MaybeUninit;
+use std::time::{Duration, Instant};
+
+use super::chunked::{ChunkError, ChunkedDecoder};
+use super::response::{self, Persistence, Response};
+
+/// What a peer can make one connection hold, and for how long.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    pub max_head_bytes: usize,
+    pub max_headers: usize,
+    pub max_body_bytes: usize,
+    /// Unsent response bytes past which we stop reading requests from this peer.
+    pub max_pending_output: usize,
+    pub header_timeout: Duration,
+    pub body_timeout: Duration,
+    pub idle_timeout: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_head_bytes: 16 * 1024,
+            max_headers: 64,
+            max_body_bytes: 1024 * 1024,
+            max_pending_output: 64 * 1024,
+            header_timeout: Duration::from_secs(10),
+            body_timeout: Duration::from_secs(30),
+            idle_timeout: Duration::from_secs(60),
+        }
+    }
+}
+
+/// httparse needs a header array up front; this caps `--max-headers`.
+pub const MAX_HEADERS_CAP: usize = 1024;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Method {
+    Get,
+    Head,
+    Post,
+    Other,
+}
+
+impl Method {
+    fn from_token(token: &str) -> Method {
+        match token {
+            "GET" => Method::Get,
+            "HEAD" => Method::Head,
+            "POST" => Method::Post,
+            _ => Method::Other,
+        }
+    }
+}
+
+/// A short copy of a request's text (method or path) kept for the log line after the
+/// head's bytes are gone. Fixed size, so keeping it costs no allocation.
+#[derive(Clone, Copy)]
+struct Label<const N: usize> {
+    bytes: [u8; N],
+    len: usize,
+}
+
+impl<const N: usize> Label<N> {
+    fn new(text: &str) -> Self {
+        let mut len = text.len().min(N);
+        while !text.is_char_boundary(len) {
+            len -= 1;
+        }
+        let mut bytes = [0u8; N];
+        bytes[..len].copy_from_slice(&text.as_bytes()[..len]);
+        Label { bytes, len }
+    }
+
+    fn as_str(&self) -> &str {
+        std::str::from_utf8(&self.bytes[..self.len]).unwrap_or("-")
+    }
+}
+
+/// The application behind the connection.
+pub trait Handler {
+    /// A routing decision, kept while the body arrives.
+    type Route: Copy;
+    fn route(&mut self, method: Method, path: &str) -> Self::Route;
+    /// An answer known before the body is read (for `Expect: 100-continue`); `None`
+    /// means the body is wanted.
+    fn early_answer(&mut self, route: Self::Route) -> Option<Response<'_>>;
+    fn respond(&mut self, route: Self::Route, body: &[u8]) -> Response<'_>;
+    /// Called once per response, for the request log.
+    fn exchanged(&mut self, exchange: &Exchange<'_>);
+}
+
+pub struct Exchange<'a> {
+    pub method: &'a str,
+    pub path: &'a str,
+    pub status: u16,
+    /// When the request's head was complete.
+    pub started: Instant,
+}
+
+/// Reusable byte buffers, so that serving a request allocates nothing once warm and
+/// an idle connection holds no buffer at all.
+pub struct BufferPool {
+    free: Vec<Vec<u8>>,
+    max_pooled: usize,
+}
+
+impl BufferPool {
+    const FRESH_CAPACITY: usize = 4096;
+    /// Larger buffers (a big body) are freed rather than kept.
+    const KEEP_CAPACITY: usize = 64 * 1024;
+
+    pub fn new(max_pooled: usize) -> Self {
+        BufferPool { free: Vec::with_capacity(max_pooled), max_pooled }
+    }
+
+    pub fn take(&mut self) -> Vec<u8> {
+        self.free.pop().unwrap_or_else(|| Vec::with_capacity(Self::FRESH_CAPACITY))
+    }
+
+    pub fn give(&mut self, mut buffer: Vec<u8>) {
+        if buffer.capacity() == 0 || buffer.capacity() > Self::KEEP_CAPACITY || self.free.len() >= self.max_pooled {
+            return;
+        }
+        buffer.clear();
+        self.free.push(buffer);
+    }
+
+    pub fn pooled(&self) -> usize {
+        self.free.len()
+    }
+}
+
+/// Everything outside the connection that a step needs.
+pub struct Io<'a, H> {
+    pub handler: &'a mut H,
+    pub limits: &'a Limits,
+    pub pool: &'a mut BufferPool,
+    pub now: Instant,
+    /// The current `Date` header value (empty to omit it).
+    pub date: &'a [u8],
+}
+
+#[derive(Clone, Copy)]
+enum Framing {
+    Length(usize),
+    Chunked(ChunkedDecoder),
+}
+
+/// A request whose head is parsed and whose body is still arriving.
+#[derive(Clone, Copy)]
+struct Pending<R> {
+    route: R,
+    method: Label<16>,
+    path: Label<64>,
+    head_only: bool,
+    persistence: Persistence,
+    framing: Framing,
+    started: Instant,
+}
+
+#[derive(Clone, Copy)]
+enum Phase<R> {
+    /// Between requests: nothing of the next one has arrived.
+    Idle,
+    /// Part of a request head has arrived.
+    Head,
+    Body(Pending<R>),
+}
+
+pub struct Conn<R> {
+    /// Received bytes not yet consumed (a partial request, or requests held back
+    /// while output is over its limit). Empty and unallocated most of the time.
+    inbuf: Vec<u8>,
+    machine: Machine<R>,
+}
+
+struct Machine<R> {
+    out: Vec<u8>,
+    /// Decoded chunked body; used only for chunked requests.
+    body: Vec<u8>,
+    phase: Phase<R>,
+    /// When the current phase began: the base of its timeout.
+    since: Instant,
+    served_any: bool,
+    /// Close once the output is written; nothing more is read or produced.
+    closing: bool,
+    peer_closed: bool,
+}
+
+impl<R: Copy> Conn<R> {
+    pub fn new(now: Instant) -> Self {
+        Conn {
+            inbuf: Vec::new(),
+            machine: Machine {
+                out: Vec::new(),
+                body: Vec::new(),
+                phase: Phase::Idle,
+                since: now,
+                served_any: false,
+                closing: false,
+                peer_closed: false,
+            },
+        }
+    }
+
+    /// Takes bytes read from the peer and answers every complete request in them.
+    pub fn feed<H: Handler<Route = R>>(&mut self, data: &[u8], io: &mut Io<'_, H>) {
+        if self.machine.closing {
+            return;
+        }
+        if self.inbuf.is_empty() {
+            // The common case: whole requests in one read, parsed in place.
+            let used = self.machine.process(data, io);
+            if used < data.len() && !self.machine.closing {
+                if self.inbuf.capacity() == 0 {
+                    self.inbuf = io.pool.take();
+                }
+                self.inbuf.extend_from_slice(&data[used..]);
+            }
+        } else {
+            self.inbuf.extend_from_slice(data);
+            let used = self.machine.process(&self.inbuf, io);
+            self.inbuf.drain(..used);
+        }
+        self.settle(io);
+    }
+
+    /// Continues with buffered requests after the output drained below its limit.
+    pub fn resume<H: Handler<Route = R>>(&mut self, io: &mut Io<'_, H>) {
+        if !self.inbuf.is_empty() && !self.machine.closing {
+            let used = self.machine.process(&self.inbuf, io);
+            self.inbuf.drain(..used);
+        }
+        self.settle(io);
+    }
+
+    /// The peer will send nothing more (read returned 0).
+    pub fn peer_closed<H: Handler<Route = R>>(&mut self, io: &mut Io<'_, H>) {
+        self.machine.peer_closed = true;
+        self.settle(io);
+    }
+
+    /// The deadline passed: answer 408 if a request is half-received, then close.
+    pub fn timed_out<H: Handler<Route = R>>(&mut self, io: &mut Io<'_, H>) {
+        if self.machine.closing {
+            return;
+        }
+        match self.machine.phase {
+            Phase::Idle => self.machine.closing = true,
+            Phase::Head | Phase::Body(_) => {
+                self.machine.fail(408, "request not received in time", io, None);
+            }
+        }
+        self.settle(io);
+    }
+
+    fn settle<H: Handler<Route = R>>(&mut self, io: &mut Io<'_, H>) {
+        let m = &mut self.machine;
+        // Once the peer stopped sending and nothing buffered can make progress, the
+        // rest (a partial request at most) will never complete.
+        if m.peer_closed && m.out.len() < io.limits.max_pending_output {
+            m.closing = true;
+        }
+        if m.closing {
+            self.inbuf.clear();
+        }
+        self.release_idle_buffers(io.pool);
+    }
+
+    fn release_idle_buffers(&mut self, pool: &mut BufferPool) {
+        if self.inbuf.is_empty() && self.inbuf.capacity() > 0 {
+            pool.give(std::mem::take(&mut self.inbuf));
+        }
+        let m = &mut self.machine;
+        if m.out.is_empty() && m.out.capacity() > 0 {
+            pool.give(std::mem::take(&mut m.out));
+        }
+        if m.body.is_empty() && m.body.capacity() > 0 {
+            pool.give(std::mem::take(&mut m.body));
+        }
+    }
+
+    /// Bytes to write to the peer.
+    pub fn output(&self) -> &[u8] {
+        &self.machine.out
+    }
+
+    /// `n` bytes of `output()` were written.
+    pub fn consumed_output(&mut self, n: usize, pool: &mut BufferPool) {
+        let out = &mut self.machine.out;
+        let n = n.min(out.len());
+        if n == out.len() {
+            out.clear();
+            pool.give(std::mem::take(out));
+        } else {
+            out.drain(..n);
+        }
+    }
+
+    /// Whether reading more from the socket is useful now.
+    pub fn wants_read(&self, limits: &Limits) -> bool {
+        let m = &self.machine;
+        !m.closing && !m.peer_closed && m.out.len() < limits.max_pending_output
+    }
+
+    /// Requests are buffered that output back-pressure held back.
+    pub fn has_buffered_input(&self) -> bool {
+        !self.inbuf.is_empty() && !self.machine.closing
+    }
+
+    /// True once the connection should be closed after its output is written.
+    pub fn is_closing(&self) -> bool {
+        self.machine.closing
+    }
+
+    /// Bytes held for this connection, for the memory-bound tests.
+    pub fn buffered_bytes(&self) -> usize {
+        self.inbuf.capacity() + self.machine.out.capacity() + self.machine.body.capacity()
+    }
+
+    /// When this connection times out in its current phase.
+    pub fn deadline(&self, limits: &Limits) -> Instant {
+        let m = &self.machine;
+        let allowed = match m.phase {
+            Phase::Idle if m.served_any => limits.idle_timeout,
+            Phase::Idle | Phase::Head => limits.header_timeout,
+            Phase::Body(_) => limits.body_timeout,
+        };
+        m.since + allowed
+    }
+}
+
+enum BodyStep {
+    /// The whole body is in the input, starting at this offset.
+    InPlace(usize),
+    /// The chunked body is complete in `Machine::body`.
+    Decoded,
+    NeedMore,
+    Broken(ChunkError),
+}
+
+enum HeadOutcome {
+    /// The head was `n` bytes and has been dealt with.
+    Consumed(usize),
+    /// More bytes are needed.
+    Partial,
+    /// The connection is closing.
+    Failed,
+}
+
+impl<R: Copy> Machine<R> {
+    /// Answers every complete request at the start of `input`; returns the bytes used.
+    fn process<H: Handler<Route = R>>(&mut self, input: &[u8], io: &mut Io<'_, H>) -> usize {
+        let mut pos = 0;
+        while !self.closing && self.out.len() < io.limits.max_pending_output {
+            match self.phase {
+                Phase::Idle | Phase::Head => {
+                    let rest = &input[pos..];
+                    if rest.is_empty() {
+                        break;
+                    }
+                    if matches!(self.phase, Phase::Idle) {
+                        self.phase = Phase::Head;
+                        self.since = io.now;
+                    }
+                    match self.parse_head(rest, io) {
+                        HeadOutcome::Consumed(n) => pos += n,
+                        HeadOutcome::Partial => {
+                            if rest.len() > io.limits.max_head_bytes {
+                                self.fail(431, "request head too large", io, None);
+                            }
+                            break;
+                        }
+                        HeadOutcome::Failed => break,
+                    }
+                }
+                Phase::Body(mut pending) => {
+                    let step = match &mut pending.framing {
+                        Framing::Length(length) => {
+                            let length = *length;
+                            if input.len() - pos < length {
+                                break;
+                            }
+                            pos += length;
+                            BodyStep::InPlace(pos - length)
+                        }
+                        Framing::Chunked(decoder) => {
+                            if self.body.capacity() == 0 {
+                                self.body = io.pool.take();
+                            }
+                            match decoder.decode(&input[pos..], &mut self.body, io.limits.max_body_bytes) {
+                                Ok(used) => {
+                                    pos += used;
+                                    if decoder.is_done() { BodyStep::Decoded } else { BodyStep::NeedMore }
+                                }
+                                Err(error) => BodyStep::Broken(error),
+                            }
+                        }
+                    };
+                    match step {
+                        BodyStep::InPlace(start) => self.complete(&pending, &input[start..pos], io),
+                        BodyStep::Decoded => {
+                            let body = std::mem::take(&mut self.body);
+                            self.complete(&pending, &body, io);
+                            self.body = body;
+                            self.body.clear();
+                        }
+                        BodyStep::NeedMore => {
+                            self.phase = Phase::Body(pending);
+                            break;
+                        }
+                        BodyStep::Broken(ChunkError::Malformed) => {
+                            self.fail(400, "malformed chunked body", io, Some(&pending));
+                        }
+                        BodyStep::Broken(ChunkError::TooLarge) => {
+                            self.fail(413, "request body too large", io, Some(&pending));
+                        }
+                    }
+                }
+            }
+        }
+        pos
+    }
+
+    fn parse_head<H: Handler<Route = R>>(&mut self, input: &[u8], io: &mut Io<'_, H>) -> HeadOutcome {
+        let mut headers = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS_CAP];
+        let allowed = io.limits.max_headers.clamp(1, MAX_HEADERS_CAP);
+        let mut request = httparse::Request::new(&mut []);
+        match request.parse_with_uninit_headers(input, &mut headers[..allowed]) {
+            Ok(httparse::Status::Partial) => HeadOutcome::Partial,
+            Ok(httparse::Status::Complete(n)) if n > io.limits.max_head_bytes => {
+                self.fail(431, "request head too large", io, None);
+                HeadOutcome::Failed
+            }
+            Ok(httparse::Status::Complete(n)) => {
+                if self.start_request(&request, io) {
+                    HeadOutcome::Consumed(n)
+                } else {
+                    HeadOutcome::Failed
+                }
+            }
+            Err(httparse::Error::TooManyHeaders) => {
+                self.fail(431, "too many header fields", io, None);
+                HeadOutcome::Failed
+            }
+            Err(httparse::Error::Version) => {
+                self.fail(505, "only HTTP/1.0 and HTTP/1.1 are supported", io, None);
+                HeadOutcome::Failed
+            }
+            Err(_) => {
+                self.fail(400, "malformed request head", io, None);
+                HeadOutcome::Failed
+            }
+        }
+    }
+
+    /// Checks a complete head and sets up reading its body. Returns false when the
+    /// connection is closing because of it.
+    fn start_request<H: Handler<Route = R>>(&mut self, request: &httparse::Request<'_, '_>, io: &mut Io<'_, H>) -> bool {
+        let method_text = request.method.unwrap_or("");
+        let target = request.path.unwrap_or("/");
+        let http11 = request.version == Some(1);
+        let head = match HeadFields::read(request.headers) {
+            Ok(head) => head,
+            Err((status, message)) => {
+                self.fail_labelled(status, message, io, method_text, target);
+                return false;
+            }
+        };
+        if http11 && head.hosts != 1 {
+            self.fail_labelled(400, "exactly one Host header is required", io, method_text, target);
+            return false;
+        }
+        let framing = if head.chunked {
+            Framing::Chunked(ChunkedDecoder::default())
+        } else {
+            match head.content_length {
+                Some(n) if n > io.limits.max_body_bytes as u64 => {
+                    self.fail_labelled(413, "request body too large", io, method_text, target);
+                    return false;
+                }
+                Some(n) => Framing::Length(n as usize),
+                None => Framing::Length(0),
+            }
+        };
+        let has_body = !matches!(framing, Framing::Length(0));
+        if head.unknown_expectation && http11 {
+            self.fail_labelled(417, "only Expect: 100-continue is supported", io, method_text, target);
+            return false;
+        }
+        let keep_alive = if http11 { !head.close } else { head.keep_alive && !head.close };
+        let persistence = match (keep_alive, http11) {
+            (false, _) => Persistence::Close,
+            (true, true) => Persistence::KeepAlive,
+            (true, false) => Persistence::KeepAliveHttp10,
+        };
+        let method = Method::from_token(method_text);
+        let path = route_path(target);
+        let route = io.handler.route(method, path);
+        let pending = Pending {
+            route,
+            method: Label::new(method_text),
+            path: Label::new(path),
+            head_only: method == Method::Head,
+            persistence,
+            framing,
+            started: io.now,
+        };
+        if head.expect_continue && http11 && has_body {
+            if self.out.capacity() == 0 {
+                self.out = io.pool.take();
+            }
+            let early = io.handler.early_answer(route).map(|r| {
+                // The body is not read, so the connection cannot be reused.
+                let status = r.status;
+                response::write(&mut self.out, &r, pending.head_only, Persistence::Close, io.date);
+                status
+            });
+            if let Some(status) = early {
+                self.closing = true;
+                self.log(&pending, status, io);
+                return false;
+            }
+            self.out.extend_from_slice(response::CONTINUE);
+        }
+        self.phase = Phase::Body(pending);
+        self.since = io.now;
+        true
+    }
+
+    fn complete<H: Handler<Route = R>>(&mut self, pending: &Pending<R>, body: &[u8], io: &mut Io<'_, H>) {
+        if self.out.capacity() == 0 {
+            self.out = io.pool.take();
+        }
+        let answer = io.handler.respond(pending.route, body);
+        let persistence = if answer.close { Persistence::Close } else { pending.persistence };
+        let status = answer.status;
+        response::write(&mut self.out, &answer, pending.head_only, persistence, io.date);
+        self.log(pending, status, io);
+        self.closing |= persistence == Persistence::Close;
+        self.phase = Phase::Idle;
+        self.since = io.now;
+        self.served_any = true;
+    }
+
+    fn log<H: Handler<Route = R>>(&self, pending: &Pending<R>, status: u16, io: &mut Io<'_, H>) {
+        io.handler.exchanged(&Exchange {
+            method: pending.method.as_str(),
+            path: pending.path.as_str(),
+            status,
+            started: pending.started,
+        });
+    }
+
+    /// Answers a broken request with a JSON error and closes: after a framing error
+    /// we cannot know where the next request would start.
+    fn fail<H: Handler<Route = R>>(&mut self, status: u16, message: &'static str, io: &mut Io<'_, H>, pending: Option<&Pending<R>>) {
+        let (method, path, started) = match pending {
+            Some(p) => (p.method, p.path, p.started),
+            None => (Label::new("-"), Label::new("-"), io.now),
+        };
+        self.write_failure(status, message, io, method.as_str(), path.as_str(), started);
+    }
+
+    fn fail_labelled<H: Handler<Route = R>>(&mut self, status: u16, message: &'static str, io: &mut Io<'_, H>, method: &str, target: &str) {
+        self.write_failure(status, message, io, method, route_path(target), io.now);
+    }
+
+    fn write_failure<H: Handler<Route = R>>(
+        &mut self,
+        status: u16,
+        message: &'static str,
+        io: &mut Io<'_, H>,
+        method: &str,
+        path: &str,
+        started: Instant,
+    ) {
+        if self.out.capacity() == 0 {
+            self.out = io.pool.take();
+        }
+        response::write_static_error(&mut self.out, status, message, io.date);
+        self.body.clear();
+        io.handler.exchanged(&Exchange { method, path, status, started });
+        self.closing = true;
+        self.phase = Phase::Idle;
+    }
+}
+
+/// What the headers of one request say about framing and the connection.
+#[derive(Default)]
+struct HeadFields {
+    content_length: Option<u64>,
+    chunked: bool,
+    close: bool,
+    keep_alive: bool,
+    expect_continue: bool,
+    unknown_expectation: bool,
+    hosts: usize,
+}
+
+impl HeadFields {
+    fn read(headers: &[httparse::Header<'_>]) -> Result<HeadFields, (u16, &'static str)> {
+        let mut fields = HeadFields::default();
+        let mut transfer_codings = 0usize;
+        let mut chunked_codings = 0usize;
+        let mut last_is_chunked = false;
+        for header in headers {
+            let name = header.name;
+            let value = header.value;
+            if name.eq_ignore_ascii_case("content-length") {
+                if fields.content_length.is_some() {
+                    return Err((400, "repeated Content-Length"));
+                }
+                fields.content_length = Some(parse_content_length(value).ok_or((400, "invalid Content-Length"))?);
+            } else if name.eq_ignore_ascii_case("transfer-encoding") {
+                for coding in value.split(|&b| b == b',') {
+                    let coding = coding.trim_ascii();
+                    if coding.is_empty() {
+                        continue;
+                    }
+                    transfer_codings += 1;
+                    last_is_chunked = coding.eq_ignore_ascii_case(b"chunked");
+                    chunked_codings += usize::from(last_is_chunked);
+                }
+                if transfer_codings == 0 {
+                    return Err((400, "empty Transfer-Encoding"));
+                }
+            } else if name.eq_ignore_ascii_case("connection") {
+                for option in value.split(|&b| b == b',') {
+                    let option = option.trim_ascii();
+                    fields.close |= option.eq_ignore_ascii_case(b"close");
+                    fields.keep_alive |= option.eq_ignore_ascii_case(b"keep-alive");
+                }
+            } else if name.eq_ignore_ascii_case("expect") {
+                if value.trim_ascii().eq_ignore_ascii_case(b"100-continue") {
+                    fields.expect_continue = true;
+                } else {
+                    fields.unknown_expectation = true;
+                }
+            } else if name.eq_ignore_ascii_case("host") {
+                fields.hosts += 1;
+            }
+        }
+        if transfer_codings > 0 {
+            if fields.content_length.is_some() {
+                return Err((400, "both Content-Length and Transfer-Encoding"));
+            }
+            if !last_is_chunked || chunked_codings > 1 {
+                return Err((400, "chunked must be the final transfer coding, once"));
+            }
+            if transfer_codings > chunked_codings {
+                return Err((501, "only the chunked transfer coding is supported"));
+            }
+            fields.chunked = true;
+        }
+        Ok(fields)
+    }
+}
+
+/// Digits only: no sign, no spaces inside, no list (`5, 5`); overflow is invalid.
+fn parse_content_length(value: &[u8]) -> Option<u64> {
+    let digits = value.trim_ascii();
+    if digits.is_empty() || digits.len() > 19 || !digits.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    digits.iter().try_fold(0u64, |acc, &d| acc.checked_mul(10)?.checked_add(u64::from(d - b'0')))
+}
+
+/// The path used for routing: the absolute-form's authority dropped, query cut off.
+fn route_path(target: &str) -> &str {
+    let lower_prefix = |prefix: &str| target.get(..prefix.len()).is_some_and(|p| p.eq_ignore_ascii_case(prefix));
+    let path = if lower_prefix("http://") || lower_prefix("https://") {
+        let after_scheme = &target[target.find("//").map_or(0, |i| i + 2)..];
+        after_scheme.find('/').map_or("/", |i| &after_scheme[i..])
+    } else {
+        target
+    };
+    path.split(['?', '#']).next().unwrap_or(path)
+}
+
+#[cfg(test)]
+mod tests;

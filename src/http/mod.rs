@@ -1,0 +1,9 @@
+//! The HTTP/1.1 server side, sans-IO: bytes in, responses out.
+
+pub mod check;
+pub mod chunked;
+pub mod conn;
+pub mod response;
+
+pub use conn::{BufferPool, Conn, Exchange, Handler, Io, Limits, Method};
+pub use response::Response;

@@ -1,0 +1,196 @@
+//! Serializing responses straight into a connection's output buffer.
+
+/// A response as the application decides it; framing headers are added when written.
+#[derive(Debug, Clone, Copy)]
+pub struct Response<'a> {
+    pub status: u16,
+    pub content_type: &'static str,
+    pub body: &'a [u8],
+    /// `Allow` for 405 answers.
+    pub allow: Option<&'static str>,
+    /// `Retry-After` seconds for 503 answers.
+    pub retry_after: Option<u32>,
+    /// Close the connection after this response, whatever the client asked for.
+    pub close: bool,
+}
+
+pub const TEXT: &str = "text/plain; charset=utf-8";
+pub const JSON: &str = "application/json";
+
+impl<'a> Response<'a> {
+    pub fn text(status: u16, body: &'a [u8]) -> Self {
+        Response { status, content_type: TEXT, body, allow: None, retry_after: None, close: false }
+    }
+
+    pub fn json(status: u16, body: &'a [u8]) -> Self {
+        Response { status, content_type: JSON, body, allow: None, retry_after: None, close: false }
+    }
+}
+
+pub fn reason(status: u16) -> &'static str {
+    match status {
+        100 => "Continue",
+        200 => "OK",
+        201 => "Created",
+        204 => "No Content",
+        400 => "Bad Request",
+        404 => "Not Found",
+        405 => "Method Not Allowed",
+        408 => "Request Timeout",
+        413 => "Content Too Large",
+        417 => "Expectation Failed",
+        431 => "Request Header Fields Too Large",
+        500 => "Internal Server Error",
+        501 => "Not Implemented",
+        503 => "Service Unavailable",
+        505 => "HTTP Version Not Supported",
+        _ => "Unknown",
+    }
+}
+
+/// How the response tells the client what happens to the connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Persistence {
+    /// HTTP/1.1 default: nothing to say.
+    KeepAlive,
+    /// HTTP/1.0 client that asked to keep the connection.
+    KeepAliveHttp10,
+    Close,
+}
+
+pub const CONTINUE: &[u8] = b"HTTP/1.1 100 Continue\r\n\r\n";
+
+/// Appends the response; `head_only` omits the body but keeps its length (HEAD).
+pub fn write(out: &mut Vec<u8>, response: &Response<'_>, head_only: bool, persistence: Persistence, date: &[u8]) {
+    out.extend_from_slice(b"HTTP/1.1 ");
+    push_decimal(out, u64::from(response.status));
+    out.push(b' ');
+    out.extend_from_slice(reason(response.status).as_bytes());
+    out.extend_from_slice(b"\r\nContent-Type: ");
+    out.extend_from_slice(response.content_type.as_bytes());
+    out.extend_from_slice(b"\r\nContent-Length: ");
+    push_decimal(out, response.body.len() as u64);
+    if let Some(allow) = response.allow {
+        out.extend_from_slice(b"\r\nAllow: ");
+        out.extend_from_slice(allow.as_bytes());
+    }
+    if let Some(seconds) = response.retry_after {
+        out.extend_from_slice(b"\r\nRetry-After: ");
+        push_decimal(out, u64::from(seconds));
+    }
+    match persistence {
+        Persistence::KeepAlive => {}
+        Persistence::KeepAliveHttp10 => out.extend_from_slice(b"\r\nConnection: keep-alive"),
+        Persistence::Close => out.extend_from_slice(b"\r\nConnection: close"),
+    }
+    if !date.is_empty() {
+        out.extend_from_slice(b"\r\nDate: ");
+        out.extend_from_slice(date);
+    }
+    out.extend_from_slice(b"\r\n\r\n");
+    if !head_only {
+        out.extend_from_slice(response.body);
+    }
+}
+
+/// An error answer whose message is a fixed ASCII text needing no JSON escaping.
+pub fn write_static_error(out: &mut Vec<u8>, status: u16, message: &'static str, date: &[u8]) {
+    debug_assert!(!message.bytes().any(|b| b == b'"' || b == b'\\' || b < 0x20));
+    const OPEN: &[u8] = b"{\"message\":\"";
+    const CLOSE: &[u8] = b"\"}";
+    out.extend_from_slice(b"HTTP/1.1 ");
+    push_decimal(out, u64::from(status));
+    out.push(b' ');
+    out.extend_from_slice(reason(status).as_bytes());
+    out.extend_from_slice(b"\r\nContent-Type: application/json\r\nContent-Length: ");
+    push_decimal(out, (OPEN.len() + message.len() + CLOSE.len()) as u64);
+    out.extend_from_slice(b"\r\nConnection: close");
+    if !date.is_empty() {
+        out.extend_from_slice(b"\r\nDate: ");
+        out.extend_from_slice(date);
+    }
+    out.extend_from_slice(b"\r\n\r\n");
+    out.extend_from_slice(OPEN);
+    out.extend_from_slice(message.as_bytes());
+    out.extend_from_slice(CLOSE);
+}
+
+pub fn push_decimal(out: &mut Vec<u8>, mut value: u64) {
+    let mut digits = [0u8; 20];
+    let mut at = digits.len();
+    loop {
+        at -= 1;
+        digits[at] = b'0' + (value % 10) as u8;
+        value /= 10;
+        if value == 0 {
+            break;
+        }
+    }
+    out.extend_from_slice(&digits[at..]);
+}
+
+/// Writes `{"message":"..."}` with proper JSON escaping.
+pub fn write_json_message(out: &mut Vec<u8>, message: &str) {
+    out.extend_from_slice(b"{\"message\":");
+    // Writing a &str into a Vec cannot fail.
+    let _ = serde_json::to_writer(&mut *out, message);
+    out.push(b'}');
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn writes_a_complete_response() {
+        let mut out = Vec::new();
+        let mut r = Response::text(405, b"nope");
+        r.allow = Some("GET, HEAD");
+        write(&mut out, &r, false, Persistence::Close, b"Thu, 01 Jan 1970 00:00:00 GMT");
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "HTTP/1.1 405 Method Not Allowed\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: 4\r\n\
+             Allow: GET, HEAD\r\nConnection: close\r\nDate: Thu, 01 Jan 1970 00:00:00 GMT\r\n\r\nnope"
+        );
+    }
+
+    #[test]
+    fn head_keeps_the_length_but_not_the_body() {
+        let mut out = Vec::new();
+        write(&mut out, &Response::text(200, b"OK"), true, Persistence::KeepAliveHttp10, b"");
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "HTTP/1.1 200 OK\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: 2\r\nConnection: keep-alive\r\n\r\n"
+        );
+    }
+
+    #[test]
+    fn escapes_json_messages() {
+        let mut out = Vec::new();
+        write_json_message(&mut out, "a \"quoted\"\nline");
+        let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
+        assert_eq!(v["message"], "a \"quoted\"\nline");
+    }
+
+    #[test]
+    fn static_errors_are_json_with_the_right_length() {
+        let mut out = Vec::new();
+        write_static_error(&mut out, 431, "request head too large", b"");
+        let text = String::from_utf8(out).unwrap();
+        let (head, body) = text.split_once("\r\n\r\n").unwrap();
+        assert!(head.starts_with("HTTP/1.1 431 Request Header Fields Too Large\r\n"));
+        assert!(head.contains(&format!("Content-Length: {}", body.len())));
+        assert!(head.contains("Connection: close"));
+        let v: serde_json::Value = serde_json::from_str(body).unwrap();
+        assert_eq!(v["message"], "request head too large");
+    }
+
+    #[test]
+    fn decimals() {
+        for n in [0u64, 7, 10, 201, 1_048_576, u64::MAX] {
+            let mut out = Vec::new();
+            push_decimal(&mut out, n);
+            assert_eq!(out, n.to_string().as_bytes());
+        }
+    }
+}

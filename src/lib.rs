@@ -1,0 +1,11 @@
+//! webhook-forwarder: receive webhook records over HTTP, queue them in a bounded ring,
+//! and forward them in batches.
+//!
+//! The crate is a library so that the integration tests, the fuzz targets and the
+//! bundled `webhook-sink` share the exact code the service runs.
+
+pub mod clock;
+pub mod duration;
+pub mod http;
+pub mod record;
+pub mod ring;
