@@ -96,7 +96,8 @@ pub fn parse_go_duration(text: &str) -> Result<i64, DurationError> {
         // which always falls on an ASCII digit or dot, hence a char boundary.
         let unit = std::str::from_utf8(&s[..unit_len]).map_err(|_| DurationError::Invalid)?;
         s = &s[unit_len..];
-        let unit_ns = unit_nanos(unit).ok_or_else(|| DurationError::UnknownUnit(unit.to_owned()))?;
+        let unit_ns =
+            unit_nanos(unit).ok_or_else(|| DurationError::UnknownUnit(unit.to_owned()))?;
         if whole > (1u64 << 63) / unit_ns {
             return Err(DurationError::Overflow);
         }
@@ -252,11 +253,26 @@ mod tests {
         assert_eq!(ok("15m"), 15 * MINUTE as i64);
         assert_eq!(ok("16h"), 16 * HOUR as i64);
         assert_eq!(ok("3h30m"), (3 * HOUR + 30 * MINUTE) as i64);
-        assert_eq!(ok("10.5s4m"), (4 * MINUTE + 10 * SECOND + 500 * MILLISECOND) as i64);
-        assert_eq!(ok("-2m3.4s"), -((2 * MINUTE + 3 * SECOND + 400 * MILLISECOND) as i64));
-        assert_eq!(ok("1h2m3s4ms5us6ns"), (HOUR + 2 * MINUTE + 3 * SECOND + 4 * MILLISECOND + 5 * MICROSECOND + 6) as i64);
-        assert_eq!(ok("39h9m14.425s"), (39 * HOUR + 9 * MINUTE + 14 * SECOND + 425 * MILLISECOND) as i64);
-        assert_eq!(ok("1h15m30.5s"), (HOUR + 15 * MINUTE + 30 * SECOND + 500 * MILLISECOND) as i64);
+        assert_eq!(
+            ok("10.5s4m"),
+            (4 * MINUTE + 10 * SECOND + 500 * MILLISECOND) as i64
+        );
+        assert_eq!(
+            ok("-2m3.4s"),
+            -((2 * MINUTE + 3 * SECOND + 400 * MILLISECOND) as i64)
+        );
+        assert_eq!(
+            ok("1h2m3s4ms5us6ns"),
+            (HOUR + 2 * MINUTE + 3 * SECOND + 4 * MILLISECOND + 5 * MICROSECOND + 6) as i64
+        );
+        assert_eq!(
+            ok("39h9m14.425s"),
+            (39 * HOUR + 9 * MINUTE + 14 * SECOND + 425 * MILLISECOND) as i64
+        );
+        assert_eq!(
+            ok("1h15m30.5s"),
+            (HOUR + 15 * MINUTE + 30 * SECOND + 500 * MILLISECOND) as i64
+        );
         assert_eq!(ok("52763797000ns"), 52_763_797_000);
         assert_eq!(ok("0.3333333333333333333h"), 20 * MINUTE as i64);
         assert_eq!(ok("9007199254740993ns"), 9_007_199_254_740_993);
@@ -264,23 +280,55 @@ mod tests {
         assert_eq!(ok("9223372036854775.807us"), i64::MAX);
         assert_eq!(ok("-9223372036854775808ns"), i64::MIN);
         assert_eq!(ok("0.100000000000000000000h"), 6 * MINUTE as i64);
-        assert_eq!(ok("0.830103483285477580700h"), 49 * MINUTE as i64 + 48 * SECOND as i64 + 372_539_827);
+        assert_eq!(
+            ok("0.830103483285477580700h"),
+            49 * MINUTE as i64 + 48 * SECOND as i64 + 372_539_827
+        );
     }
 
     #[test]
     fn rejects_what_go_rejects() {
         for bad in [
-            "", "3", "-", "s", ".", "-.", ".s", "+.s", "1d", "10 seconds", "1.5.5s", "5s ", " 5s",
-            "1e3s", "0x10s", "--5s",
+            "",
+            "3",
+            "-",
+            "s",
+            ".",
+            "-.",
+            ".s",
+            "+.s",
+            "1d",
+            "10 seconds",
+            "1.5.5s",
+            "5s ",
+            " 5s",
+            "1e3s",
+            "0x10s",
+            "--5s",
         ] {
-            assert!(parse_go_duration(bad).is_err(), "{bad:?} should be rejected");
+            assert!(
+                parse_go_duration(bad).is_err(),
+                "{bad:?} should be rejected"
+            );
         }
         assert_eq!(parse_go_duration("3"), Err(DurationError::MissingUnit));
-        assert_eq!(parse_go_duration("1d"), Err(DurationError::UnknownUnit("d".into())));
-        assert_eq!(parse_go_duration("9223372036854775808ns"), Err(DurationError::Overflow));
-        assert_eq!(parse_go_duration("9223372036854775.808us"), Err(DurationError::Overflow));
+        assert_eq!(
+            parse_go_duration("1d"),
+            Err(DurationError::UnknownUnit("d".into()))
+        );
+        assert_eq!(
+            parse_go_duration("9223372036854775808ns"),
+            Err(DurationError::Overflow)
+        );
+        assert_eq!(
+            parse_go_duration("9223372036854775.808us"),
+            Err(DurationError::Overflow)
+        );
         assert_eq!(parse_go_duration("3000000h"), Err(DurationError::Overflow));
-        assert_eq!(parse_go_duration("9223372036854775807ns1ns"), Err(DurationError::Overflow));
+        assert_eq!(
+            parse_go_duration("9223372036854775807ns1ns"),
+            Err(DurationError::Overflow)
+        );
     }
 
     #[test]
@@ -293,8 +341,14 @@ mod tests {
         assert_eq!(format_go_duration(3_300_000_000), "3.3s");
         assert_eq!(format_go_duration(10 * SECOND as i64), "10s");
         assert_eq!(format_go_duration((90 * SECOND) as i64), "1m30s");
-        assert_eq!(format_go_duration((4 * MINUTE + 5 * SECOND + 1) as i64), "4m5.000000001s");
-        assert_eq!(format_go_duration((5 * HOUR + 6 * MINUTE + 7_001 * MILLISECOND) as i64), "5h6m7.001s");
+        assert_eq!(
+            format_go_duration((4 * MINUTE + 5 * SECOND + 1) as i64),
+            "4m5.000000001s"
+        );
+        assert_eq!(
+            format_go_duration((5 * HOUR + 6 * MINUTE + 7_001 * MILLISECOND) as i64),
+            "5h6m7.001s"
+        );
         assert_eq!(format_go_duration((8 * HOUR) as i64), "8h0m0s");
         assert_eq!(format_go_duration(-(SECOND as i64)), "-1s");
         assert_eq!(format_go_duration(i64::MAX), "2562047h47m16.854775807s");
@@ -303,7 +357,18 @@ mod tests {
 
     #[test]
     fn formatted_durations_parse_back() {
-        for n in [0, 1, 999, 1_000, 1_500, 250_000_000, 3_300_000_000, 5_400_000_000_000, i64::MAX, i64::MIN] {
+        for n in [
+            0,
+            1,
+            999,
+            1_000,
+            1_500,
+            250_000_000,
+            3_300_000_000,
+            5_400_000_000_000,
+            i64::MAX,
+            i64::MIN,
+        ] {
             assert_eq!(ok(&format_go_duration(n)), n, "{n}");
         }
     }

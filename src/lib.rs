@@ -5,7 +5,13 @@
 //! bundled `webhook-sink` share the exact code the service runs.
 
 pub mod clock;
+pub mod config;
 pub mod duration;
+pub mod forwarder;
 pub mod http;
+pub mod logging;
 pub mod record;
 pub mod ring;
+pub mod server;
+
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");

@@ -120,7 +120,10 @@ pub fn decode(body: &[u8]) -> Result<Record, Rejection> {
 
 fn explain(body: &[u8], plain: serde_json::Error) -> Rejection {
     use serde_json::error::Category;
-    if matches!(plain.classify(), Category::Syntax | Category::Eof | Category::Io) {
+    if matches!(
+        plain.classify(),
+        Category::Syntax | Category::Eof | Category::Io
+    ) {
         return Rejection::Malformed(format!("malformed JSON: {plain}"));
     }
     let mut de = serde_json::Deserializer::from_slice(body);
@@ -177,7 +180,9 @@ mod tests {
 
     #[test]
     fn absent_and_null_fields_take_go_zero_values() {
-        let r = decode(br#"{"user_id": 7, "title": null, "meta": {"logins": [{"ip": "1.2.3.4"}]}}"#).unwrap();
+        let r =
+            decode(br#"{"user_id": 7, "title": null, "meta": {"logins": [{"ip": "1.2.3.4"}]}}"#)
+                .unwrap();
         assert_eq!(r.title, "");
         assert_eq!(r.total, 0.0);
         assert_eq!(r.meta.logins[0].time.as_str(), "0001-01-01T00:00:00Z");
@@ -194,10 +199,18 @@ mod tests {
 
     #[test]
     fn missing_or_zero_user_id_is_invalid() {
-        for body in [&br#"{"title": "x"}"#[..], br#"{"user_id": 0}"#, br#"{"user_id": null}"#] {
+        for body in [
+            &br#"{"title": "x"}"#[..],
+            br#"{"user_id": 0}"#,
+            br#"{"user_id": null}"#,
+        ] {
             let err = decode(body).unwrap_err();
             assert!(matches!(err, Rejection::Invalid(_)));
-            assert!(err.message().starts_with("user_id: required"), "{}", err.message());
+            assert!(
+                err.message().starts_with("user_id: required"),
+                "{}",
+                err.message()
+            );
         }
     }
 
@@ -222,7 +235,14 @@ mod tests {
 
     #[test]
     fn broken_json_is_malformed() {
-        for body in [&b""[..], b"{", b"{\"user_id\": 1,}", b"nope", b"[1,2]x", b"\xff\xfe"] {
+        for body in [
+            &b""[..],
+            b"{",
+            b"{\"user_id\": 1,}",
+            b"nope",
+            b"[1,2]x",
+            b"\xff\xfe",
+        ] {
             match decode(body) {
                 Err(Rejection::Malformed(m)) => assert!(m.starts_with("malformed JSON"), "{m}"),
                 Err(Rejection::Invalid(m)) => assert!(body == b"[1,2]x" || !m.is_empty()),

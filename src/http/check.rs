@@ -10,26 +10,43 @@ pub struct ParsedResponse {
 
 impl ParsedResponse {
     pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
+        self.headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
     }
 
     pub fn closes(&self) -> bool {
-        self.header("connection").is_some_and(|v| v.eq_ignore_ascii_case("close"))
+        self.header("connection")
+            .is_some_and(|v| v.eq_ignore_ascii_case("close"))
     }
 }
 
 /// Splits a byte stream into responses. `head_only` says which of them answer HEAD
 /// requests (no body despite `Content-Length`); pass `|_| false` when there are none.
 /// Interim `100 Continue` responses are returned too, with an empty body.
-pub fn split_responses(mut bytes: &[u8], head_only: impl Fn(usize) -> bool) -> Result<Vec<ParsedResponse>, String> {
+pub fn split_responses(
+    mut bytes: &[u8],
+    head_only: impl Fn(usize) -> bool,
+) -> Result<Vec<ParsedResponse>, String> {
     let mut responses = Vec::new();
     while !bytes.is_empty() {
         let mut headers = [httparse::EMPTY_HEADER; 32];
         let mut response = httparse::Response::new(&mut headers);
         let head_len = match response.parse(bytes) {
             Ok(httparse::Status::Complete(n)) => n,
-            Ok(httparse::Status::Partial) => return Err(format!("truncated response head: {:?}", String::from_utf8_lossy(bytes))),
-            Err(e) => return Err(format!("bad response head ({e}): {:?}", String::from_utf8_lossy(bytes))),
+            Ok(httparse::Status::Partial) => {
+                return Err(format!(
+                    "truncated response head: {:?}",
+                    String::from_utf8_lossy(bytes)
+                ));
+            }
+            Err(e) => {
+                return Err(format!(
+                    "bad response head ({e}): {:?}",
+                    String::from_utf8_lossy(bytes)
+                ));
+            }
         };
         if response.version != Some(1) {
             return Err("response is not HTTP/1.1".into());
@@ -38,23 +55,51 @@ pub fn split_responses(mut bytes: &[u8], head_only: impl Fn(usize) -> bool) -> R
         let headers: Vec<(String, String)> = response
             .headers
             .iter()
-            .map(|h| (h.name.to_owned(), String::from_utf8_lossy(h.value).into_owned()))
+            .map(|h| {
+                (
+                    h.name.to_owned(),
+                    String::from_utf8_lossy(h.value).into_owned(),
+                )
+            })
             .collect();
         bytes = &bytes[head_len..];
         if status == 100 {
-            responses.push(ParsedResponse { status, headers, body: Vec::new() });
+            responses.push(ParsedResponse {
+                status,
+                headers,
+                body: Vec::new(),
+            });
             continue;
         }
-        let lengths: Vec<&(String, String)> = headers.iter().filter(|(n, _)| n.eq_ignore_ascii_case("content-length")).collect();
+        let lengths: Vec<&(String, String)> = headers
+            .iter()
+            .filter(|(n, _)| n.eq_ignore_ascii_case("content-length"))
+            .collect();
         if lengths.len() != 1 {
             return Err(format!("{} Content-Length headers", lengths.len()));
         }
-        let length: usize = lengths[0].1.parse().map_err(|_| "bad Content-Length".to_string())?;
-        let body_len = if head_only(responses.iter().filter(|r: &&ParsedResponse| r.status != 100).count()) { 0 } else { length };
+        let length: usize = lengths[0]
+            .1
+            .parse()
+            .map_err(|_| "bad Content-Length".to_string())?;
+        let body_len = if head_only(
+            responses
+                .iter()
+                .filter(|r: &&ParsedResponse| r.status != 100)
+                .count(),
+        ) {
+            0
+        } else {
+            length
+        };
         if bytes.len() < body_len {
             return Err(format!("body shorter than Content-Length {length}"));
         }
-        responses.push(ParsedResponse { status, headers, body: bytes[..body_len].to_vec() });
+        responses.push(ParsedResponse {
+            status,
+            headers,
+            body: bytes[..body_len].to_vec(),
+        });
         bytes = &bytes[body_len..];
     }
     Ok(responses)

@@ -21,14 +21,25 @@ pub enum ChunkError {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum State {
     /// Reading hex digits of a chunk size.
-    Size { value: u64, digits: u8 },
+    Size {
+        value: u64,
+        digits: u8,
+    },
     /// Whitespace after the size, before `;` or CR.
-    SizeSpace { value: u64 },
+    SizeSpace {
+        value: u64,
+    },
     /// Skipping a chunk extension up to CR.
-    Extension { value: u64 },
+    Extension {
+        value: u64,
+    },
     /// CR seen after a size line; LF must follow.
-    SizeLf { value: u64 },
-    Data { remaining: u64 },
+    SizeLf {
+        value: u64,
+    },
+    Data {
+        remaining: u64,
+    },
     DataCr,
     DataLf,
     /// At the start of a trailer line (or the final empty line).
@@ -49,7 +60,10 @@ pub struct ChunkedDecoder {
 impl Default for ChunkedDecoder {
     fn default() -> Self {
         ChunkedDecoder {
-            state: State::Size { value: 0, digits: 0 },
+            state: State::Size {
+                value: 0,
+                digits: 0,
+            },
             extra: 0,
         }
     }
@@ -62,7 +76,12 @@ impl ChunkedDecoder {
 
     /// Decodes from `input`, appending data to `body`, which must stay within `max_body`.
     /// Returns how many bytes of `input` were used; once done, the rest is the next request.
-    pub fn decode(&mut self, input: &[u8], body: &mut Vec<u8>, max_body: usize) -> Result<usize, ChunkError> {
+    pub fn decode(
+        &mut self,
+        input: &[u8],
+        body: &mut Vec<u8>,
+        max_body: usize,
+    ) -> Result<usize, ChunkError> {
         let mut pos = 0;
         while pos < input.len() && self.state != State::Done {
             if let State::Data { remaining } = self.state {
@@ -70,7 +89,11 @@ impl ChunkedDecoder {
                 body.extend_from_slice(&input[pos..pos + take]);
                 pos += take;
                 let left = remaining - take as u64;
-                self.state = if left == 0 { State::DataCr } else { State::Data { remaining: left } };
+                self.state = if left == 0 {
+                    State::DataCr
+                } else {
+                    State::Data { remaining: left }
+                };
                 continue;
             }
             let byte = input[pos];
@@ -89,12 +112,17 @@ impl ChunkedDecoder {
                     return Err(ChunkError::TooLarge);
                 }
                 let digit = (byte as char).to_digit(16).unwrap_or(0) as u64;
-                Size { value: value * 16 + digit, digits: digits + 1 }
+                Size {
+                    value: value * 16 + digit,
+                    digits: digits + 1,
+                }
             }
             (Size { digits: 0, .. }, _) => return Err(ChunkError::Malformed),
             (Size { value, .. } | SizeSpace { value }, b' ' | b'\t') => SizeSpace { value },
             (Size { value, .. } | SizeSpace { value }, b';') => Extension { value },
-            (Size { value, .. } | SizeSpace { value } | Extension { value }, b'\r') => SizeLf { value },
+            (Size { value, .. } | SizeSpace { value } | Extension { value }, b'\r') => {
+                SizeLf { value }
+            }
             (Extension { .. }, b'\n') => return Err(ChunkError::Malformed),
             (Extension { value }, _) => {
                 self.extra += 1;
@@ -114,7 +142,10 @@ impl ChunkedDecoder {
                 }
             }
             (DataCr, b'\r') => DataLf,
-            (DataLf, b'\n') => Size { value: 0, digits: 0 },
+            (DataLf, b'\n') => Size {
+                value: 0,
+                digits: 0,
+            },
             (TrailerStart, b'\r') => FinalLf,
             (TrailerStart | TrailerLine, b'\n') => return Err(ChunkError::Malformed),
             (TrailerLine, b'\r') => TrailerLf,
@@ -198,7 +229,11 @@ mod tests {
         ] {
             let mut d = ChunkedDecoder::default();
             let mut body = Vec::new();
-            assert_eq!(d.decode(bad, &mut body, 100), Err(ChunkError::Malformed), "{bad:?}");
+            assert_eq!(
+                d.decode(bad, &mut body, 100),
+                Err(ChunkError::Malformed),
+                "{bad:?}"
+            );
         }
     }
 
@@ -211,7 +246,10 @@ mod tests {
         assert_eq!(d.decode(b"4\r\n", &mut body, 8), Err(ChunkError::TooLarge));
         assert_eq!(body.len(), 5);
         let mut d = ChunkedDecoder::default();
-        assert_eq!(d.decode(b"ffffffffffffffffff\r\n", &mut Vec::new(), 8), Err(ChunkError::TooLarge));
+        assert_eq!(
+            d.decode(b"ffffffffffffffffff\r\n", &mut Vec::new(), 8),
+            Err(ChunkError::TooLarge)
+        );
     }
 
     #[test]
@@ -219,12 +257,18 @@ mod tests {
         let mut long_ext = b"1;".to_vec();
         long_ext.extend(std::iter::repeat_n(b'x', MAX_LINE_EXTRA + 1));
         let mut d = ChunkedDecoder::default();
-        assert_eq!(d.decode(&long_ext, &mut Vec::new(), 100), Err(ChunkError::Malformed));
+        assert_eq!(
+            d.decode(&long_ext, &mut Vec::new(), 100),
+            Err(ChunkError::Malformed)
+        );
         let mut long_trailer = b"0\r\n".to_vec();
         for _ in 0..(MAX_TRAILER_BYTES / 8) {
             long_trailer.extend_from_slice(b"T: 123456\r\n");
         }
         let mut d = ChunkedDecoder::default();
-        assert_eq!(d.decode(&long_trailer, &mut Vec::new(), 100), Err(ChunkError::Malformed));
+        assert_eq!(
+            d.decode(&long_trailer, &mut Vec::new(), 100),
+            Err(ChunkError::Malformed)
+        );
     }
 }

@@ -122,15 +122,23 @@ impl BufferPool {
     const KEEP_CAPACITY: usize = 64 * 1024;
 
     pub fn new(max_pooled: usize) -> Self {
-        BufferPool { free: Vec::with_capacity(max_pooled), max_pooled }
+        BufferPool {
+            free: Vec::with_capacity(max_pooled),
+            max_pooled,
+        }
     }
 
     pub fn take(&mut self) -> Vec<u8> {
-        self.free.pop().unwrap_or_else(|| Vec::with_capacity(Self::FRESH_CAPACITY))
+        self.free
+            .pop()
+            .unwrap_or_else(|| Vec::with_capacity(Self::FRESH_CAPACITY))
     }
 
     pub fn give(&mut self, mut buffer: Vec<u8>) {
-        if buffer.capacity() == 0 || buffer.capacity() > Self::KEEP_CAPACITY || self.free.len() >= self.max_pooled {
+        if buffer.capacity() == 0
+            || buffer.capacity() > Self::KEEP_CAPACITY
+            || self.free.len() >= self.max_pooled
+        {
             return;
         }
         buffer.clear();
@@ -260,7 +268,8 @@ impl<R: Copy> Conn<R> {
         match self.machine.phase {
             Phase::Idle => self.machine.closing = true,
             Phase::Head | Phase::Body(_) => {
-                self.machine.fail(408, "request not received in time", io, None);
+                self.machine
+                    .fail(408, "request not received in time", io, None);
             }
         }
         self.settle(io);
@@ -400,10 +409,18 @@ impl<R: Copy> Machine<R> {
                             if self.body.capacity() == 0 {
                                 self.body = io.pool.take();
                             }
-                            match decoder.decode(&input[pos..], &mut self.body, io.limits.max_body_bytes) {
+                            match decoder.decode(
+                                &input[pos..],
+                                &mut self.body,
+                                io.limits.max_body_bytes,
+                            ) {
                                 Ok(used) => {
                                     pos += used;
-                                    if decoder.is_done() { BodyStep::Decoded } else { BodyStep::NeedMore }
+                                    if decoder.is_done() {
+                                        BodyStep::Decoded
+                                    } else {
+                                        BodyStep::NeedMore
+                                    }
                                 }
                                 Err(error) => BodyStep::Broken(error),
                             }
@@ -434,8 +451,13 @@ impl<R: Copy> Machine<R> {
         pos
     }
 
-    fn parse_head<H: Handler<Route = R>>(&mut self, input: &[u8], io: &mut Io<'_, H>) -> HeadOutcome {
-        let mut headers = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS_CAP];
+    fn parse_head<H: Handler<Route = R>>(
+        &mut self,
+        input: &[u8],
+        io: &mut Io<'_, H>,
+    ) -> HeadOutcome {
+        let mut headers =
+            [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS_CAP];
         let allowed = io.limits.max_headers.clamp(1, MAX_HEADERS_CAP);
         let mut request = httparse::Request::new(&mut []);
         match request.parse_with_uninit_headers(input, &mut headers[..allowed]) {
@@ -468,7 +490,11 @@ impl<R: Copy> Machine<R> {
 
     /// Checks a complete head and sets up reading its body. Returns false when the
     /// connection is closing because of it.
-    fn start_request<H: Handler<Route = R>>(&mut self, request: &httparse::Request<'_, '_>, io: &mut Io<'_, H>) -> bool {
+    fn start_request<H: Handler<Route = R>>(
+        &mut self,
+        request: &httparse::Request<'_, '_>,
+        io: &mut Io<'_, H>,
+    ) -> bool {
         let method_text = request.method.unwrap_or("");
         let target = request.path.unwrap_or("/");
         let http11 = request.version == Some(1);
@@ -480,7 +506,13 @@ impl<R: Copy> Machine<R> {
             }
         };
         if http11 && head.hosts != 1 {
-            self.fail_labelled(400, "exactly one Host header is required", io, method_text, target);
+            self.fail_labelled(
+                400,
+                "exactly one Host header is required",
+                io,
+                method_text,
+                target,
+            );
             return false;
         }
         let framing = if head.chunked {
@@ -497,10 +529,20 @@ impl<R: Copy> Machine<R> {
         };
         let has_body = !matches!(framing, Framing::Length(0));
         if head.unknown_expectation && http11 {
-            self.fail_labelled(417, "only Expect: 100-continue is supported", io, method_text, target);
+            self.fail_labelled(
+                417,
+                "only Expect: 100-continue is supported",
+                io,
+                method_text,
+                target,
+            );
             return false;
         }
-        let keep_alive = if http11 { !head.close } else { head.keep_alive && !head.close };
+        let keep_alive = if http11 {
+            !head.close
+        } else {
+            head.keep_alive && !head.close
+        };
         let persistence = match (keep_alive, http11) {
             (false, _) => Persistence::Close,
             (true, true) => Persistence::KeepAlive,
@@ -525,7 +567,13 @@ impl<R: Copy> Machine<R> {
             let early = io.handler.early_answer(route).map(|r| {
                 // The body is not read, so the connection cannot be reused.
                 let status = r.status;
-                response::write(&mut self.out, &r, pending.head_only, Persistence::Close, io.date);
+                response::write(
+                    &mut self.out,
+                    &r,
+                    pending.head_only,
+                    Persistence::Close,
+                    io.date,
+                );
                 status
             });
             if let Some(status) = early {
@@ -540,14 +588,29 @@ impl<R: Copy> Machine<R> {
         true
     }
 
-    fn complete<H: Handler<Route = R>>(&mut self, pending: &Pending<R>, body: &[u8], io: &mut Io<'_, H>) {
+    fn complete<H: Handler<Route = R>>(
+        &mut self,
+        pending: &Pending<R>,
+        body: &[u8],
+        io: &mut Io<'_, H>,
+    ) {
         if self.out.capacity() == 0 {
             self.out = io.pool.take();
         }
         let answer = io.handler.respond(pending.route, body);
-        let persistence = if answer.close { Persistence::Close } else { pending.persistence };
+        let persistence = if answer.close {
+            Persistence::Close
+        } else {
+            pending.persistence
+        };
         let status = answer.status;
-        response::write(&mut self.out, &answer, pending.head_only, persistence, io.date);
+        response::write(
+            &mut self.out,
+            &answer,
+            pending.head_only,
+            persistence,
+            io.date,
+        );
         self.log(pending, status, io);
         self.closing |= persistence == Persistence::Close;
         self.phase = Phase::Idle;
@@ -566,7 +629,13 @@ impl<R: Copy> Machine<R> {
 
     /// Answers a broken request with a JSON error and closes: after a framing error
     /// we cannot know where the next request would start.
-    fn fail<H: Handler<Route = R>>(&mut self, status: u16, message: &'static str, io: &mut Io<'_, H>, pending: Option<&Pending<R>>) {
+    fn fail<H: Handler<Route = R>>(
+        &mut self,
+        status: u16,
+        message: &'static str,
+        io: &mut Io<'_, H>,
+        pending: Option<&Pending<R>>,
+    ) {
         let (method, path, started) = match pending {
             Some(p) => (p.method, p.path, p.started),
             None => (Label::new("-"), Label::new("-"), io.now),
@@ -574,7 +643,14 @@ impl<R: Copy> Machine<R> {
         self.write_failure(status, message, io, method.as_str(), path.as_str(), started);
     }
 
-    fn fail_labelled<H: Handler<Route = R>>(&mut self, status: u16, message: &'static str, io: &mut Io<'_, H>, method: &str, target: &str) {
+    fn fail_labelled<H: Handler<Route = R>>(
+        &mut self,
+        status: u16,
+        message: &'static str,
+        io: &mut Io<'_, H>,
+        method: &str,
+        target: &str,
+    ) {
         self.write_failure(status, message, io, method, route_path(target), io.now);
     }
 
@@ -592,7 +668,12 @@ impl<R: Copy> Machine<R> {
         }
         response::write_static_error(&mut self.out, status, message, io.date);
         self.body.clear();
-        io.handler.exchanged(&Exchange { method, path, status, started });
+        io.handler.exchanged(&Exchange {
+            method,
+            path,
+            status,
+            started,
+        });
         self.closing = true;
         self.phase = Phase::Idle;
     }
@@ -623,7 +704,8 @@ impl HeadFields {
                 if fields.content_length.is_some() {
                     return Err((400, "repeated Content-Length"));
                 }
-                fields.content_length = Some(parse_content_length(value).ok_or((400, "invalid Content-Length"))?);
+                fields.content_length =
+                    Some(parse_content_length(value).ok_or((400, "invalid Content-Length"))?);
             } else if name.eq_ignore_ascii_case("transfer-encoding") {
                 for coding in value.split(|&b| b == b',') {
                     let coding = coding.trim_ascii();
@@ -675,12 +757,18 @@ fn parse_content_length(value: &[u8]) -> Option<u64> {
     if digits.is_empty() || digits.len() > 19 || !digits.iter().all(u8::is_ascii_digit) {
         return None;
     }
-    digits.iter().try_fold(0u64, |acc, &d| acc.checked_mul(10)?.checked_add(u64::from(d - b'0')))
+    digits.iter().try_fold(0u64, |acc, &d| {
+        acc.checked_mul(10)?.checked_add(u64::from(d - b'0'))
+    })
 }
 
 /// The path used for routing: the absolute-form's authority dropped, query cut off.
 fn route_path(target: &str) -> &str {
-    let lower_prefix = |prefix: &str| target.get(..prefix.len()).is_some_and(|p| p.eq_ignore_ascii_case(prefix));
+    let lower_prefix = |prefix: &str| {
+        target
+            .get(..prefix.len())
+            .is_some_and(|p| p.eq_ignore_ascii_case(prefix))
+    };
     let path = if lower_prefix("http://") || lower_prefix("https://") {
         let after_scheme = &target[target.find("//").map_or(0, |i| i + 2)..];
         after_scheme.find('/').map_or("/", |i| &after_scheme[i..])

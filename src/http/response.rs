@@ -19,11 +19,25 @@ pub const JSON: &str = "application/json";
 
 impl<'a> Response<'a> {
     pub fn text(status: u16, body: &'a [u8]) -> Self {
-        Response { status, content_type: TEXT, body, allow: None, retry_after: None, close: false }
+        Response {
+            status,
+            content_type: TEXT,
+            body,
+            allow: None,
+            retry_after: None,
+            close: false,
+        }
     }
 
     pub fn json(status: u16, body: &'a [u8]) -> Self {
-        Response { status, content_type: JSON, body, allow: None, retry_after: None, close: false }
+        Response {
+            status,
+            content_type: JSON,
+            body,
+            allow: None,
+            retry_after: None,
+            close: false,
+        }
     }
 }
 
@@ -61,7 +75,13 @@ pub enum Persistence {
 pub const CONTINUE: &[u8] = b"HTTP/1.1 100 Continue\r\n\r\n";
 
 /// Appends the response; `head_only` omits the body but keeps its length (HEAD).
-pub fn write(out: &mut Vec<u8>, response: &Response<'_>, head_only: bool, persistence: Persistence, date: &[u8]) {
+pub fn write(
+    out: &mut Vec<u8>,
+    response: &Response<'_>,
+    head_only: bool,
+    persistence: Persistence,
+    date: &[u8],
+) {
     out.extend_from_slice(b"HTTP/1.1 ");
     push_decimal(out, u64::from(response.status));
     out.push(b' ');
@@ -146,7 +166,13 @@ mod tests {
         let mut out = Vec::new();
         let mut r = Response::text(405, b"nope");
         r.allow = Some("GET, HEAD");
-        write(&mut out, &r, false, Persistence::Close, b"Thu, 01 Jan 1970 00:00:00 GMT");
+        write(
+            &mut out,
+            &r,
+            false,
+            Persistence::Close,
+            b"Thu, 01 Jan 1970 00:00:00 GMT",
+        );
         assert_eq!(
             String::from_utf8(out).unwrap(),
             "HTTP/1.1 405 Method Not Allowed\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: 4\r\n\
@@ -157,7 +183,13 @@ mod tests {
     #[test]
     fn head_keeps_the_length_but_not_the_body() {
         let mut out = Vec::new();
-        write(&mut out, &Response::text(200, b"OK"), true, Persistence::KeepAliveHttp10, b"");
+        write(
+            &mut out,
+            &Response::text(200, b"OK"),
+            true,
+            Persistence::KeepAliveHttp10,
+            b"",
+        );
         assert_eq!(
             String::from_utf8(out).unwrap(),
             "HTTP/1.1 200 OK\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: 2\r\nConnection: keep-alive\r\n\r\n"

@@ -47,7 +47,8 @@ impl Handler for App {
         }
     }
     fn exchanged(&mut self, e: &Exchange<'_>) {
-        self.log.push((e.method.to_owned(), e.path.to_owned(), e.status));
+        self.log
+            .push((e.method.to_owned(), e.path.to_owned(), e.status));
     }
 }
 
@@ -67,11 +68,24 @@ impl Harness {
 
     fn with_limits(limits: Limits) -> Self {
         let now = Instant::now();
-        Harness { conn: Conn::new(now), app: App::default(), limits, pool: BufferPool::new(8), now, written: Vec::new() }
+        Harness {
+            conn: Conn::new(now),
+            app: App::default(),
+            limits,
+            pool: BufferPool::new(8),
+            now,
+            written: Vec::new(),
+        }
     }
 
     fn io(&mut self) -> (&mut Conn<Route>, Io<'_, App>) {
-        let io = Io { handler: &mut self.app, limits: &self.limits, pool: &mut self.pool, now: self.now, date: b"" };
+        let io = Io {
+            handler: &mut self.app,
+            limits: &self.limits,
+            pool: &mut self.pool,
+            now: self.now,
+            date: b"",
+        };
         (&mut self.conn, io)
     }
 
@@ -150,7 +164,13 @@ fn hundred_pipelined_requests_are_answered_once_each_in_order() {
     let mut input = Vec::new();
     for i in 0..100 {
         let body = format!("{{\"n\":{i}}}");
-        input.extend_from_slice(format!("POST /log HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\n\r\n{body}", body.len()).as_bytes());
+        input.extend_from_slice(
+            format!(
+                "POST /log HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\n\r\n{body}",
+                body.len()
+            )
+            .as_bytes(),
+        );
         if i % 10 == 0 {
             input.extend_from_slice(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n");
         }
@@ -189,22 +209,55 @@ fn rejected(input: &[u8], status: u16) -> Harness {
     assert!(h.conn.is_closing());
     let message: serde_json::Value = serde_json::from_slice(&r.body).expect("JSON error body");
     assert!(message["message"].as_str().is_some_and(|m| !m.is_empty()));
-    assert!(h.app.bodies.is_empty(), "a rejected request reached the app");
+    assert!(
+        h.app.bodies.is_empty(),
+        "a rejected request reached the app"
+    );
     h
 }
 
 #[test]
 fn framing_errors_are_400_and_close() {
-    rejected(b"POST /log HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n", 400);
-    rejected(b"POST /log HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\nContent-Length: 3\r\n\r\nabc", 400);
-    rejected(b"POST /log HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\nabc", 400);
-    rejected(b"POST /log HTTP/1.1\r\nHost: x\r\nContent-Length: 3, 3\r\n\r\nabc", 400);
-    rejected(b"POST /log HTTP/1.1\r\nHost: x\r\nContent-Length: -1\r\n\r\n", 400);
-    rejected(b"POST /log HTTP/1.1\r\nHost: x\r\nContent-Length: +3\r\n\r\nabc", 400);
-    rejected(b"POST /log HTTP/1.1\r\nHost: x\r\nContent-Length: abc\r\n\r\n", 400);
-    rejected(b"POST /log HTTP/1.1\r\nHost: x\r\nContent-Length: 99999999999999999999999\r\n\r\n", 400);
-    rejected(b"POST /log HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n", 400);
-    rejected(b"POST /log HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked, gzip\r\n\r\n", 400);
+    rejected(
+        b"POST /log HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n",
+        400,
+    );
+    rejected(
+        b"POST /log HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\nContent-Length: 3\r\n\r\nabc",
+        400,
+    );
+    rejected(
+        b"POST /log HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\nabc",
+        400,
+    );
+    rejected(
+        b"POST /log HTTP/1.1\r\nHost: x\r\nContent-Length: 3, 3\r\n\r\nabc",
+        400,
+    );
+    rejected(
+        b"POST /log HTTP/1.1\r\nHost: x\r\nContent-Length: -1\r\n\r\n",
+        400,
+    );
+    rejected(
+        b"POST /log HTTP/1.1\r\nHost: x\r\nContent-Length: +3\r\n\r\nabc",
+        400,
+    );
+    rejected(
+        b"POST /log HTTP/1.1\r\nHost: x\r\nContent-Length: abc\r\n\r\n",
+        400,
+    );
+    rejected(
+        b"POST /log HTTP/1.1\r\nHost: x\r\nContent-Length: 99999999999999999999999\r\n\r\n",
+        400,
+    );
+    rejected(
+        b"POST /log HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n",
+        400,
+    );
+    rejected(
+        b"POST /log HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked, gzip\r\n\r\n",
+        400,
+    );
     rejected(b"POST /log HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n\r\n", 400);
     rejected(b"GET /healthz HTTP/1.1\r\n\r\n", 400);
     rejected(b"GET /healthz HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n", 400);
@@ -214,17 +267,25 @@ fn framing_errors_are_400_and_close() {
 
 #[test]
 fn unsupported_codings_versions_and_expectations() {
-    rejected(b"POST /log HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip, chunked\r\n\r\n", 501);
+    rejected(
+        b"POST /log HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip, chunked\r\n\r\n",
+        501,
+    );
     rejected(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n", 505);
     rejected(b"GET / HTTP/1.2\r\nHost: x\r\n\r\n", 505);
-    rejected(b"POST /log HTTP/1.1\r\nHost: x\r\nExpect: teapot\r\nContent-Length: 1\r\n\r\nx", 417);
+    rejected(
+        b"POST /log HTTP/1.1\r\nHost: x\r\nExpect: teapot\r\nContent-Length: 1\r\n\r\nx",
+        417,
+    );
 }
 
 #[test]
 fn head_limits_are_431() {
-    let mut limits = Limits::default();
-    limits.max_head_bytes = 256;
-    limits.max_headers = 4;
+    let limits = Limits {
+        max_head_bytes: 256,
+        max_headers: 4,
+        ..Limits::default()
+    };
     let mut h = Harness::with_limits(limits.clone());
     let mut big = b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Big: ".to_vec();
     big.extend(std::iter::repeat_n(b'a', 300));
@@ -239,8 +300,10 @@ fn head_limits_are_431() {
 
 #[test]
 fn body_limit_is_413_before_the_body_and_as_soon_as_chunks_cross_it() {
-    let mut limits = Limits::default();
-    limits.max_body_bytes = 10;
+    let limits = Limits {
+        max_body_bytes: 10,
+        ..Limits::default()
+    };
     let mut h = Harness::with_limits(limits.clone());
     h.feed(b"POST /log HTTP/1.1\r\nHost: x\r\nContent-Length: 11\r\n\r\n");
     assert_eq!(h.only_response().status, 413);
@@ -265,7 +328,10 @@ fn expect_continue_gets_100_when_the_body_is_wanted() {
     assert_eq!(h.written, b"HTTP/1.1 100 Continue\r\n\r\n");
     h.feed(b"{}");
     let r = h.responses();
-    assert_eq!(r.iter().map(|r| r.status).collect::<Vec<_>>(), vec![100, 201]);
+    assert_eq!(
+        r.iter().map(|r| r.status).collect::<Vec<_>>(),
+        vec![100, 201]
+    );
     assert!(!h.conn.is_closing());
 }
 
@@ -279,8 +345,10 @@ fn expect_continue_gets_the_final_answer_when_it_is_known() {
         assert!(r.closes());
         assert!(h.conn.is_closing());
     }
-    let mut limits = Limits::default();
-    limits.max_body_bytes = 1;
+    let limits = Limits {
+        max_body_bytes: 1,
+        ..Limits::default()
+    };
     let mut h = Harness::with_limits(limits);
     h.feed(b"POST /log HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\nContent-Length: 2\r\n\r\n");
     assert_eq!(h.only_response().status, 413);
@@ -290,18 +358,39 @@ fn expect_continue_gets_the_final_answer_when_it_is_known() {
 fn persistence_rules() {
     let cases: [(&[u8], bool, Option<&str>); 6] = [
         (b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n", false, None),
-        (b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n", true, Some("close")),
-        (b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: Upgrade, Close\r\n\r\n", true, Some("close")),
+        (
+            b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+            true,
+            Some("close"),
+        ),
+        (
+            b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: Upgrade, Close\r\n\r\n",
+            true,
+            Some("close"),
+        ),
         (b"GET /healthz HTTP/1.0\r\n\r\n", true, Some("close")),
-        (b"GET /healthz HTTP/1.0\r\nConnection: keep-alive\r\n\r\n", false, Some("keep-alive")),
-        (b"GET /healthz HTTP/1.0\r\nConnection: keep-alive, close\r\n\r\n", true, Some("close")),
+        (
+            b"GET /healthz HTTP/1.0\r\nConnection: keep-alive\r\n\r\n",
+            false,
+            Some("keep-alive"),
+        ),
+        (
+            b"GET /healthz HTTP/1.0\r\nConnection: keep-alive, close\r\n\r\n",
+            true,
+            Some("close"),
+        ),
     ];
     for (input, closes, header) in cases {
         let mut h = Harness::new();
         h.feed(input);
         let r = h.only_response();
         assert_eq!(r.status, 200);
-        assert_eq!(h.conn.is_closing(), closes, "{}", String::from_utf8_lossy(input));
+        assert_eq!(
+            h.conn.is_closing(),
+            closes,
+            "{}",
+            String::from_utf8_lossy(input)
+        );
         assert_eq!(r.header("connection"), header);
     }
 }
@@ -331,7 +420,10 @@ fn absolute_form_and_query_strings_route_by_path() {
     let mut h = Harness::new();
     h.feed(b"GET http://example.com/healthz?x=1 HTTP/1.1\r\nHost: example.com\r\n\r\nGET /healthz?probe HTTP/1.1\r\nHost: x\r\n\r\n");
     let r = h.responses();
-    assert_eq!(r.iter().map(|r| r.status).collect::<Vec<_>>(), vec![200, 200]);
+    assert_eq!(
+        r.iter().map(|r| r.status).collect::<Vec<_>>(),
+        vec![200, 200]
+    );
     assert_eq!(h.app.log[0].1, "/healthz");
 }
 
@@ -370,11 +462,18 @@ fn an_idle_timeout_closes_without_an_answer() {
 
 #[test]
 fn unread_output_stops_processing_until_it_drains() {
-    let mut limits = Limits::default();
-    limits.max_pending_output = 1024;
+    let limits = Limits {
+        max_pending_output: 1024,
+        ..Limits::default()
+    };
     let mut h = Harness::with_limits(limits.clone());
     let request = b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n";
-    let input: Vec<u8> = request.iter().copied().cycle().take(request.len() * 200).collect();
+    let input: Vec<u8> = request
+        .iter()
+        .copied()
+        .cycle()
+        .take(request.len() * 200)
+        .collect();
     let (conn, mut io) = h.io();
     conn.feed(&input, &mut io);
     // Processing stopped just past the limit; the rest waits in the input buffer.
@@ -411,19 +510,33 @@ fn half_close_after_a_request_still_answers_then_closes() {
 fn an_idle_connection_holds_no_buffers() {
     let mut h = Harness::new();
     h.feed(POST);
-    h.feed(b"POST /log HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n2\r\n{}\r\n0\r\n\r\n");
+    h.feed(
+        b"POST /log HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n2\r\n{}\r\n0\r\n\r\n",
+    );
     assert_eq!(h.responses().len(), 2);
     assert_eq!(h.conn.buffered_bytes(), 0);
     assert!(h.pool.pooled() > 0, "buffers went back to the pool");
-    assert!(std::mem::size_of::<Conn<Route>>() <= 512, "{}", std::mem::size_of::<Conn<Route>>());
+    assert!(
+        std::mem::size_of::<Conn<Route>>() <= 512,
+        "{}",
+        std::mem::size_of::<Conn<Route>>()
+    );
 }
 
 #[test]
 fn partial_bodies_stay_within_the_limits() {
-    let mut limits = Limits::default();
-    limits.max_body_bytes = 64 * 1024;
+    let limits = Limits {
+        max_body_bytes: 64 * 1024,
+        ..Limits::default()
+    };
     let mut h = Harness::with_limits(limits.clone());
-    h.feed(format!("POST /log HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\n\r\n", 64 * 1024).as_bytes());
+    h.feed(
+        format!(
+            "POST /log HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\n\r\n",
+            64 * 1024
+        )
+        .as_bytes(),
+    );
     for _ in 0..63 {
         h.feed(&[b'a'; 1024]);
         assert!(h.conn.buffered_bytes() <= 2 * limits.max_body_bytes + limits.max_head_bytes);

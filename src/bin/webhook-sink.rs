@@ -1,0 +1,195 @@
+//! A local stand-in for the endpoint batches are posted to.
+//!
+//! It prints every batch it receives, one line each, so `make run` shows batches
+//! flowing and tests can check exactly what arrived. Flags make it fail, answer a
+//! fixed status, or answer slowly, to try the forwarder's failure paths by hand.
+//!
+//! It runs the forwarder's own sans-IO HTTP connection over plain blocking sockets,
+//! a thread per connection: the same parser, in a second shell.
+
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use argh::FromArgs;
+use webhook_forwarder::duration::parse_go_duration;
+use webhook_forwarder::http::{BufferPool, Conn, Exchange, Handler, Io, Limits, Method, Response};
+
+/// Receive webhook batches and print them: a local endpoint for webhook-forwarder.
+#[derive(FromArgs)]
+struct Flags {
+    /// address to listen on (default 127.0.0.1:9000; port 0 picks a free one)
+    #[argh(option, default = "String::from(\"127.0.0.1:9000\")")]
+    listen: String,
+    /// answer 500 to the first N batches, then 200
+    #[argh(option, default = "0")]
+    fail_first: u64,
+    /// answer every batch with this status instead of 200
+    #[argh(option)]
+    status: Option<u16>,
+    /// wait this long (a Go duration) before answering each batch
+    #[argh(option)]
+    delay: Option<String>,
+    /// print only the count of each batch, not its records
+    #[argh(switch)]
+    quiet: bool,
+}
+
+struct Behaviour {
+    fail_first: u64,
+    status: Option<u16>,
+    delay: Duration,
+    quiet: bool,
+    received: AtomicU64,
+    /// Serializes whole lines so concurrent connections never interleave them.
+    stdout: Mutex<()>,
+}
+
+struct Sink {
+    behaviour: Arc<Behaviour>,
+}
+
+impl Handler for Sink {
+    type Route = bool;
+
+    fn route(&mut self, method: Method, _path: &str) -> bool {
+        method == Method::Post
+    }
+
+    fn early_answer(&mut self, _is_post: bool) -> Option<Response<'_>> {
+        None
+    }
+
+    fn respond(&mut self, is_post: bool, body: &[u8]) -> Response<'_> {
+        if !is_post {
+            return Response::text(200, b"webhook-sink: POST batches here\n");
+        }
+        let b = &*self.behaviour;
+        let n = b.received.fetch_add(1, Ordering::SeqCst) + 1;
+        if !b.delay.is_zero() {
+            std::thread::sleep(b.delay);
+        }
+        let status = match b.status {
+            Some(status) => status,
+            None if n <= b.fail_first => 500,
+            None => 200,
+        };
+        let count = serde_json::from_slice::<Vec<serde::de::IgnoredAny>>(body)
+            .map_or("?".to_owned(), |v| v.len().to_string());
+        {
+            let _line = b.stdout.lock();
+            let mut out = std::io::stdout().lock();
+            let _ = if b.quiet {
+                writeln!(out, "batch records={count} status={status}")
+            } else {
+                writeln!(
+                    out,
+                    "batch records={count} status={status} body={}",
+                    String::from_utf8_lossy(body)
+                )
+            };
+            let _ = out.flush();
+        }
+        Response::text(
+            status,
+            if (200..300).contains(&status) {
+                b"ok\n"
+            } else {
+                b"failing on purpose\n"
+            },
+        )
+    }
+
+    fn exchanged(&mut self, _exchange: &Exchange<'_>) {}
+}
+
+fn serve(mut stream: TcpStream, behaviour: Arc<Behaviour>) {
+    let limits = Limits {
+        max_body_bytes: 256 * 1024 * 1024,
+        ..Limits::default()
+    };
+    let mut pool = BufferPool::new(4);
+    let mut sink = Sink { behaviour };
+    let mut conn: Conn<bool> = Conn::new(Instant::now());
+    let mut buf = vec![0u8; 64 * 1024];
+    let _ = stream.set_read_timeout(Some(limits.idle_timeout));
+    let _ = stream.set_nodelay(true);
+    loop {
+        let n = match stream.read(&mut buf) {
+            Ok(n) => n,
+            Err(_) => return,
+        };
+        let mut io = Io {
+            handler: &mut sink,
+            limits: &limits,
+            pool: &mut pool,
+            now: Instant::now(),
+            date: b"",
+        };
+        if n == 0 {
+            conn.peer_closed(&mut io);
+        } else {
+            conn.feed(&buf[..n], &mut io);
+        }
+        while !conn.output().is_empty() {
+            if stream.write_all(conn.output()).is_err() {
+                return;
+            }
+            let written = conn.output().len();
+            conn.consumed_output(written, &mut pool);
+            let mut io = Io {
+                handler: &mut sink,
+                limits: &limits,
+                pool: &mut pool,
+                now: Instant::now(),
+                date: b"",
+            };
+            conn.resume(&mut io);
+        }
+        if conn.is_closing() {
+            return;
+        }
+    }
+}
+
+fn main() -> std::process::ExitCode {
+    let flags: Flags = argh::from_env();
+    let delay = match flags.delay.as_deref().map(parse_go_duration) {
+        None => Duration::ZERO,
+        Some(Ok(nanos)) if nanos >= 0 => Duration::from_nanos(nanos as u64),
+        Some(_) => {
+            eprintln!("webhook-sink: --delay is not a Go duration (e.g. 500ms, 2s)");
+            return std::process::ExitCode::from(2);
+        }
+    };
+    let listener = match TcpListener::bind(&flags.listen) {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("webhook-sink: cannot listen on {}: {e}", flags.listen);
+            return std::process::ExitCode::from(1);
+        }
+    };
+    let addr = listener
+        .local_addr()
+        .map(|a| a.to_string())
+        .unwrap_or_else(|_| flags.listen.clone());
+    println!("webhook-sink listening on {addr}");
+    let _ = std::io::stdout().flush();
+    let behaviour = Arc::new(Behaviour {
+        fail_first: flags.fail_first,
+        status: flags.status,
+        delay,
+        quiet: flags.quiet,
+        received: AtomicU64::new(0),
+        stdout: Mutex::new(()),
+    });
+    for stream in listener.incoming().flatten() {
+        let behaviour = Arc::clone(&behaviour);
+        let _ = std::thread::Builder::new()
+            .name("sink-conn".into())
+            .spawn(move || serve(stream, behaviour));
+    }
+    std::process::ExitCode::SUCCESS
+}

@@ -1,0 +1,239 @@
+//! The worker thread that POSTs batches, so the poll loop never waits on the network.
+//!
+//! The loop hands over one batch at a time and keeps serving while it is posted; the
+//! worker serializes it (off the loop thread), posts it with a keep-alive `ureq`
+//! agent, retries per the contract, and wakes the loop through a `mio::Waker` with the
+//! outcome. Only the loop decides what happens next, so all queue state stays on
+//! one thread.
+
+use std::sync::Arc;
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use log::{error, info, warn};
+
+use crate::record::Record;
+
+/// Retries after the first attempt fails.
+pub const RETRIES: u32 = 3;
+
+#[derive(Debug, Clone)]
+pub struct ForwarderSettings {
+    pub endpoint: String,
+    pub post_timeout: Duration,
+    pub retry_wait: Duration,
+}
+
+enum Job {
+    Batch(Vec<Record>),
+    /// Give up on the batch in hand (shutdown was forced); skip the remaining retries.
+    Abort,
+}
+
+#[derive(Debug)]
+pub enum Outcome {
+    /// Delivered; the batch comes back emptied so its allocation is reused.
+    Delivered { batch: Vec<Record> },
+    /// Every attempt failed, or the post was aborted; the records come back untouched.
+    Failed { batch: Vec<Record>, reason: String },
+}
+
+pub struct Forwarder {
+    jobs: Sender<Job>,
+    outcomes: Receiver<Outcome>,
+    busy: bool,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Forwarder {
+    pub fn spawn(
+        settings: ForwarderSettings,
+        waker: Arc<mio::Waker>,
+    ) -> std::io::Result<Forwarder> {
+        let (jobs, job_rx) = mpsc::channel();
+        let (outcome_tx, outcomes) = mpsc::channel();
+        let thread = std::thread::Builder::new()
+            .name("forwarder".into())
+            .spawn(move || Worker::new(settings).run(job_rx, outcome_tx, waker))?;
+        Ok(Forwarder {
+            jobs,
+            outcomes,
+            busy: false,
+            thread: Some(thread),
+        })
+    }
+
+    pub fn is_busy(&self) -> bool {
+        self.busy
+    }
+
+    /// Hands a batch to the worker. Only one is in flight at a time.
+    pub fn send(&mut self, batch: Vec<Record>) -> Result<(), Vec<Record>> {
+        debug_assert!(!self.busy);
+        match self.jobs.send(Job::Batch(batch)) {
+            Ok(()) => {
+                self.busy = true;
+                Ok(())
+            }
+            Err(mpsc::SendError(Job::Batch(batch))) => Err(batch),
+            Err(_) => Err(Vec::new()),
+        }
+    }
+
+    /// Asks the worker to stop retrying the batch in hand.
+    pub fn abort(&self) {
+        let _ = self.jobs.send(Job::Abort);
+    }
+
+    /// The outcome of the batch in flight, if it is known yet.
+    pub fn poll_outcome(&mut self) -> Option<Outcome> {
+        match self.outcomes.try_recv() {
+            Ok(outcome) => {
+                self.busy = false;
+                Some(outcome)
+            }
+            Err(mpsc::TryRecvError::Empty) => None,
+            // The worker is gone (it cannot panic by design, but be sure): report the
+            // batch as failed rather than wait for it forever.
+            Err(mpsc::TryRecvError::Disconnected) if self.busy => {
+                self.busy = false;
+                Some(Outcome::Failed {
+                    batch: Vec::new(),
+                    reason: "forwarder thread stopped".into(),
+                })
+            }
+            Err(mpsc::TryRecvError::Disconnected) => None,
+        }
+    }
+}
+
+impl Drop for Forwarder {
+    fn drop(&mut self) {
+        // Closing the job channel ends the worker's loop.
+        let (closed, _) = mpsc::channel();
+        self.jobs = closed;
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+struct Worker {
+    settings: ForwarderSettings,
+    agent: ureq::Agent,
+    /// The serialized batch, reused from one batch to the next.
+    body: Vec<u8>,
+}
+
+/// One attempt's result: a status code, or why no status came back.
+enum Attempt {
+    Status(u16),
+    Error(String),
+}
+
+impl Worker {
+    fn new(settings: ForwarderSettings) -> Worker {
+        let agent: ureq::Agent = ureq::Agent::config_builder()
+            .timeout_global(Some(settings.post_timeout))
+            .http_status_as_error(false)
+            .user_agent(concat!("webhook-forwarder/", env!("CARGO_PKG_VERSION")))
+            .max_idle_connections_per_host(1)
+            .build()
+            .into();
+        Worker {
+            settings,
+            agent,
+            body: Vec::with_capacity(16 * 1024),
+        }
+    }
+
+    fn run(mut self, jobs: Receiver<Job>, outcomes: Sender<Outcome>, waker: Arc<mio::Waker>) {
+        while let Ok(job) = jobs.recv() {
+            let Job::Batch(batch) = job else { continue };
+            let outcome = self.deliver(batch, &jobs);
+            if outcomes.send(outcome).is_err() {
+                return;
+            }
+            let _ = waker.wake();
+            crate::logging::flush();
+        }
+    }
+
+    fn deliver(&mut self, mut batch: Vec<Record>, jobs: &Receiver<Job>) -> Outcome {
+        self.body.clear();
+        if let Err(e) = serde_json::to_writer(&mut self.body, &batch) {
+            // Records are plain data; this cannot fail, but never drop them if it does.
+            return Outcome::Failed {
+                batch,
+                reason: format!("serializing the batch failed: {e}"),
+            };
+        }
+        let size = batch.len();
+        let mut last = String::new();
+        for attempt in 1..=RETRIES + 1 {
+            if attempt > 1 {
+                warn!(batch_size = size, attempt = attempt, wait_ms = self.settings.retry_wait.as_millis() as u64, last = last.as_str(); "retrying batch");
+                match jobs.recv_timeout(self.settings.retry_wait) {
+                    Err(RecvTimeoutError::Timeout) => {}
+                    Ok(_) | Err(RecvTimeoutError::Disconnected) => {
+                        return Outcome::Failed {
+                            batch,
+                            reason: format!("aborted during retries; last: {last}"),
+                        };
+                    }
+                }
+            }
+            let started = Instant::now();
+            let result = self.post_once();
+            let duration_ms = started.elapsed().as_secs_f64() * 1000.0;
+            match result {
+                Attempt::Status(status) if (200..300).contains(&status) => {
+                    info!(batch_size = size, status = status, duration_ms = duration_ms, attempt = attempt; "batch sent");
+                    batch.clear();
+                    return Outcome::Delivered { batch };
+                }
+                Attempt::Status(status) => {
+                    warn!(batch_size = size, status = status, duration_ms = duration_ms, attempt = attempt; "batch post failed");
+                    last = format!("status {status}");
+                }
+                Attempt::Error(reason) => {
+                    warn!(batch_size = size, error = reason.as_str(), duration_ms = duration_ms, attempt = attempt; "batch post failed");
+                    last = reason;
+                }
+            }
+            // An abort that arrived during the post stops us before the next wait.
+            if let Ok(Job::Abort) = jobs.try_recv() {
+                return Outcome::Failed {
+                    batch,
+                    reason: format!("aborted; last: {last}"),
+                };
+            }
+        }
+        error!(batch_size = size, attempts = RETRIES + 1, last = last.as_str(); "batch delivery failed after all retries");
+        Outcome::Failed {
+            batch,
+            reason: last,
+        }
+    }
+
+    fn post_once(&mut self) -> Attempt {
+        let request = self
+            .agent
+            .post(&self.settings.endpoint)
+            .header("Content-Type", "application/json");
+        match request.send(&self.body[..]) {
+            Ok(mut response) => {
+                let status = response.status().as_u16();
+                // Read the (small) answer so the connection can be reused.
+                let _ = response
+                    .body_mut()
+                    .with_config()
+                    .limit(64 * 1024)
+                    .read_to_vec();
+                Attempt::Status(status)
+            }
+            Err(e) => Attempt::Error(e.to_string()),
+        }
+    }
+}

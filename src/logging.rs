@@ -1,0 +1,250 @@
+//! One line per event, logfmt or JSON, to stderr, without a syscall per line.
+//!
+//! Lines are formatted into a shared buffer; the poll loop writes it out once per
+//! turn (`flush`), so a turn that answers fifty requests costs one `write(2)` for
+//! their fifty log lines. The buffer is bounded: past `FLUSH_AT` bytes the logging
+//! thread writes it out itself. The worker thread flushes after its own (rare) lines.
+
+use std::fmt::Write as _;
+use std::io::Write as _;
+use std::sync::Mutex;
+use std::time::SystemTime;
+
+use log::LevelFilter;
+use log::kv::{Key, Value, VisitSource};
+
+use crate::config::LogFormat;
+
+const FLUSH_AT: usize = 64 * 1024;
+
+static BUFFER: Mutex<Vec<u8>> = Mutex::new(Vec::new());
+
+/// Installs the logger. Chatty dependencies are held to warnings.
+pub fn init(level: LevelFilter, format: LogFormat) -> Result<(), log::SetLoggerError> {
+    fern::Dispatch::new()
+        .level(level)
+        .level_for("ureq", LevelFilter::Warn)
+        .level_for("ureq_proto", LevelFilter::Warn)
+        .level_for("rustls", LevelFilter::Warn)
+        .chain(fern::Output::call(move |record| append(record, format)))
+        .apply()
+}
+
+/// Writes buffered lines to stderr.
+pub fn flush() {
+    let mut buffer = match BUFFER.lock() {
+        Ok(guard) => guard,
+        Err(poisoned) => poisoned.into_inner(),
+    };
+    write_out(&mut buffer);
+}
+
+fn write_out(buffer: &mut Vec<u8>) {
+    if buffer.is_empty() {
+        return;
+    }
+    // Nothing sensible can be done if stderr is gone; the lines are dropped.
+    let _ = std::io::stderr().lock().write_all(buffer);
+    buffer.clear();
+    if buffer.capacity() > 4 * FLUSH_AT {
+        buffer.shrink_to(FLUSH_AT);
+    }
+}
+
+fn append(record: &log::Record<'_>, format: LogFormat) {
+    let mut buffer = match BUFFER.lock() {
+        Ok(guard) => guard,
+        Err(poisoned) => poisoned.into_inner(),
+    };
+    format_line(&mut buffer, SystemTime::now(), record, format);
+    if buffer.len() >= FLUSH_AT || record.level() <= log::Level::Warn {
+        write_out(&mut buffer);
+    }
+}
+
+/// Formats one record as a line: `ts=… level=… msg="…" key=value …`, or a JSON object
+/// with the same keys.
+pub fn format_line(
+    out: &mut Vec<u8>,
+    now: SystemTime,
+    record: &log::Record<'_>,
+    format: LogFormat,
+) {
+    let level = match record.level() {
+        log::Level::Error => "error",
+        log::Level::Warn => "warn",
+        log::Level::Info => "info",
+        log::Level::Debug => "debug",
+        log::Level::Trace => "trace",
+    };
+    let mut message_owned = String::new();
+    let message = match record.args().as_str() {
+        Some(text) => text,
+        None => {
+            let _ = write!(message_owned, "{}", record.args());
+            &message_owned
+        }
+    };
+    match format {
+        LogFormat::Logfmt => {
+            out.extend_from_slice(b"ts=");
+            crate::clock::write_rfc3339_millis(out, now);
+            out.extend_from_slice(b" level=");
+            out.extend_from_slice(level.as_bytes());
+            out.extend_from_slice(b" msg=");
+            push_logfmt_string(out, message);
+        }
+        LogFormat::Json => {
+            out.extend_from_slice(b"{\"ts\":\"");
+            crate::clock::write_rfc3339_millis(out, now);
+            out.extend_from_slice(b"\",\"level\":\"");
+            out.extend_from_slice(level.as_bytes());
+            out.extend_from_slice(b"\",\"msg\":");
+            push_json_string(out, message);
+        }
+    }
+    let _ = record.key_values().visit(&mut Pairs {
+        out: &mut *out,
+        format,
+        scratch: String::new(),
+    });
+    if format == LogFormat::Json {
+        out.push(b'}');
+    }
+    out.push(b'\n');
+}
+
+struct Pairs<'a> {
+    out: &'a mut Vec<u8>,
+    format: LogFormat,
+    scratch: String,
+}
+
+impl<'kvs> VisitSource<'kvs> for Pairs<'_> {
+    fn visit_pair(&mut self, key: Key<'kvs>, value: Value<'kvs>) -> Result<(), log::kv::Error> {
+        let out = &mut *self.out;
+        match self.format {
+            LogFormat::Logfmt => {
+                out.push(b' ');
+                out.extend_from_slice(key.as_str().as_bytes());
+                out.push(b'=');
+            }
+            LogFormat::Json => {
+                out.push(b',');
+                push_json_string(out, key.as_str());
+                out.push(b':');
+            }
+        }
+        if let Some(n) = value.to_u64() {
+            crate::http::response::push_decimal(out, n);
+        } else if let Some(n) = value.to_i64() {
+            let _ = write!(AsFmt(out), "{n}");
+        } else if let Some(x) = value.to_f64() {
+            let _ = write!(AsFmt(out), "{x:.3}");
+        } else if let Some(b) = value.to_bool() {
+            out.extend_from_slice(if b { b"true" } else { b"false" });
+        } else {
+            self.scratch.clear();
+            let text = match value.to_borrowed_str() {
+                Some(text) => text,
+                None => {
+                    let _ = write!(self.scratch, "{value}");
+                    &self.scratch
+                }
+            };
+            match self.format {
+                LogFormat::Logfmt => push_logfmt_string(out, text),
+                LogFormat::Json => push_json_string(out, text),
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Lets `write!` format numbers straight into the byte buffer.
+struct AsFmt<'a>(&'a mut Vec<u8>);
+
+impl std::fmt::Write for AsFmt<'_> {
+    fn write_str(&mut self, s: &str) -> std::fmt::Result {
+        self.0.extend_from_slice(s.as_bytes());
+        Ok(())
+    }
+}
+
+/// A bare word when it is safe to leave unquoted, else a quoted, escaped string.
+fn push_logfmt_string(out: &mut Vec<u8>, text: &str) {
+    let bare = !text.is_empty()
+        && text
+            .bytes()
+            .all(|b| b > b' ' && b != b'"' && b != b'=' && b != b'\\' && b < 0x7f);
+    if bare {
+        out.extend_from_slice(text.as_bytes());
+    } else {
+        push_json_string(out, text);
+    }
+}
+
+fn push_json_string(out: &mut Vec<u8>, text: &str) {
+    // serde_json's escaping is exact and cannot fail on a Vec.
+    let _ = serde_json::to_writer(&mut *out, text);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::{Duration, UNIX_EPOCH};
+
+    fn line(format: LogFormat, build: impl FnOnce(&mut dyn FnMut(&log::Record<'_>))) -> String {
+        let mut out = Vec::new();
+        let now = UNIX_EPOCH + Duration::from_millis(1_785_405_600_123);
+        build(&mut |record| format_line(&mut out, now, record, format));
+        String::from_utf8(out).unwrap()
+    }
+
+    #[test]
+    fn logfmt_quotes_only_what_needs_it() {
+        let kvs: [(&str, Value<'_>); 5] = [
+            ("method", Value::from("POST")),
+            ("status", Value::from(201u16)),
+            ("duration_ms", Value::from(3.25f64)),
+            ("error", Value::from("connection refused: \"x\"")),
+            ("ok", Value::from(true)),
+        ];
+        let text = line(LogFormat::Logfmt, |emit| {
+            emit(
+                &log::Record::builder()
+                    .level(log::Level::Info)
+                    .args(format_args!("batch sent"))
+                    .key_values(&kvs)
+                    .build(),
+            )
+        });
+        assert_eq!(
+            text,
+            "ts=2026-07-30T10:00:00.123Z level=info msg=\"batch sent\" method=POST status=201 duration_ms=3.250 error=\"connection refused: \\\"x\\\"\" ok=true\n"
+        );
+    }
+
+    #[test]
+    fn json_lines_parse_and_carry_the_same_keys() {
+        let kvs: [(&str, Value<'_>); 2] = [
+            ("path", Value::from("/log")),
+            ("status", Value::from(400u16)),
+        ];
+        let text = line(LogFormat::Json, |emit| {
+            emit(
+                &log::Record::builder()
+                    .level(log::Level::Warn)
+                    .args(format_args!("request"))
+                    .key_values(&kvs)
+                    .build(),
+            )
+        });
+        let v: serde_json::Value = serde_json::from_str(text.trim_end()).unwrap();
+        assert_eq!(v["ts"], "2026-07-30T10:00:00.123Z");
+        assert_eq!(v["level"], "warn");
+        assert_eq!(v["msg"], "request");
+        assert_eq!(v["path"], "/log");
+        assert_eq!(v["status"], 400);
+    }
+}
