@@ -485,7 +485,7 @@ impl Server {
                     break;
                 }
             }
-            if client.conn.output().is_empty() && client.conn.has_buffered_input() {
+            if client.conn.output().is_empty() && client.conn.is_stalled() {
                 client.conn.resume(&mut io);
                 continue;
             }

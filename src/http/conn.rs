@@ -205,6 +205,8 @@ struct Machine<R> {
     /// Close once the output is written; nothing more is read or produced.
     closing: bool,
     peer_closed: bool,
+    /// Processing stopped at the output limit with input left over.
+    stalled: bool,
 }
 
 impl<R: Copy> Conn<R> {
@@ -219,6 +221,7 @@ impl<R: Copy> Conn<R> {
                 served_any: false,
                 closing: false,
                 peer_closed: false,
+                stalled: false,
             },
         }
     }
@@ -324,9 +327,10 @@ impl<R: Copy> Conn<R> {
         !m.closing && !m.peer_closed && m.out.len() < limits.max_pending_output
     }
 
-    /// Requests are buffered that output back-pressure held back.
-    pub fn has_buffered_input(&self) -> bool {
-        !self.inbuf.is_empty() && !self.machine.closing
+    /// Buffered requests wait because the output is over its limit: once the output
+    /// drains, `resume` answers them.
+    pub fn is_stalled(&self) -> bool {
+        self.machine.stalled && !self.machine.closing
     }
 
     /// True once the connection should be closed after its output is written.
@@ -448,6 +452,7 @@ impl<R: Copy> Machine<R> {
                 }
             }
         }
+        self.stalled = !self.closing && pos < input.len() && self.out.len() >= io.limits.max_pending_output;
         pos
     }
 

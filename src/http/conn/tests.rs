@@ -479,7 +479,7 @@ fn unread_output_stops_processing_until_it_drains() {
     // Processing stopped just past the limit; the rest waits in the input buffer.
     assert!(h.conn.output().len() >= 1024 && h.conn.output().len() < 1024 + 200);
     assert!(!h.conn.wants_read(&limits));
-    assert!(h.conn.has_buffered_input());
+    assert!(h.conn.is_stalled());
     assert!(h.conn.buffered_bytes() < input.len() + 4096 + 2048);
     h.drain();
     assert_eq!(h.responses().len(), 200);

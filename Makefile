@@ -1,0 +1,37 @@
+# webhook-forwarder: the commands a user and CI run. See README.md.
+
+CARGO      ?= cargo
+PORT       ?= 8080
+SINK_PORT  ?= 9000
+# Extra flags for `make run`, e.g. make run ARGS='--batch-size 3 --batch-interval 5s'
+ARGS       ?=
+
+.PHONY: all build run test lint bench fuzz clean
+
+all: build
+
+## build: release binaries of the service and the bundled receiver, in build/
+build:
+	$(CARGO) build --release --locked --bins
+	mkdir -p build
+	cp target/release/webhook-forwarder target/release/webhook-sink build/
+
+## run: the service on :$(PORT), forwarding to the bundled receiver on $(SINK_PORT)
+run: build
+	@echo "webhook-sink on 127.0.0.1:$(SINK_PORT) prints every batch; webhook-forwarder listens on :$(PORT). Ctrl-C stops both."
+	@./build/webhook-sink --listen 127.0.0.1:$(SINK_PORT) & sink=$$!; \
+	trap 'kill $$sink 2>/dev/null' EXIT INT TERM; \
+	./build/webhook-forwarder --http :$(PORT) --post-endpoint http://127.0.0.1:$(SINK_PORT)/ingest $(ARGS)
+
+## test: unit and integration tests (needs curl)
+test:
+	$(CARGO) test --locked --all-targets
+
+## lint: formatting and clippy, warnings are errors
+lint:
+	$(CARGO) fmt --check
+	$(CARGO) clippy --locked --all-targets -- -D warnings
+
+clean:
+	$(CARGO) clean
+	rm -rf build

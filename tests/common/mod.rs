@@ -1,0 +1,330 @@
+//! Drives the real binaries over real loopback sockets.
+//!
+//! `Forwarder` and `Sink` start the built executables and collect their output lines
+//! with arrival times; every wait polls with a deadline, so a slow machine makes a
+//! test slower, not flaky.
+
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
+
+pub const SAMPLE: &str = r#"{"user_id": 1, "total": 1.65, "title": "delectus aut autem", "meta": {"logins": [{"time": "2020-08-08T01:52:50Z", "ip": "0.0.0.0"}], "phone_numbers": {"home": "555-1212", "mobile": "123-5555"}}, "completed": false}"#;
+
+/// A generous ceiling for anything that should happen "soon".
+pub const SOON: Duration = Duration::from_secs(10);
+
+#[derive(Clone, Debug)]
+pub struct Line {
+    pub at: Instant,
+    pub text: String,
+}
+
+type Lines = Arc<(Mutex<Vec<Line>>, Condvar)>;
+
+/// A child process whose stdout or stderr is collected line by line.
+pub struct Proc {
+    child: Child,
+    lines: Lines,
+    status: Option<ExitStatus>,
+}
+
+impl Proc {
+    fn spawn(mut command: Command, watch_stderr: bool) -> Proc {
+        // The caller's WEBHOOK_* variables must not leak into a test.
+        for (key, _) in std::env::vars() {
+            if key.starts_with("WEBHOOK_") {
+                command.env_remove(key);
+            }
+        }
+        command.stdin(Stdio::null());
+        if watch_stderr {
+            command.stderr(Stdio::piped()).stdout(Stdio::null());
+        } else {
+            command.stdout(Stdio::piped()).stderr(Stdio::inherit());
+        }
+        let mut child = command.spawn().expect("spawn test binary");
+        let lines: Lines = Arc::new((Mutex::new(Vec::new()), Condvar::new()));
+        let reader: Box<dyn Read + Send> = if watch_stderr {
+            Box::new(child.stderr.take().unwrap())
+        } else {
+            Box::new(child.stdout.take().unwrap())
+        };
+        let sink = Arc::clone(&lines);
+        std::thread::spawn(move || {
+            for line in BufReader::new(reader).lines() {
+                let Ok(text) = line else { break };
+                let (vec, cv) = &*sink;
+                vec.lock().unwrap().push(Line { at: Instant::now(), text });
+                cv.notify_all();
+            }
+        });
+        Proc { child, lines, status: None }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    pub fn lines(&self) -> Vec<Line> {
+        self.lines.0.lock().unwrap().clone()
+    }
+
+    pub fn text(&self) -> String {
+        self.lines().iter().map(|l| l.text.as_str()).collect::<Vec<_>>().join("\n")
+    }
+
+    /// Waits until `check` holds over all lines so far; panics with the output if not.
+    pub fn wait_for<T>(&self, what: &str, timeout: Duration, mut check: impl FnMut(&[Line]) -> Option<T>) -> T {
+        let deadline = Instant::now() + timeout;
+        let (vec, cv) = &*self.lines;
+        let mut guard = vec.lock().unwrap();
+        loop {
+            if let Some(found) = check(&guard) {
+                return found;
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                let dump: Vec<&str> = guard.iter().map(|l| l.text.as_str()).collect();
+                panic!("timed out waiting for {what}; output so far:\n{}", dump.join("\n"));
+            }
+            guard = cv.wait_timeout(guard, deadline - now).unwrap().0;
+        }
+    }
+
+    pub fn wait_line(&self, needle: &str, timeout: Duration) -> Line {
+        self.wait_for(needle, timeout, |lines| lines.iter().find(|l| l.text.contains(needle)).cloned())
+    }
+
+    pub fn count(&self, needle: &str) -> usize {
+        self.lines().iter().filter(|l| l.text.contains(needle)).count()
+    }
+
+    /// Waits for the process to exit by itself.
+    pub fn wait_exit(&mut self, timeout: Duration) -> ExitStatus {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                self.status = Some(status);
+                // Let the reader thread take the last lines.
+                std::thread::sleep(Duration::from_millis(50));
+                return status;
+            }
+            if Instant::now() >= deadline {
+                panic!("process did not exit in {timeout:?}; output:\n{}", self.text());
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    pub fn signal(&self, signal: &str) {
+        let ok = Command::new("kill").arg(format!("-{signal}")).arg(self.pid().to_string()).status().unwrap().success();
+        assert!(ok, "kill -{signal} failed");
+    }
+
+    /// CPU time (user + system) in clock ticks, from /proc.
+    pub fn cpu_ticks(&self) -> u64 {
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.pid())).unwrap();
+        let after_name = &stat[stat.rfind(')').unwrap() + 2..];
+        let fields: Vec<&str> = after_name.split_whitespace().collect();
+        // utime and stime are fields 14 and 15 of the whole line: 12 and 13 here.
+        fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap()
+    }
+
+    pub fn rss_kib(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.split_whitespace().next())
+            .and_then(|v| v.parse().ok())
+            .unwrap()
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        if self.status.is_none() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// The bundled receiver, on an ephemeral loopback port.
+pub struct Sink {
+    pub proc: Proc,
+    pub addr: SocketAddr,
+}
+
+#[derive(Debug, Clone)]
+pub struct Batch {
+    pub at: Instant,
+    pub status: u16,
+    pub records: Vec<serde_json::Value>,
+}
+
+impl Sink {
+    pub fn start(args: &[&str]) -> Sink {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_webhook-sink"));
+        command.args(["--listen", "127.0.0.1:0"]).args(args);
+        let proc = Proc::spawn(command, false);
+        let line = proc.wait_line("listening on", SOON);
+        let addr = line.text.rsplit(' ').next().unwrap().parse().unwrap();
+        Sink { proc, addr }
+    }
+
+    pub fn endpoint(&self) -> String {
+        format!("http://{}/ingest", self.addr)
+    }
+
+    pub fn batches(&self) -> Vec<Batch> {
+        self.proc.lines().iter().filter_map(parse_batch).collect()
+    }
+
+    /// Batches answered with 2xx, i.e. delivered.
+    pub fn delivered(&self) -> Vec<Batch> {
+        self.batches().into_iter().filter(|b| (200..300).contains(&b.status)).collect()
+    }
+
+    pub fn delivered_records(&self) -> Vec<serde_json::Value> {
+        self.delivered().into_iter().flat_map(|b| b.records).collect()
+    }
+
+    pub fn wait_delivered_records(&self, count: usize, timeout: Duration) -> Vec<serde_json::Value> {
+        self.proc.wait_for(&format!("{count} delivered records"), timeout, |lines| {
+            let records: Vec<serde_json::Value> =
+                lines.iter().filter_map(parse_batch).filter(|b| b.status < 300).flat_map(|b| b.records).collect();
+            (records.len() >= count).then_some(records)
+        })
+    }
+
+    pub fn wait_batches(&self, count: usize, timeout: Duration) -> Vec<Batch> {
+        self.proc.wait_for(&format!("{count} batches"), timeout, |lines| {
+            let batches: Vec<Batch> = lines.iter().filter_map(parse_batch).collect();
+            (batches.len() >= count).then_some(batches)
+        })
+    }
+}
+
+fn parse_batch(line: &Line) -> Option<Batch> {
+    let rest = line.text.strip_prefix("batch records=")?;
+    let status_at = rest.find("status=")? + "status=".len();
+    let status = rest[status_at..status_at + 3].parse().ok()?;
+    let body = &rest[rest.find("body=")? + "body=".len()..];
+    Some(Batch { at: line.at, status, records: serde_json::from_str(body).ok()? })
+}
+
+/// The service under test.
+pub struct Forwarder {
+    pub proc: Proc,
+    pub addr: SocketAddr,
+}
+
+impl Forwarder {
+    /// Starts with `--http 127.0.0.1:0` and the given flags and environment.
+    pub fn start(args: &[&str], env: &[(&str, &str)]) -> Forwarder {
+        let proc = spawn_forwarder(args, env);
+        let line = proc.wait_line("msg=listening", SOON);
+        let addr = field(&line.text, "listen").parse().unwrap();
+        Forwarder { proc, addr }
+    }
+
+    pub fn to(sink: &Sink, args: &[&str]) -> Forwarder {
+        let mut all = vec!["--post-endpoint", &sink.endpoint()[..]].into_iter().map(str::to_owned).collect::<Vec<_>>();
+        all.extend(args.iter().map(|s| s.to_string()));
+        let refs: Vec<&str> = all.iter().map(String::as_str).collect();
+        Forwarder::start(&refs, &[])
+    }
+
+    pub fn post(&self, body: &str) -> Reply {
+        request(self.addr, &format!("POST /log HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len()))
+    }
+
+    pub fn get(&self, path: &str) -> Reply {
+        request(self.addr, &format!("GET {path} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n"))
+    }
+}
+
+/// Starts the forwarder without waiting for it to listen (for startup failures).
+pub fn spawn_forwarder(args: &[&str], env: &[(&str, &str)]) -> Proc {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_webhook-forwarder"));
+    let names_http = |a: &&str| {
+        let name = a.trim_start_matches('-');
+        a.starts_with('-') && (name == "http" || name.starts_with("http="))
+    };
+    if !args.iter().any(|a| names_http(a)) && !env.iter().any(|(k, _)| *k == "WEBHOOK_HTTP") {
+        command.args(["--http", "127.0.0.1:0"]);
+    }
+    command.args(args);
+    for (k, v) in env {
+        command.env(k, v);
+    }
+    Proc::spawn(command, true)
+}
+
+/// The value of `key=value` in a logfmt line.
+pub fn field<'a>(line: &'a str, key: &str) -> &'a str {
+    let start = if line.starts_with(&format!("{key}=")) {
+        key.len() + 1
+    } else {
+        line.find(&format!(" {key}=")).unwrap_or_else(|| panic!("no {key} in {line}")) + key.len() + 2
+    };
+    let rest = &line[start..];
+    if let Some(quoted) = rest.strip_prefix('"') {
+        &quoted[..quoted.find('"').unwrap_or(quoted.len())]
+    } else {
+        rest.split(' ').next().unwrap()
+    }
+}
+
+#[derive(Debug)]
+pub struct Reply {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: String,
+}
+
+impl Reply {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
+    }
+
+    pub fn message(&self) -> String {
+        let v: serde_json::Value = serde_json::from_str(&self.body).unwrap_or_else(|_| panic!("not JSON: {}", self.body));
+        v["message"].as_str().unwrap_or_else(|| panic!("no message in {}", self.body)).to_owned()
+    }
+}
+
+/// Sends raw bytes on a fresh connection and reads one response (until close).
+pub fn request(addr: SocketAddr, raw: &str) -> Reply {
+    let bytes = exchange(addr, raw.as_bytes());
+    let responses = webhook_forwarder::http::check::split_responses(&bytes, |_| false).expect("well-formed response");
+    let r = responses.into_iter().find(|r| r.status != 100).expect("a final response");
+    Reply { status: r.status, headers: r.headers, body: String::from_utf8_lossy(&r.body).into_owned() }
+}
+
+/// Writes `raw`, then reads everything the server sends until it closes.
+pub fn exchange(addr: SocketAddr, raw: &[u8]) -> Vec<u8> {
+    let mut stream = TcpStream::connect(addr).expect("connect");
+    stream.set_read_timeout(Some(SOON)).unwrap();
+    stream.write_all(raw).unwrap();
+    let mut out = Vec::new();
+    let _ = stream.read_to_end(&mut out);
+    out
+}
+
+/// A distinct, complete record numbered `n`.
+pub fn record(n: u64) -> String {
+    format!(
+        r#"{{"user_id": {n}, "total": 1.5, "title": "record {n}", "meta": {{"logins": [{{"time": "2020-08-08T01:52:50Z", "ip": "10.0.0.{}"}}], "phone_numbers": {{"home": "555-{n}", "mobile": "123-5555"}}}}, "completed": true}}"#,
+        n % 250
+    )
+}
+
+pub fn user_ids(records: &[serde_json::Value]) -> Vec<u64> {
+    records.iter().map(|r| r["user_id"].as_u64().unwrap()).collect()
+}
