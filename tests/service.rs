@@ -14,11 +14,30 @@ fn readme_curl_commands_work_verbatim() {
     let port = fwd.addr.port();
     // The two commands from the README, with the port swapped for the test's.
     let post = Command::new("curl")
-        .args(["-s", "-w", "\n%{http_code}", "-X", "POST", &format!("http://localhost:{port}/log"), "-H", "Content-Type: application/json", "-d", SAMPLE])
+        .args([
+            "-s",
+            "-w",
+            "\n%{http_code}",
+            "-X",
+            "POST",
+            &format!("http://localhost:{port}/log"),
+            "-H",
+            "Content-Type: application/json",
+            "-d",
+            SAMPLE,
+        ])
         .output()
         .expect("curl is installed");
     assert_eq!(String::from_utf8_lossy(&post.stdout), "accepted\n201");
-    let health = Command::new("curl").args(["-s", "-w", "\n%{http_code}", &format!("http://localhost:{port}/healthz")]).output().unwrap();
+    let health = Command::new("curl")
+        .args([
+            "-s",
+            "-w",
+            "\n%{http_code}",
+            &format!("http://localhost:{port}/healthz"),
+        ])
+        .output()
+        .unwrap();
     assert_eq!(String::from_utf8_lossy(&health.stdout), "OK\n200");
     let records = sink.wait_delivered_records(1, SOON);
     let sent: serde_json::Value = serde_json::from_str(SAMPLE).unwrap();
@@ -60,8 +79,14 @@ fn a_partial_batch_waits_for_the_interval() {
     assert_eq!(fwd.post(&record(42)).status, 201);
     let batches = sink.wait_batches(1, SOON);
     let waited = batches[0].at - posted;
-    assert!(waited >= Duration::from_millis(690), "sent after {waited:?}, before the interval");
-    assert!(waited < Duration::from_millis(1700), "sent after {waited:?}, long past the interval");
+    assert!(
+        waited >= Duration::from_millis(690),
+        "sent after {waited:?}, before the interval"
+    );
+    assert!(
+        waited < Duration::from_millis(1700),
+        "sent after {waited:?}, long past the interval"
+    );
     assert_eq!(user_ids(&batches[0].records), vec![42]);
 }
 
@@ -79,7 +104,10 @@ fn batches_hold_exactly_the_posted_records_in_order() {
         assert_eq!(got, &want);
     }
     let sizes: Vec<usize> = sink.delivered().iter().map(|b| b.records.len()).collect();
-    assert!(sizes.iter().all(|&s| s <= 10), "a batch exceeded batch size: {sizes:?}");
+    assert!(
+        sizes.iter().all(|&s| s <= 10),
+        "a batch exceeded batch size: {sizes:?}"
+    );
 }
 
 #[test]
@@ -101,16 +129,29 @@ fn bad_records_get_400_naming_the_problem_and_are_never_forwarded() {
     let cases = [
         ("{not json", "malformed JSON"),
         ("", "malformed JSON"),
-        (r#"{"user_id": "seven"}"#, r#"user_id: invalid type: string "seven", expected i64"#),
+        (
+            r#"{"user_id": "seven"}"#,
+            r#"user_id: invalid type: string "seven", expected i64"#,
+        ),
         (r#"{"title": "no id"}"#, "user_id: required"),
         (r#"{"user_id": 0}"#, "user_id: required"),
-        (r#"{"user_id": 5, "meta": {"logins": [{"time": "yesterday"}]}}"#, "meta.logins[0].time: \"yesterday\" is not an RFC 3339 timestamp"),
-        (r#"{"user_id": 5, "completed": "yes"}"#, "completed: invalid type"),
+        (
+            r#"{"user_id": 5, "meta": {"logins": [{"time": "yesterday"}]}}"#,
+            "meta.logins[0].time: \"yesterday\" is not an RFC 3339 timestamp",
+        ),
+        (
+            r#"{"user_id": 5, "completed": "yes"}"#,
+            "completed: invalid type",
+        ),
     ];
     for (body, want) in cases {
         let r = fwd.post(body);
         assert_eq!(r.status, 400, "{body}");
-        assert!(r.header("content-type").unwrap().starts_with("application/json"));
+        assert!(
+            r.header("content-type")
+                .unwrap()
+                .starts_with("application/json")
+        );
         assert!(r.message().starts_with(want), "{body}: {:?}", r.message());
     }
     assert_eq!(fwd.post(&record(77)).status, 201);
@@ -130,7 +171,10 @@ fn unknown_paths_and_wrong_methods() {
     assert_eq!(r.status, 405);
     assert_eq!(r.header("allow"), Some("POST"));
     assert_eq!(r.message(), "method not allowed");
-    let r = request(fwd.addr, "DELETE /healthz HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n");
+    let r = request(
+        fwd.addr,
+        "DELETE /healthz HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n",
+    );
     assert_eq!(r.status, 405);
     assert_eq!(r.header("allow"), Some("GET, HEAD"));
 }
@@ -145,9 +189,15 @@ fn bodies_over_the_limit_get_413() {
     assert!(r.message().contains("too large"));
     // The default limit is 1 MiB.
     let fwd = Forwarder::to(&sink, &[]);
-    let big = format!(r#"{{"user_id": 1, "title": "{}"}}"#, "x".repeat(1024 * 1024));
+    let big = format!(
+        r#"{{"user_id": 1, "title": "{}"}}"#,
+        "x".repeat(1024 * 1024)
+    );
     assert_eq!(fwd.post(&big).status, 413);
-    let fits = format!(r#"{{"user_id": 1, "title": "{}"}}"#, "x".repeat(1000 * 1024));
+    let fits = format!(
+        r#"{{"user_id": 1, "title": "{}"}}"#,
+        "x".repeat(1000 * 1024)
+    );
     assert_eq!(fwd.post(&fits).status, 201);
 }
 
@@ -187,13 +237,22 @@ fn a_full_ring_answers_503_and_keeps_what_it_holds() {
 fn env_settings_and_every_flag_form_with_flags_winning() {
     let sink = Sink::start(&[]);
     let ep = sink.endpoint();
-    let env = [("WEBHOOK_POST_ENDPOINT", ep.as_str()), ("WEBHOOK_BATCH_SIZE", "50"), ("WEBHOOK_BATCH_INTERVAL", "1m30s")];
+    let env = [
+        ("WEBHOOK_POST_ENDPOINT", ep.as_str()),
+        ("WEBHOOK_BATCH_SIZE", "50"),
+        ("WEBHOOK_BATCH_INTERVAL", "1m30s"),
+    ];
     let fwd = Forwarder::start(&[], &env);
     let startup = fwd.proc.wait_line("msg=listening", SOON).text;
     assert_eq!(field(&startup, "batch_size"), "50");
     assert_eq!(field(&startup, "batch_interval"), "1m30s");
     assert_eq!(field(&startup, "post_endpoint"), ep);
-    for form in [&["-batch-size", "5"][..], &["-batch-size=5"], &["--batch-size=5"], &["--batch-size", "5"]] {
+    for form in [
+        &["-batch-size", "5"][..],
+        &["-batch-size=5"],
+        &["--batch-size=5"],
+        &["--batch-size", "5"],
+    ] {
         let fwd = Forwarder::start(form, &env);
         let startup = fwd.proc.wait_line("msg=listening", SOON).text;
         assert_eq!(field(&startup, "batch_size"), "5", "{form:?}");
@@ -206,18 +265,45 @@ fn env_settings_and_every_flag_form_with_flags_winning() {
     assert_eq!(fwd.post(&record(2)).status, 201);
     assert_eq!(user_ids(&sink.wait_delivered_records(2, SOON)), vec![1, 2]);
     // WEBHOOK_HTTP picks the listen address.
-    let fwd = Forwarder::start(&[], &[("WEBHOOK_POST_ENDPOINT", ep.as_str()), ("WEBHOOK_HTTP", "127.0.0.1:0")]);
+    let fwd = Forwarder::start(
+        &[],
+        &[
+            ("WEBHOOK_POST_ENDPOINT", ep.as_str()),
+            ("WEBHOOK_HTTP", "127.0.0.1:0"),
+        ],
+    );
     assert!(fwd.addr.ip().is_loopback());
 }
 
 #[test]
 fn bad_settings_exit_2_naming_the_setting() {
     let cases: [(&[&str], &[(&str, &str)], &str); 5] = [
-        (&["--post-endpoint", "http://127.0.0.1:9/"], &[("WEBHOOK_BATCH_INTERVAL", "10 seconds")], r#"WEBHOOK_BATCH_INTERVAL="10 seconds" is not a Go duration"#),
-        (&["--post-endpoint", "http://127.0.0.1:9/", "-batch-size=lots"], &[], r#"--batch-size="lots""#),
+        (
+            &["--post-endpoint", "http://127.0.0.1:9/"],
+            &[("WEBHOOK_BATCH_INTERVAL", "10 seconds")],
+            r#"WEBHOOK_BATCH_INTERVAL="10 seconds" is not a Go duration"#,
+        ),
+        (
+            &["--post-endpoint", "http://127.0.0.1:9/", "-batch-size=lots"],
+            &[],
+            r#"--batch-size="lots""#,
+        ),
         (&[], &[], "WEBHOOK_POST_ENDPOINT"),
-        (&["--post-endpoint", "http://127.0.0.1:9/", "--batch-size=0", "--batch-interval=0"], &[], "both 0"),
-        (&["--post-endpoint", "http://127.0.0.1:9/", "--bogus"], &[], "bogus"),
+        (
+            &[
+                "--post-endpoint",
+                "http://127.0.0.1:9/",
+                "--batch-size=0",
+                "--batch-interval=0",
+            ],
+            &[],
+            "both 0",
+        ),
+        (
+            &["--post-endpoint", "http://127.0.0.1:9/", "--bogus"],
+            &[],
+            "bogus",
+        ),
     ];
     for (args, env, want) in cases {
         let mut proc = spawn_forwarder(args, env);
@@ -231,14 +317,35 @@ fn bad_settings_exit_2_naming_the_setting() {
 
 #[test]
 fn help_and_version() {
-    let help = Command::new(env!("CARGO_BIN_EXE_webhook-forwarder")).arg("--help").output().unwrap();
+    let help = Command::new(env!("CARGO_BIN_EXE_webhook-forwarder"))
+        .arg("--help")
+        .output()
+        .unwrap();
     assert!(help.status.success());
     let text = String::from_utf8_lossy(&help.stdout);
-    for needle in ["--post-endpoint", "WEBHOOK_POST_ENDPOINT", "--batch-size", "WEBHOOK_BATCH_SIZE", "default 10", "--batch-interval", "WEBHOOK_BATCH_INTERVAL", "default 10s", "--http", "WEBHOOK_HTTP", "default :8080"] {
+    for needle in [
+        "--post-endpoint",
+        "WEBHOOK_POST_ENDPOINT",
+        "--batch-size",
+        "WEBHOOK_BATCH_SIZE",
+        "default 10",
+        "--batch-interval",
+        "WEBHOOK_BATCH_INTERVAL",
+        "default 10s",
+        "--http",
+        "WEBHOOK_HTTP",
+        "default :8080",
+    ] {
         assert!(text.contains(needle), "--help lacks {needle}");
     }
-    let version = Command::new(env!("CARGO_BIN_EXE_webhook-forwarder")).arg("--version").output().unwrap();
-    assert_eq!(String::from_utf8_lossy(&version.stdout).trim(), format!("webhook-forwarder {}", env!("CARGO_PKG_VERSION")));
+    let version = Command::new(env!("CARGO_BIN_EXE_webhook-forwarder"))
+        .arg("--version")
+        .output()
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&version.stdout).trim(),
+        format!("webhook-forwarder {}", env!("CARGO_PKG_VERSION"))
+    );
 }
 
 #[test]
@@ -261,7 +368,10 @@ fn failed_posts_are_retried_with_the_wait_between() {
     // The service goes on normally afterwards.
     assert_eq!(fwd.post(&record(3)).status, 201);
     assert_eq!(fwd.post(&record(4)).status, 201);
-    assert_eq!(user_ids(&sink.wait_delivered_records(4, SOON)), vec![1, 2, 3, 4]);
+    assert_eq!(
+        user_ids(&sink.wait_delivered_records(4, SOON)),
+        vec![1, 2, 3, 4]
+    );
 }
 
 #[test]
@@ -272,17 +382,33 @@ fn the_process_exits_non_zero_after_the_last_retry_fails() {
     assert_eq!(fwd.post(&record(9)).status, 201);
     let status = fwd.proc.wait_exit(SOON);
     assert_eq!(status.code(), Some(3), "{}", fwd.proc.text());
-    assert!(started.elapsed() >= Duration::from_millis(300), "3 waits of 100ms");
+    assert!(
+        started.elapsed() >= Duration::from_millis(300),
+        "3 waits of 100ms"
+    );
     assert_eq!(sink.batches().len(), 4, "1 attempt + 3 retries");
     let text = fwd.proc.text();
-    assert!(text.contains("batch delivery failed after all retries"), "{text}");
+    assert!(
+        text.contains("batch delivery failed after all retries"),
+        "{text}"
+    );
     assert!(text.contains("last=\"status 503\""), "{text}");
 }
 
 #[test]
 fn an_unreachable_endpoint_counts_as_failure() {
     // Port 9 on loopback: nothing listens, the connection is refused.
-    let mut fwd = Forwarder::start(&["--post-endpoint", "http://127.0.0.1:9/", "--batch-size", "1", "--retry-wait", "50ms"], &[]);
+    let mut fwd = Forwarder::start(
+        &[
+            "--post-endpoint",
+            "http://127.0.0.1:9/",
+            "--batch-size",
+            "1",
+            "--retry-wait",
+            "50ms",
+        ],
+        &[],
+    );
     assert_eq!(fwd.post(&record(1)).status, 201);
     assert_eq!(fwd.proc.wait_exit(SOON).code(), Some(3));
     assert_eq!(fwd.proc.count("msg=\"batch post failed\""), 4);

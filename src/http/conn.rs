@@ -452,7 +452,8 @@ impl<R: Copy> Machine<R> {
                 }
             }
         }
-        self.stalled = !self.closing && pos < input.len() && self.out.len() >= io.limits.max_pending_output;
+        self.stalled =
+            !self.closing && pos < input.len() && self.out.len() >= io.limits.max_pending_output;
         pos
     }
 

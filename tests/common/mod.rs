@@ -58,11 +58,18 @@ impl Proc {
             for line in BufReader::new(reader).lines() {
                 let Ok(text) = line else { break };
                 let (vec, cv) = &*sink;
-                vec.lock().unwrap().push(Line { at: Instant::now(), text });
+                vec.lock().unwrap().push(Line {
+                    at: Instant::now(),
+                    text,
+                });
                 cv.notify_all();
             }
         });
-        Proc { child, lines, status: None }
+        Proc {
+            child,
+            lines,
+            status: None,
+        }
     }
 
     pub fn pid(&self) -> u32 {
@@ -74,11 +81,20 @@ impl Proc {
     }
 
     pub fn text(&self) -> String {
-        self.lines().iter().map(|l| l.text.as_str()).collect::<Vec<_>>().join("\n")
+        self.lines()
+            .iter()
+            .map(|l| l.text.as_str())
+            .collect::<Vec<_>>()
+            .join("\n")
     }
 
     /// Waits until `check` holds over all lines so far; panics with the output if not.
-    pub fn wait_for<T>(&self, what: &str, timeout: Duration, mut check: impl FnMut(&[Line]) -> Option<T>) -> T {
+    pub fn wait_for<T>(
+        &self,
+        what: &str,
+        timeout: Duration,
+        mut check: impl FnMut(&[Line]) -> Option<T>,
+    ) -> T {
         let deadline = Instant::now() + timeout;
         let (vec, cv) = &*self.lines;
         let mut guard = vec.lock().unwrap();
@@ -89,18 +105,26 @@ impl Proc {
             let now = Instant::now();
             if now >= deadline {
                 let dump: Vec<&str> = guard.iter().map(|l| l.text.as_str()).collect();
-                panic!("timed out waiting for {what}; output so far:\n{}", dump.join("\n"));
+                panic!(
+                    "timed out waiting for {what}; output so far:\n{}",
+                    dump.join("\n")
+                );
             }
             guard = cv.wait_timeout(guard, deadline - now).unwrap().0;
         }
     }
 
     pub fn wait_line(&self, needle: &str, timeout: Duration) -> Line {
-        self.wait_for(needle, timeout, |lines| lines.iter().find(|l| l.text.contains(needle)).cloned())
+        self.wait_for(needle, timeout, |lines| {
+            lines.iter().find(|l| l.text.contains(needle)).cloned()
+        })
     }
 
     pub fn count(&self, needle: &str) -> usize {
-        self.lines().iter().filter(|l| l.text.contains(needle)).count()
+        self.lines()
+            .iter()
+            .filter(|l| l.text.contains(needle))
+            .count()
     }
 
     /// Waits for the process to exit by itself.
@@ -114,14 +138,22 @@ impl Proc {
                 return status;
             }
             if Instant::now() >= deadline {
-                panic!("process did not exit in {timeout:?}; output:\n{}", self.text());
+                panic!(
+                    "process did not exit in {timeout:?}; output:\n{}",
+                    self.text()
+                );
             }
             std::thread::sleep(Duration::from_millis(10));
         }
     }
 
     pub fn signal(&self, signal: &str) {
-        let ok = Command::new("kill").arg(format!("-{signal}")).arg(self.pid().to_string()).status().unwrap().success();
+        let ok = Command::new("kill")
+            .arg(format!("-{signal}"))
+            .arg(self.pid().to_string())
+            .status()
+            .unwrap()
+            .success();
         assert!(ok, "kill -{signal} failed");
     }
 
@@ -187,26 +219,42 @@ impl Sink {
 
     /// Batches answered with 2xx, i.e. delivered.
     pub fn delivered(&self) -> Vec<Batch> {
-        self.batches().into_iter().filter(|b| (200..300).contains(&b.status)).collect()
+        self.batches()
+            .into_iter()
+            .filter(|b| (200..300).contains(&b.status))
+            .collect()
     }
 
     pub fn delivered_records(&self) -> Vec<serde_json::Value> {
-        self.delivered().into_iter().flat_map(|b| b.records).collect()
+        self.delivered()
+            .into_iter()
+            .flat_map(|b| b.records)
+            .collect()
     }
 
-    pub fn wait_delivered_records(&self, count: usize, timeout: Duration) -> Vec<serde_json::Value> {
-        self.proc.wait_for(&format!("{count} delivered records"), timeout, |lines| {
-            let records: Vec<serde_json::Value> =
-                lines.iter().filter_map(parse_batch).filter(|b| b.status < 300).flat_map(|b| b.records).collect();
-            (records.len() >= count).then_some(records)
-        })
+    pub fn wait_delivered_records(
+        &self,
+        count: usize,
+        timeout: Duration,
+    ) -> Vec<serde_json::Value> {
+        self.proc
+            .wait_for(&format!("{count} delivered records"), timeout, |lines| {
+                let records: Vec<serde_json::Value> = lines
+                    .iter()
+                    .filter_map(parse_batch)
+                    .filter(|b| b.status < 300)
+                    .flat_map(|b| b.records)
+                    .collect();
+                (records.len() >= count).then_some(records)
+            })
     }
 
     pub fn wait_batches(&self, count: usize, timeout: Duration) -> Vec<Batch> {
-        self.proc.wait_for(&format!("{count} batches"), timeout, |lines| {
-            let batches: Vec<Batch> = lines.iter().filter_map(parse_batch).collect();
-            (batches.len() >= count).then_some(batches)
-        })
+        self.proc
+            .wait_for(&format!("{count} batches"), timeout, |lines| {
+                let batches: Vec<Batch> = lines.iter().filter_map(parse_batch).collect();
+                (batches.len() >= count).then_some(batches)
+            })
     }
 }
 
@@ -215,7 +263,11 @@ fn parse_batch(line: &Line) -> Option<Batch> {
     let status_at = rest.find("status=")? + "status=".len();
     let status = rest[status_at..status_at + 3].parse().ok()?;
     let body = &rest[rest.find("body=")? + "body=".len()..];
-    Some(Batch { at: line.at, status, records: serde_json::from_str(body).ok()? })
+    Some(Batch {
+        at: line.at,
+        status,
+        records: serde_json::from_str(body).ok()?,
+    })
 }
 
 /// The service under test.
@@ -234,18 +286,30 @@ impl Forwarder {
     }
 
     pub fn to(sink: &Sink, args: &[&str]) -> Forwarder {
-        let mut all = vec!["--post-endpoint", &sink.endpoint()[..]].into_iter().map(str::to_owned).collect::<Vec<_>>();
+        let mut all = vec!["--post-endpoint", &sink.endpoint()[..]]
+            .into_iter()
+            .map(str::to_owned)
+            .collect::<Vec<_>>();
         all.extend(args.iter().map(|s| s.to_string()));
         let refs: Vec<&str> = all.iter().map(String::as_str).collect();
         Forwarder::start(&refs, &[])
     }
 
     pub fn post(&self, body: &str) -> Reply {
-        request(self.addr, &format!("POST /log HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len()))
+        request(
+            self.addr,
+            &format!(
+                "POST /log HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            ),
+        )
     }
 
     pub fn get(&self, path: &str) -> Reply {
-        request(self.addr, &format!("GET {path} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n"))
+        request(
+            self.addr,
+            &format!("GET {path} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n"),
+        )
     }
 }
 
@@ -271,7 +335,10 @@ pub fn field<'a>(line: &'a str, key: &str) -> &'a str {
     let start = if line.starts_with(&format!("{key}=")) {
         key.len() + 1
     } else {
-        line.find(&format!(" {key}=")).unwrap_or_else(|| panic!("no {key} in {line}")) + key.len() + 2
+        line.find(&format!(" {key}="))
+            .unwrap_or_else(|| panic!("no {key} in {line}"))
+            + key.len()
+            + 2
     };
     let rest = &line[start..];
     if let Some(quoted) = rest.strip_prefix('"') {
@@ -290,21 +357,36 @@ pub struct Reply {
 
 impl Reply {
     pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
+        self.headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
     }
 
     pub fn message(&self) -> String {
-        let v: serde_json::Value = serde_json::from_str(&self.body).unwrap_or_else(|_| panic!("not JSON: {}", self.body));
-        v["message"].as_str().unwrap_or_else(|| panic!("no message in {}", self.body)).to_owned()
+        let v: serde_json::Value =
+            serde_json::from_str(&self.body).unwrap_or_else(|_| panic!("not JSON: {}", self.body));
+        v["message"]
+            .as_str()
+            .unwrap_or_else(|| panic!("no message in {}", self.body))
+            .to_owned()
     }
 }
 
 /// Sends raw bytes on a fresh connection and reads one response (until close).
 pub fn request(addr: SocketAddr, raw: &str) -> Reply {
     let bytes = exchange(addr, raw.as_bytes());
-    let responses = webhook_forwarder::http::check::split_responses(&bytes, |_| false).expect("well-formed response");
-    let r = responses.into_iter().find(|r| r.status != 100).expect("a final response");
-    Reply { status: r.status, headers: r.headers, body: String::from_utf8_lossy(&r.body).into_owned() }
+    let responses = webhook_forwarder::http::check::split_responses(&bytes, |_| false)
+        .expect("well-formed response");
+    let r = responses
+        .into_iter()
+        .find(|r| r.status != 100)
+        .expect("a final response");
+    Reply {
+        status: r.status,
+        headers: r.headers,
+        body: String::from_utf8_lossy(&r.body).into_owned(),
+    }
 }
 
 /// Writes `raw`, then reads everything the server sends until it closes.
@@ -326,5 +408,8 @@ pub fn record(n: u64) -> String {
 }
 
 pub fn user_ids(records: &[serde_json::Value]) -> Vec<u64> {
-    records.iter().map(|r| r["user_id"].as_u64().unwrap()).collect()
+    records
+        .iter()
+        .map(|r| r["user_id"].as_u64().unwrap())
+        .collect()
 }
