@@ -277,7 +277,8 @@ fn env_settings_and_every_flag_form_with_flags_winning() {
 
 #[test]
 fn bad_settings_exit_2_naming_the_setting() {
-    let cases: [(&[&str], &[(&str, &str)], &str); 5] = [
+    type Case<'a> = (&'a [&'a str], &'a [(&'a str, &'a str)], &'a str);
+    let cases: [Case; 5] = [
         (
             &["--post-endpoint", "http://127.0.0.1:9/"],
             &[("WEBHOOK_BATCH_INTERVAL", "10 seconds")],

@@ -320,7 +320,7 @@ pub fn spawn_forwarder(args: &[&str], env: &[(&str, &str)]) -> Proc {
         let name = a.trim_start_matches('-');
         a.starts_with('-') && (name == "http" || name.starts_with("http="))
     };
-    if !args.iter().any(|a| names_http(a)) && !env.iter().any(|(k, _)| *k == "WEBHOOK_HTTP") {
+    if !args.iter().any(names_http) && !env.iter().any(|(k, _)| *k == "WEBHOOK_HTTP") {
         command.args(["--http", "127.0.0.1:0"]);
     }
     command.args(args);
