@@ -15,3 +15,4 @@ pub mod ring;
 pub mod server;
 
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+pub mod fuzzing;
