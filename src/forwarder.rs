@@ -13,7 +13,9 @@ use std::time::{Duration, Instant};
 
 use log::{error, info, warn};
 
+use crate::metrics::WorkerStats;
 use crate::record::Record;
+use std::sync::atomic::Ordering;
 
 /// Retries after the first attempt fails.
 pub const RETRIES: u32 = 3;
@@ -50,12 +52,13 @@ impl Forwarder {
     pub fn spawn(
         settings: ForwarderSettings,
         waker: Arc<mio::Waker>,
+        stats: Arc<WorkerStats>,
     ) -> std::io::Result<Forwarder> {
         let (jobs, job_rx) = mpsc::channel();
         let (outcome_tx, outcomes) = mpsc::channel();
         let thread = std::thread::Builder::new()
             .name("forwarder".into())
-            .spawn(move || Worker::new(settings).run(job_rx, outcome_tx, waker))?;
+            .spawn(move || Worker::new(settings, stats).run(job_rx, outcome_tx, waker))?;
         Ok(Forwarder {
             jobs,
             outcomes,
@@ -124,6 +127,7 @@ struct Worker {
     agent: ureq::Agent,
     /// The serialized batch, reused from one batch to the next.
     body: Vec<u8>,
+    stats: Arc<WorkerStats>,
 }
 
 /// One attempt's result: a status code, or why no status came back.
@@ -133,7 +137,7 @@ enum Attempt {
 }
 
 impl Worker {
-    fn new(settings: ForwarderSettings) -> Worker {
+    fn new(settings: ForwarderSettings, stats: Arc<WorkerStats>) -> Worker {
         let agent: ureq::Agent = ureq::Agent::config_builder()
             .timeout_global(Some(settings.post_timeout))
             .http_status_as_error(false)
@@ -145,6 +149,7 @@ impl Worker {
             settings,
             agent,
             body: Vec::with_capacity(16 * 1024),
+            stats,
         }
     }
 
@@ -186,7 +191,13 @@ impl Worker {
             }
             let started = Instant::now();
             let result = self.post_once();
-            let duration_ms = started.elapsed().as_secs_f64() * 1000.0;
+            let took = started.elapsed();
+            self.stats.attempts.fetch_add(1, Ordering::Relaxed);
+            if attempt > 1 {
+                self.stats.retries.fetch_add(1, Ordering::Relaxed);
+            }
+            self.stats.observe_post(took);
+            let duration_ms = took.as_secs_f64() * 1000.0;
             match result {
                 Attempt::Status(status) if (200..300).contains(&status) => {
                     info!(batch_size = size, status = status, duration_ms = duration_ms, attempt = attempt; "batch sent");

@@ -10,6 +10,7 @@ pub mod duration;
 pub mod forwarder;
 pub mod http;
 pub mod logging;
+pub mod metrics;
 pub mod record;
 pub mod ring;
 pub mod server;

@@ -22,6 +22,7 @@ use crate::config::Config;
 use crate::forwarder::{Forwarder, ForwarderSettings, Outcome};
 use crate::http::response::{self, Response};
 use crate::http::{BufferPool, Conn, Exchange, Handler, Io, Limits, Method};
+use crate::metrics::{Endpoint, Metrics, QueueGauges, Rejected, WorkerStats};
 use crate::record::{self, Record, Rejection};
 use crate::ring::Ring;
 
@@ -48,11 +49,18 @@ pub enum Exit {
 
 /// Where the request goes, decided from its head.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Route {
-    Health,
-    Log,
-    WrongMethod(&'static str),
-    NotFound,
+pub struct Route {
+    endpoint: Endpoint,
+    method_allowed: bool,
+}
+
+impl Route {
+    fn allow(self) -> &'static str {
+        match self.endpoint {
+            Endpoint::Log => "POST",
+            _ => "GET, HEAD",
+        }
+    }
 }
 
 struct Queued {
@@ -113,9 +121,11 @@ impl Queue {
 struct App {
     queue: Queue,
     forwarder: Forwarder,
-    /// Error bodies are built here, reused from request to request.
+    /// Error bodies and metrics are built here, reused from request to request.
     scratch: Vec<u8>,
     now: Instant,
+    metrics: Metrics,
+    worker_stats: Arc<WorkerStats>,
 }
 
 /// The application as seen by one connection's requests (adds the peer for the log).
@@ -128,19 +138,36 @@ impl Handler for Peer<'_> {
     type Route = Route;
 
     fn route(&mut self, method: Method, path: &str) -> Route {
-        match (path, method) {
-            ("/healthz", Method::Get | Method::Head) => Route::Health,
-            ("/healthz", _) => Route::WrongMethod("GET, HEAD"),
-            ("/log", Method::Post) => Route::Log,
-            ("/log", _) => Route::WrongMethod("POST"),
-            _ => Route::NotFound,
+        let endpoint = match path {
+            "/healthz" => Endpoint::Health,
+            "/log" => Endpoint::Log,
+            "/metrics" => Endpoint::Metrics,
+            _ => Endpoint::Unknown,
+        };
+        let method_allowed = match endpoint {
+            Endpoint::Log => method == Method::Post,
+            Endpoint::Health | Endpoint::Metrics => matches!(method, Method::Get | Method::Head),
+            Endpoint::Unknown => true,
+        };
+        Route {
+            endpoint,
+            method_allowed,
         }
     }
 
     fn early_answer(&mut self, route: Route) -> Option<Response<'_>> {
         match route {
-            Route::Log if !self.app.queue.has_room() => Some(self.app.queue_full()),
-            Route::Log | Route::Health => None,
+            Route {
+                endpoint: Endpoint::Log,
+                method_allowed: true,
+            } if !self.app.queue.has_room() => {
+                self.app.metrics.count_rejected(Rejected::QueueFull);
+                Some(self.app.queue_full())
+            }
+            Route {
+                endpoint: Endpoint::Log | Endpoint::Health,
+                method_allowed: true,
+            } => None,
             other => Some(self.app.respond(other, b"")),
         }
     }
@@ -149,7 +176,12 @@ impl Handler for Peer<'_> {
         self.app.respond(route, body)
     }
 
-    fn exchanged(&mut self, exchange: &Exchange<'_>) {
+    fn exchanged(&mut self, exchange: &Exchange<'_, Route>) {
+        let endpoint = exchange.route.map_or(Endpoint::Unknown, |r| r.endpoint);
+        self.app.metrics.count_request(endpoint, exchange.status);
+        if endpoint == Endpoint::Log && exchange.status == 413 {
+            self.app.metrics.count_rejected(Rejected::TooLarge);
+        }
         let duration_us = exchange.started.elapsed().as_micros() as u64;
         info!(
             method = exchange.method,
@@ -164,20 +196,22 @@ impl Handler for Peer<'_> {
 
 impl App {
     fn respond(&mut self, route: Route, body: &[u8]) -> Response<'_> {
-        match route {
-            Route::Health => Response::text(200, b"OK"),
-            Route::Log => self.accept_record(body),
-            Route::WrongMethod(allow) => {
-                let mut r = self.error(405, "method not allowed");
-                r.allow = Some(allow);
-                r
-            }
-            Route::NotFound => self.error(404, "not found"),
+        if !route.method_allowed {
+            let mut r = self.error(405, "method not allowed");
+            r.allow = Some(route.allow());
+            return r;
+        }
+        match route.endpoint {
+            Endpoint::Health => Response::text(200, b"OK"),
+            Endpoint::Log => self.accept_record(body),
+            Endpoint::Metrics => self.render_metrics(),
+            Endpoint::Unknown => self.error(404, "not found"),
         }
     }
 
     fn accept_record(&mut self, body: &[u8]) -> Response<'_> {
         if !self.queue.has_room() {
+            self.metrics.count_rejected(Rejected::QueueFull);
             return self.queue_full();
         }
         match record::decode(body) {
@@ -188,12 +222,35 @@ impl App {
                 };
                 // has_room() above guarantees the ring has a free slot.
                 if self.queue.ring.push(queued).is_err() {
+                    self.metrics.count_rejected(Rejected::QueueFull);
                     return self.queue_full();
                 }
+                self.metrics.accepted += 1;
                 Response::text(201, b"accepted")
             }
-            Err(Rejection::Malformed(m) | Rejection::Invalid(m)) => self.error(400, &m),
+            Err(rejection) => {
+                let reason = match rejection {
+                    Rejection::Malformed(_) => Rejected::Malformed,
+                    Rejection::Invalid(_) => Rejected::Invalid,
+                };
+                self.metrics.count_rejected(reason);
+                self.error(400, rejection.message())
+            }
         }
+    }
+
+    fn render_metrics(&mut self) -> Response<'_> {
+        self.scratch.clear();
+        let gauges = QueueGauges {
+            queued: self.queue.ring.len(),
+            in_flight: self.queue.in_flight,
+            capacity: self.queue.ring.capacity(),
+        };
+        self.metrics
+            .render(&mut self.scratch, &gauges, &self.worker_stats);
+        let mut r = Response::text(200, &self.scratch);
+        r.content_type = "text/plain; version=0.0.4; charset=utf-8";
+        r
     }
 
     fn queue_full(&mut self) -> Response<'_> {
@@ -230,7 +287,6 @@ pub struct Server {
     local_addr: SocketAddr,
     clients: Vec<Option<Client>>,
     free_slots: Vec<usize>,
-    open: usize,
     max_connections: usize,
     accept_paused_until: Option<Instant>,
     limits: Limits,
@@ -252,6 +308,7 @@ impl Server {
         poll.registry()
             .register(&mut listener, LISTENER, Interest::READABLE)?;
         let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
+        let worker_stats = Arc::new(WorkerStats::default());
         let forwarder = Forwarder::spawn(
             ForwarderSettings {
                 endpoint: config.post_endpoint.clone(),
@@ -259,6 +316,7 @@ impl Server {
                 retry_wait: config.retry_wait,
             },
             waker,
+            Arc::clone(&worker_stats),
         )?;
         let now = Instant::now();
         let app = App {
@@ -272,6 +330,8 @@ impl Server {
             forwarder,
             scratch: Vec::with_capacity(256),
             now,
+            metrics: Metrics::default(),
+            worker_stats,
         };
         Ok(Server {
             poll,
@@ -279,7 +339,6 @@ impl Server {
             local_addr,
             clients: Vec::new(),
             free_slots: Vec::new(),
-            open: 0,
             max_connections: config.max_connections,
             accept_paused_until: None,
             limits: config.limits.clone(),
@@ -295,6 +354,10 @@ impl Server {
 
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
+    }
+
+    fn open(&self) -> usize {
+        self.app.metrics.open_connections as usize
     }
 
     pub fn run(&mut self) -> Exit {
@@ -360,7 +423,7 @@ impl Server {
             return;
         }
         loop {
-            if self.open >= self.max_connections {
+            if self.open() >= self.max_connections {
                 // Resumed when a connection closes; the backlog waits in the kernel.
                 self.accept_paused_until = Some(now + Duration::from_secs(3600));
                 return;
@@ -369,7 +432,7 @@ impl Server {
                 Ok((stream, remote)) => self.add_client(stream, remote, now),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 Err(e) if is_resource_exhaustion(&e) => {
-                    warn!(error:% = e, open = self.open; "cannot accept: out of resources, pausing");
+                    warn!(error:% = e, open = self.open(); "cannot accept: out of resources, pausing");
                     self.accept_paused_until = Some(now + ACCEPT_BACKOFF);
                     return;
                 }
@@ -405,7 +468,8 @@ impl Server {
         } else {
             self.clients[slot] = Some(client);
         }
-        self.open += 1;
+        self.app.metrics.open_connections += 1;
+        self.app.metrics.accepted_connections += 1;
         self.note_deadline(deadline);
     }
 
@@ -564,8 +628,8 @@ impl Server {
             // Dropping the stream closes the socket, which also removes it from epoll.
             drop(client);
             self.free_slots.push(slot);
-            self.open -= 1;
-            if self.accept_paused_until.is_some() && self.open < self.max_connections {
+            self.app.metrics.open_connections -= 1;
+            if self.accept_paused_until.is_some() && self.open() < self.max_connections {
                 self.accept_paused_until = Some(Instant::now());
             }
         }
@@ -620,7 +684,7 @@ impl Server {
     fn resume_accepting(&mut self, now: Instant) {
         if let Some(at) = self.accept_paused_until
             && now >= at
-            && self.open < self.max_connections
+            && self.open() < self.max_connections
         {
             self.accept_paused_until = None;
             self.accept(now);
@@ -630,11 +694,14 @@ impl Server {
     fn collect_outcome(&mut self) -> Option<Exit> {
         match self.app.forwarder.poll_outcome()? {
             Outcome::Delivered { batch } => {
+                self.app.metrics.forwarded += self.app.queue.in_flight as u64;
+                self.app.metrics.batches_delivered += 1;
                 self.app.queue.in_flight = 0;
                 self.app.queue.spare_batch = batch;
                 None
             }
             Outcome::Failed { batch, reason } => {
+                self.app.metrics.batches_failed += 1;
                 let waiting = self.app.queue.ring.len();
                 error!(batch_size = batch.len(), waiting = waiting, reason = reason.as_str(); "giving up: batch could not be delivered");
                 Some(Exit::DeliveryFailed)

@@ -95,7 +95,7 @@ fn batches_hold_exactly_the_posted_records_in_order() {
     let sink = Sink::start(&[]);
     let fwd = Forwarder::to(&sink, &["--batch-size", "10", "--batch-interval", "300ms"]);
     for n in 1..=25 {
-        assert_eq!(fwd.post(&record(n)).status, 201);
+        fwd.post_accepted(&record(n));
     }
     let records = sink.wait_delivered_records(25, SOON);
     assert_eq!(user_ids(&records), (1..=25).collect::<Vec<_>>());
@@ -115,7 +115,7 @@ fn batch_size_zero_sends_everything_waiting_by_time() {
     let sink = Sink::start(&[]);
     let fwd = Forwarder::to(&sink, &["--batch-size", "0", "--batch-interval", "400ms"]);
     for n in 1..=30 {
-        assert_eq!(fwd.post(&record(n)).status, 201);
+        fwd.post_accepted(&record(n));
     }
     let records = sink.wait_delivered_records(30, SOON);
     assert_eq!(user_ids(&records), (1..=30).collect::<Vec<_>>());

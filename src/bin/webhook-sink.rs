@@ -102,7 +102,7 @@ impl Handler for Sink {
         )
     }
 
-    fn exchanged(&mut self, _exchange: &Exchange<'_>) {}
+    fn exchanged(&mut self, _exchange: &Exchange<'_, bool>) {}
 }
 
 fn serve(mut stream: TcpStream, behaviour: Arc<Behaviour>) {

@@ -97,11 +97,13 @@ pub trait Handler {
     /// means the body is wanted.
     fn early_answer(&mut self, route: Self::Route) -> Option<Response<'_>>;
     fn respond(&mut self, route: Self::Route, body: &[u8]) -> Response<'_>;
-    /// Called once per response, for the request log.
-    fn exchanged(&mut self, exchange: &Exchange<'_>);
+    /// Called once per response, for the request log and metrics.
+    fn exchanged(&mut self, exchange: &Exchange<'_, Self::Route>);
 }
 
-pub struct Exchange<'a> {
+pub struct Exchange<'a, R> {
+    /// `None` when the request was refused before it could be routed.
+    pub route: Option<R>,
     pub method: &'a str,
     pub path: &'a str,
     pub status: u16,
@@ -504,30 +506,27 @@ impl<R: Copy> Machine<R> {
         let method_text = request.method.unwrap_or("");
         let target = request.path.unwrap_or("/");
         let http11 = request.version == Some(1);
+        let method = Method::from_token(method_text);
+        let path = route_path(target);
+        let route = io.handler.route(method, path);
+        let refuse =
+            |machine: &mut Self, status: u16, message: &'static str, io: &mut Io<'_, H>| {
+                machine.write_failure(status, message, io, Some(route), method_text, path, io.now);
+                false
+            };
         let head = match HeadFields::read(request.headers) {
             Ok(head) => head,
-            Err((status, message)) => {
-                self.fail_labelled(status, message, io, method_text, target);
-                return false;
-            }
+            Err((status, message)) => return refuse(self, status, message, io),
         };
         if http11 && head.hosts != 1 {
-            self.fail_labelled(
-                400,
-                "exactly one Host header is required",
-                io,
-                method_text,
-                target,
-            );
-            return false;
+            return refuse(self, 400, "exactly one Host header is required", io);
         }
         let framing = if head.chunked {
             Framing::Chunked(ChunkedDecoder::default())
         } else {
             match head.content_length {
                 Some(n) if n > io.limits.max_body_bytes as u64 => {
-                    self.fail_labelled(413, "request body too large", io, method_text, target);
-                    return false;
+                    return refuse(self, 413, "request body too large", io);
                 }
                 Some(n) => Framing::Length(n as usize),
                 None => Framing::Length(0),
@@ -535,14 +534,7 @@ impl<R: Copy> Machine<R> {
         };
         let has_body = !matches!(framing, Framing::Length(0));
         if head.unknown_expectation && http11 {
-            self.fail_labelled(
-                417,
-                "only Expect: 100-continue is supported",
-                io,
-                method_text,
-                target,
-            );
-            return false;
+            return refuse(self, 417, "only Expect: 100-continue is supported", io);
         }
         let keep_alive = if http11 {
             !head.close
@@ -554,9 +546,6 @@ impl<R: Copy> Machine<R> {
             (true, true) => Persistence::KeepAlive,
             (true, false) => Persistence::KeepAliveHttp10,
         };
-        let method = Method::from_token(method_text);
-        let path = route_path(target);
-        let route = io.handler.route(method, path);
         let pending = Pending {
             route,
             method: Label::new(method_text),
@@ -626,6 +615,7 @@ impl<R: Copy> Machine<R> {
 
     fn log<H: Handler<Route = R>>(&self, pending: &Pending<R>, status: u16, io: &mut Io<'_, H>) {
         io.handler.exchanged(&Exchange {
+            route: Some(pending.route),
             method: pending.method.as_str(),
             path: pending.path.as_str(),
             status,
@@ -642,29 +632,27 @@ impl<R: Copy> Machine<R> {
         io: &mut Io<'_, H>,
         pending: Option<&Pending<R>>,
     ) {
-        let (method, path, started) = match pending {
-            Some(p) => (p.method, p.path, p.started),
-            None => (Label::new("-"), Label::new("-"), io.now),
-        };
-        self.write_failure(status, message, io, method.as_str(), path.as_str(), started);
+        match pending {
+            Some(p) => self.write_failure(
+                status,
+                message,
+                io,
+                Some(p.route),
+                p.method.as_str(),
+                p.path.as_str(),
+                p.started,
+            ),
+            None => self.write_failure(status, message, io, None, "-", "-", io.now),
+        }
     }
 
-    fn fail_labelled<H: Handler<Route = R>>(
-        &mut self,
-        status: u16,
-        message: &'static str,
-        io: &mut Io<'_, H>,
-        method: &str,
-        target: &str,
-    ) {
-        self.write_failure(status, message, io, method, route_path(target), io.now);
-    }
-
+    #[allow(clippy::too_many_arguments)]
     fn write_failure<H: Handler<Route = R>>(
         &mut self,
         status: u16,
         message: &'static str,
         io: &mut Io<'_, H>,
+        route: Option<R>,
         method: &str,
         path: &str,
         started: Instant,
@@ -675,6 +663,7 @@ impl<R: Copy> Machine<R> {
         response::write_static_error(&mut self.out, status, message, io.date);
         self.body.clear();
         io.handler.exchanged(&Exchange {
+            route,
             method,
             path,
             status,

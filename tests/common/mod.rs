@@ -305,6 +305,19 @@ impl Forwarder {
         )
     }
 
+    /// Posts like a well-behaved client: a 503 (queue full) is retried shortly after.
+    pub fn post_accepted(&self, body: &str) {
+        let deadline = Instant::now() + SOON;
+        loop {
+            let r = self.post(body);
+            match r.status {
+                201 => return,
+                503 if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(20)),
+                other => panic!("POST answered {other}: {}", r.body),
+            }
+        }
+    }
+
     pub fn get(&self, path: &str) -> Reply {
         request(
             self.addr,

@@ -46,7 +46,7 @@ impl Handler for App {
             Route::NotFound => Response::text(404, b"nope"),
         }
     }
-    fn exchanged(&mut self, e: &Exchange<'_>) {
+    fn exchanged(&mut self, e: &Exchange<'_, Route>) {
         self.log
             .push((e.method.to_owned(), e.path.to_owned(), e.status));
     }

@@ -1,0 +1,383 @@
+//! Counters the loop and the worker keep anyway, rendered by hand in the Prometheus
+//! text format for `GET /metrics`.
+//!
+//! The loop's counters are plain integers (one thread owns them); the worker's are
+//! atomics it bumps once per attempt. Rendering is a few microseconds of formatting on
+//! the loop thread, so a scrape never stalls `/log` for longer than one request.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use crate::http::response::push_decimal;
+
+/// What a request was for, as far as metrics care.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Endpoint {
+    Health,
+    Log,
+    Metrics,
+    Unknown,
+}
+
+impl Endpoint {
+    const ALL: [Endpoint; 4] = [
+        Endpoint::Health,
+        Endpoint::Log,
+        Endpoint::Metrics,
+        Endpoint::Unknown,
+    ];
+
+    pub fn label(self) -> &'static str {
+        match self {
+            Endpoint::Health => "/healthz",
+            Endpoint::Log => "/log",
+            Endpoint::Metrics => "/metrics",
+            Endpoint::Unknown => "other",
+        }
+    }
+}
+
+/// Status codes the server can answer; anything else is counted as `other`.
+const CODES: [u16; 13] = [
+    200, 201, 400, 404, 405, 408, 413, 417, 431, 500, 501, 503, 505,
+];
+
+#[derive(Debug, Clone, Copy)]
+pub enum Rejected {
+    Malformed,
+    Invalid,
+    TooLarge,
+    QueueFull,
+}
+
+/// Upper bounds (seconds) of the POST duration histogram.
+pub const DURATION_BUCKETS: [f64; 11] = [
+    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
+
+/// Kept by the worker thread.
+#[derive(Default)]
+pub struct WorkerStats {
+    pub attempts: AtomicU64,
+    pub retries: AtomicU64,
+    buckets: [AtomicU64; DURATION_BUCKETS.len() + 1],
+    duration_sum_us: AtomicU64,
+}
+
+impl WorkerStats {
+    pub fn observe_post(&self, took: Duration) {
+        let seconds = took.as_secs_f64();
+        let bucket = DURATION_BUCKETS
+            .iter()
+            .position(|&le| seconds <= le)
+            .unwrap_or(DURATION_BUCKETS.len());
+        self.buckets[bucket].fetch_add(1, Ordering::Relaxed);
+        self.duration_sum_us
+            .fetch_add(took.as_micros() as u64, Ordering::Relaxed);
+    }
+}
+
+/// Kept by the loop thread.
+pub struct Metrics {
+    requests: [[u64; CODES.len() + 1]; Endpoint::ALL.len()],
+    pub accepted: u64,
+    rejected: [u64; 4],
+    pub forwarded: u64,
+    pub dead_lettered: u64,
+    pub batches_delivered: u64,
+    pub batches_failed: u64,
+    pub open_connections: u64,
+    pub accepted_connections: u64,
+    start_time: SystemTime,
+}
+
+/// Gauges read from the queue at render time.
+pub struct QueueGauges {
+    pub queued: usize,
+    pub in_flight: usize,
+    pub capacity: usize,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics {
+            requests: [[0; CODES.len() + 1]; Endpoint::ALL.len()],
+            accepted: 0,
+            rejected: [0; 4],
+            forwarded: 0,
+            dead_lettered: 0,
+            batches_delivered: 0,
+            batches_failed: 0,
+            open_connections: 0,
+            accepted_connections: 0,
+            start_time: SystemTime::now(),
+        }
+    }
+}
+
+impl Metrics {
+    pub fn count_request(&mut self, endpoint: Endpoint, status: u16) {
+        let code = CODES
+            .iter()
+            .position(|&c| c == status)
+            .unwrap_or(CODES.len());
+        self.requests[endpoint as usize][code] += 1;
+    }
+
+    pub fn count_rejected(&mut self, why: Rejected) {
+        self.rejected[why as usize] += 1;
+    }
+
+    pub fn render(&self, out: &mut Vec<u8>, queue: &QueueGauges, worker: &WorkerStats) {
+        header(
+            out,
+            "webhook_http_requests_total",
+            "counter",
+            "HTTP requests answered, by route and status code.",
+        );
+        for endpoint in Endpoint::ALL {
+            for (i, &count) in self.requests[endpoint as usize].iter().enumerate() {
+                if count == 0 {
+                    continue;
+                }
+                out.extend_from_slice(b"webhook_http_requests_total{route=\"");
+                out.extend_from_slice(endpoint.label().as_bytes());
+                out.extend_from_slice(b"\",code=\"");
+                match CODES.get(i) {
+                    Some(&code) => push_decimal(out, u64::from(code)),
+                    None => out.extend_from_slice(b"other"),
+                }
+                out.extend_from_slice(b"\"} ");
+                push_decimal(out, count);
+                out.push(b'\n');
+            }
+        }
+        counter(
+            out,
+            "webhook_records_accepted_total",
+            "Records answered 201 and queued.",
+            self.accepted,
+        );
+        header(
+            out,
+            "webhook_records_rejected_total",
+            "counter",
+            "Records not accepted, by reason.",
+        );
+        for (reason, count) in ["malformed", "invalid", "too_large", "queue_full"]
+            .iter()
+            .zip(self.rejected)
+        {
+            labelled(
+                out,
+                "webhook_records_rejected_total",
+                "reason",
+                reason,
+                count,
+            );
+        }
+        counter(
+            out,
+            "webhook_records_forwarded_total",
+            "Records delivered to the endpoint.",
+            self.forwarded,
+        );
+        counter(
+            out,
+            "webhook_records_dead_lettered_total",
+            "Records written to the dead-letter file.",
+            self.dead_lettered,
+        );
+        header(
+            out,
+            "webhook_batches_total",
+            "counter",
+            "Batches finished, by result.",
+        );
+        labelled(
+            out,
+            "webhook_batches_total",
+            "result",
+            "delivered",
+            self.batches_delivered,
+        );
+        labelled(
+            out,
+            "webhook_batches_total",
+            "result",
+            "failed",
+            self.batches_failed,
+        );
+        counter(
+            out,
+            "webhook_post_attempts_total",
+            "POST attempts, first tries and retries.",
+            worker.attempts.load(Ordering::Relaxed),
+        );
+        counter(
+            out,
+            "webhook_post_retries_total",
+            "POST attempts that were retries.",
+            worker.retries.load(Ordering::Relaxed),
+        );
+
+        header(
+            out,
+            "webhook_post_duration_seconds",
+            "histogram",
+            "Duration of one POST attempt.",
+        );
+        let mut cumulative = 0;
+        for (i, bucket) in worker.buckets.iter().enumerate() {
+            cumulative += bucket.load(Ordering::Relaxed);
+            out.extend_from_slice(b"webhook_post_duration_seconds_bucket{le=\"");
+            match DURATION_BUCKETS.get(i) {
+                Some(le) => out.extend_from_slice(format_float(*le).as_bytes()),
+                None => out.extend_from_slice(b"+Inf"),
+            }
+            out.extend_from_slice(b"\"} ");
+            push_decimal(out, cumulative);
+            out.push(b'\n');
+        }
+        let sum = worker.duration_sum_us.load(Ordering::Relaxed) as f64 / 1e6;
+        out.extend_from_slice(
+            format!("webhook_post_duration_seconds_sum {}\n", format_float(sum)).as_bytes(),
+        );
+        out.extend_from_slice(b"webhook_post_duration_seconds_count ");
+        push_decimal(out, cumulative);
+        out.push(b'\n');
+
+        gauge(
+            out,
+            "webhook_records_queued",
+            "Records waiting for a batch.",
+            queue.queued as u64,
+        );
+        gauge(
+            out,
+            "webhook_records_in_flight",
+            "Records in the batch being posted.",
+            queue.in_flight as u64,
+        );
+        gauge(
+            out,
+            "webhook_batch_in_flight",
+            "1 while a batch is being posted.",
+            u64::from(queue.in_flight > 0),
+        );
+        gauge(
+            out,
+            "webhook_queue_capacity",
+            "Records the ring can hold, in flight included.",
+            queue.capacity as u64,
+        );
+        gauge(
+            out,
+            "webhook_open_connections",
+            "Client connections open now.",
+            self.open_connections,
+        );
+        counter(
+            out,
+            "webhook_connections_accepted_total",
+            "Client connections accepted.",
+            self.accepted_connections,
+        );
+        let start = self
+            .start_time
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_secs_f64();
+        header(
+            out,
+            "process_start_time_seconds",
+            "gauge",
+            "Start time of the process since the Unix epoch, in seconds.",
+        );
+        out.extend_from_slice(
+            format!("process_start_time_seconds {}\n", format_float(start)).as_bytes(),
+        );
+    }
+}
+
+fn format_float(x: f64) -> String {
+    // Prometheus takes Go-style floats; Rust's shortest round-trip form is valid.
+    format!("{x}")
+}
+
+fn header(out: &mut Vec<u8>, name: &str, kind: &str, help: &str) {
+    out.extend_from_slice(format!("# HELP {name} {help}\n# TYPE {name} {kind}\n").as_bytes());
+}
+
+fn counter(out: &mut Vec<u8>, name: &str, help: &str, value: u64) {
+    header(out, name, "counter", help);
+    sample(out, name, value);
+}
+
+fn gauge(out: &mut Vec<u8>, name: &str, help: &str, value: u64) {
+    header(out, name, "gauge", help);
+    sample(out, name, value);
+}
+
+fn sample(out: &mut Vec<u8>, name: &str, value: u64) {
+    out.extend_from_slice(name.as_bytes());
+    out.push(b' ');
+    push_decimal(out, value);
+    out.push(b'\n');
+}
+
+fn labelled(out: &mut Vec<u8>, name: &str, label: &str, value: &str, count: u64) {
+    out.extend_from_slice(format!("{name}{{{label}=\"{value}\"}} ").as_bytes());
+    push_decimal(out, count);
+    out.push(b'\n');
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_counters_histogram_and_gauges() {
+        let mut m = Metrics::default();
+        m.count_request(Endpoint::Log, 201);
+        m.count_request(Endpoint::Log, 201);
+        m.count_request(Endpoint::Unknown, 404);
+        m.count_request(Endpoint::Health, 299);
+        m.count_rejected(Rejected::QueueFull);
+        m.accepted = 2;
+        let worker = WorkerStats::default();
+        worker.observe_post(Duration::from_millis(3));
+        worker.observe_post(Duration::from_millis(30));
+        worker.observe_post(Duration::from_secs(60));
+        let mut out = Vec::new();
+        m.render(
+            &mut out,
+            &QueueGauges {
+                queued: 3,
+                in_flight: 0,
+                capacity: 20,
+            },
+            &worker,
+        );
+        let text = String::from_utf8(out).unwrap();
+        for line in [
+            "webhook_http_requests_total{route=\"/log\",code=\"201\"} 2",
+            "webhook_http_requests_total{route=\"other\",code=\"404\"} 1",
+            "webhook_http_requests_total{route=\"/healthz\",code=\"other\"} 1",
+            "webhook_records_rejected_total{reason=\"queue_full\"} 1",
+            "webhook_records_accepted_total 2",
+            "webhook_post_duration_seconds_bucket{le=\"0.005\"} 1",
+            "webhook_post_duration_seconds_bucket{le=\"0.05\"} 2",
+            "webhook_post_duration_seconds_bucket{le=\"10\"} 2",
+            "webhook_post_duration_seconds_bucket{le=\"+Inf\"} 3",
+            "webhook_post_duration_seconds_count 3",
+            "webhook_records_queued 3",
+            "# TYPE webhook_post_duration_seconds histogram",
+        ] {
+            assert!(
+                text.lines().any(|l| l == line),
+                "missing {line:?} in\n{text}"
+            );
+        }
+    }
+}
