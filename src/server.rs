@@ -289,6 +289,8 @@ pub struct Server {
     free_slots: Vec<usize>,
     max_connections: usize,
     accept_paused_until: Option<Instant>,
+    /// Accepting failed for lack of descriptors or memory; logged once per episode.
+    accept_starved: bool,
     limits: Limits,
     pool: BufferPool,
     read_buf: Box<[u8]>,
@@ -341,6 +343,7 @@ impl Server {
             free_slots: Vec::new(),
             max_connections: config.max_connections,
             accept_paused_until: None,
+            accept_starved: false,
             limits: config.limits.clone(),
             pool: BufferPool::new(64),
             read_buf: vec![0u8; READ_CHUNK].into_boxed_slice(),
@@ -429,10 +432,19 @@ impl Server {
                 return;
             }
             match self.listener.accept() {
-                Ok((stream, remote)) => self.add_client(stream, remote, now),
+                Ok((stream, remote)) => {
+                    if self.accept_starved {
+                        info!(open = self.open(); "accepting again");
+                        self.accept_starved = false;
+                    }
+                    self.add_client(stream, remote, now)
+                }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 Err(e) if is_resource_exhaustion(&e) => {
-                    warn!(error:% = e, open = self.open(); "cannot accept: out of resources, pausing");
+                    if !self.accept_starved {
+                        warn!(error:% = e, open = self.open(); "cannot accept: out of resources, pausing");
+                        self.accept_starved = true;
+                    }
                     self.accept_paused_until = Some(now + ACCEPT_BACKOFF);
                     return;
                 }

@@ -279,7 +279,15 @@ pub struct Forwarder {
 impl Forwarder {
     /// Starts with `--http 127.0.0.1:0` and the given flags and environment.
     pub fn start(args: &[&str], env: &[(&str, &str)]) -> Forwarder {
-        let proc = spawn_forwarder(args, env);
+        Forwarder::start_limited(args, env, None)
+    }
+
+    pub fn start_limited(
+        args: &[&str],
+        env: &[(&str, &str)],
+        max_open_files: Option<u32>,
+    ) -> Forwarder {
+        let proc = spawn_forwarder_limited(args, env, max_open_files);
         let line = proc.wait_line("msg=listening", SOON);
         let addr = field(&line.text, "listen").parse().unwrap();
         Forwarder { proc, addr }
@@ -328,7 +336,27 @@ impl Forwarder {
 
 /// Starts the forwarder without waiting for it to listen (for startup failures).
 pub fn spawn_forwarder(args: &[&str], env: &[(&str, &str)]) -> Proc {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_webhook-forwarder"));
+    spawn_forwarder_limited(args, env, None)
+}
+
+/// Starts the forwarder with a soft limit on open files, when given.
+pub fn spawn_forwarder_limited(
+    args: &[&str],
+    env: &[(&str, &str)],
+    max_open_files: Option<u32>,
+) -> Proc {
+    let mut command = match max_open_files {
+        None => Command::new(env!("CARGO_BIN_EXE_webhook-forwarder")),
+        Some(n) => {
+            let mut sh = Command::new("sh");
+            sh.args([
+                "-c",
+                &format!("ulimit -Sn {n} && exec \"$0\" \"$@\""),
+                env!("CARGO_BIN_EXE_webhook-forwarder"),
+            ]);
+            sh
+        }
+    };
     let names_http = |a: &&str| {
         let name = a.trim_start_matches('-');
         a.starts_with('-') && (name == "http" || name.starts_with("http="))
@@ -425,4 +453,147 @@ pub fn user_ids(records: &[serde_json::Value]) -> Vec<u64> {
         .iter()
         .map(|r| r["user_id"].as_u64().unwrap())
         .collect()
+}
+
+/// A raw HTTP/1.1 client on one connection, reading one response at a time.
+pub struct RawClient {
+    pub stream: TcpStream,
+    buf: Vec<u8>,
+}
+
+pub use webhook_forwarder::http::check::ParsedResponse;
+
+impl RawClient {
+    pub fn connect(addr: SocketAddr) -> RawClient {
+        let stream = TcpStream::connect(addr).expect("connect");
+        stream.set_nodelay(true).unwrap();
+        stream.set_read_timeout(Some(SOON)).unwrap();
+        RawClient {
+            stream,
+            buf: Vec::new(),
+        }
+    }
+
+    pub fn send(&mut self, bytes: impl AsRef<[u8]>) {
+        self.stream.write_all(bytes.as_ref()).expect("write");
+    }
+
+    /// Reads exactly one response (a `100 Continue` counts as one). `head_only` for HEAD.
+    pub fn response(&mut self, head_only: bool) -> ParsedResponse {
+        self.try_response(head_only).unwrap_or_else(|| {
+            panic!(
+                "connection ended before a response; got {:?}",
+                String::from_utf8_lossy(&self.buf)
+            )
+        })
+    }
+
+    pub fn try_response(&mut self, head_only: bool) -> Option<ParsedResponse> {
+        loop {
+            if let Some((response, used)) = parse_one(&self.buf, head_only) {
+                self.buf.drain(..used);
+                return Some(response);
+            }
+            let mut chunk = [0u8; 16 * 1024];
+            match self.stream.read(&mut chunk) {
+                Ok(0) => return None,
+                Ok(n) => self.buf.extend_from_slice(&chunk[..n]),
+                Err(e)
+                    if e.kind() == std::io::ErrorKind::WouldBlock
+                        || e.kind() == std::io::ErrorKind::TimedOut =>
+                {
+                    return None;
+                }
+                Err(_) => return None,
+            }
+        }
+    }
+
+    /// True when the server closes the connection (EOF or reset) within `timeout`.
+    pub fn closed_within(&mut self, timeout: Duration) -> bool {
+        self.stream.set_read_timeout(Some(timeout)).unwrap();
+        let mut chunk = [0u8; 4096];
+        let deadline = Instant::now() + timeout;
+        loop {
+            match self.stream.read(&mut chunk) {
+                Ok(0) => return true,
+                Ok(n) => self.buf.extend_from_slice(&chunk[..n]),
+                Err(e)
+                    if e.kind() == std::io::ErrorKind::WouldBlock
+                        || e.kind() == std::io::ErrorKind::TimedOut =>
+                {
+                    return false;
+                }
+                Err(_) => return true,
+            }
+            if Instant::now() >= deadline {
+                return false;
+            }
+        }
+    }
+}
+
+/// One complete response at the start of `buf`, and its length.
+fn parse_one(buf: &[u8], head_only: bool) -> Option<(ParsedResponse, usize)> {
+    let mut headers = [httparse::EMPTY_HEADER; 32];
+    let mut response = httparse::Response::new(&mut headers);
+    let head_len = match response.parse(buf).expect("a valid response head") {
+        httparse::Status::Complete(n) => n,
+        httparse::Status::Partial => return None,
+    };
+    let status = response.code.unwrap();
+    let headers: Vec<(String, String)> = response
+        .headers
+        .iter()
+        .map(|h| {
+            (
+                h.name.to_owned(),
+                String::from_utf8_lossy(h.value).into_owned(),
+            )
+        })
+        .collect();
+    let length = if status == 100 || head_only {
+        0
+    } else {
+        headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case("content-length"))
+            .map_or(0, |(_, v)| v.parse().unwrap())
+    };
+    if buf.len() < head_len + length {
+        return None;
+    }
+    let body = buf[head_len..head_len + length].to_vec();
+    Some((
+        ParsedResponse {
+            status,
+            headers,
+            body,
+        },
+        head_len + length,
+    ))
+}
+
+/// Reads one gauge or counter from `/metrics`.
+pub fn metric(addr: SocketAddr, name: &str) -> f64 {
+    let r = request(
+        addr,
+        "GET /metrics HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n",
+    );
+    assert_eq!(r.status, 200);
+    r.body
+        .lines()
+        .find_map(|l| l.strip_prefix(name).and_then(|rest| rest.strip_prefix(' ')))
+        .unwrap_or_else(|| panic!("no {name} in /metrics:\n{}", r.body))
+        .parse()
+        .unwrap()
+}
+
+pub const HEALTH: &str = "GET /healthz HTTP/1.1\r\nHost: t\r\n\r\n";
+
+pub fn post_log(body: &str) -> String {
+    format!(
+        "POST /log HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
 }
