@@ -5,6 +5,7 @@
 //! a forwarder that runs with settings nobody asked for is worse than one that stops.
 
 use std::net::{SocketAddr, ToSocketAddrs};
+use std::path::PathBuf;
 use std::time::Duration;
 
 use argh::FromArgs;
@@ -61,6 +62,12 @@ struct Flags {
     /// logfmt or json. Env WEBHOOK_LOG_FORMAT, default logfmt
     #[argh(option)]
     log_format: Option<String>,
+    /// file that undeliverable accepted records are appended to, as NDJSON. Env WEBHOOK_DEAD_LETTER, default ./webhook-forwarder.dead-letter.ndjson
+    #[argh(option)]
+    dead_letter: Option<String>,
+    /// dead-letter file whose records are sent at startup, ahead of new ones; renamed once delivered. Env WEBHOOK_REPLAY
+    #[argh(option)]
+    replay: Option<String>,
     /// print the version and exit
     #[argh(switch)]
     version: bool,
@@ -90,6 +97,8 @@ pub struct Config {
     pub max_connections: usize,
     pub log_level: LevelFilter,
     pub log_format: LogFormat,
+    pub dead_letter: PathBuf,
+    pub replay: Option<PathBuf>,
 }
 
 impl Config {
@@ -252,7 +261,14 @@ pub fn load(
             _ => return Err(s.invalid("is not a log format (logfmt or json)")),
         },
     };
+    let dead_letter = pick(&flags.dead_letter, "dead-letter", "WEBHOOK_DEAD_LETTER").map_or_else(
+        || PathBuf::from(crate::deadletter::DEFAULT_PATH),
+        |s| PathBuf::from(s.value),
+    );
+    let replay = pick(&flags.replay, "replay", "WEBHOOK_REPLAY").map(|s| PathBuf::from(s.value));
     Ok(Config {
+        dead_letter,
+        replay,
         http,
         listen,
         post_endpoint,

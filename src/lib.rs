@@ -6,6 +6,7 @@
 
 pub mod clock;
 pub mod config;
+pub mod deadletter;
 pub mod duration;
 pub mod forwarder;
 pub mod http;
@@ -14,6 +15,7 @@ pub mod metrics;
 pub mod record;
 pub mod ring;
 pub mod server;
+pub mod service;
 
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 pub mod fuzzing;

@@ -5,12 +5,13 @@ use std::process::ExitCode;
 use log::{error, info};
 use webhook_forwarder::config::{self, Stop};
 use webhook_forwarder::server::{Exit, Server};
-use webhook_forwarder::{VERSION, logging};
+use webhook_forwarder::{VERSION, deadletter, logging};
 
 /// Exit statuses, documented in the README.
 const EXIT_RUNTIME: u8 = 1;
 const EXIT_USAGE: u8 = 2;
 const EXIT_DELIVERY_FAILED: u8 = 3;
+const EXIT_FORCED: u8 = 4;
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -29,7 +30,20 @@ fn main() -> ExitCode {
         eprintln!("webhook-forwarder: cannot set up logging: {e}");
         return ExitCode::from(EXIT_RUNTIME);
     }
-    let mut server = match Server::bind(&config) {
+    let replay = match config
+        .replay
+        .as_deref()
+        .map(deadletter::load_replay)
+        .transpose()
+    {
+        Ok(replay) => replay.flatten(),
+        Err(e) => {
+            error!(error:% = e; "cannot read the replay file");
+            logging::flush();
+            return ExitCode::from(EXIT_RUNTIME);
+        }
+    };
+    let mut server = match Server::bind(&config, replay) {
         Ok(server) => server,
         Err(e) => {
             error!(http = config.http.as_str(), error:% = e; "cannot listen");
@@ -45,13 +59,21 @@ fn main() -> ExitCode {
         batch_interval = config.describe_interval().as_str(),
         ring_capacity = config.ring_capacity(),
         post_timeout_ms = config.post_timeout.as_millis() as u64,
-        retry_wait_ms = config.retry_wait.as_millis() as u64;
+        retry_wait_ms = config.retry_wait.as_millis() as u64,
+        dead_letter:% = absolute(&config.dead_letter).display();
         "listening"
     );
     logging::flush();
     let exit = server.run();
     logging::flush();
     match exit {
+        Exit::Drained => ExitCode::SUCCESS,
         Exit::DeliveryFailed => ExitCode::from(EXIT_DELIVERY_FAILED),
+        Exit::Forced => ExitCode::from(EXIT_FORCED),
     }
+}
+
+/// The dead-letter path as the operator will look for it.
+fn absolute(path: &std::path::Path) -> std::path::PathBuf {
+    std::path::absolute(path).unwrap_or_else(|_| path.to_owned())
 }

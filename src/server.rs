@@ -18,16 +18,20 @@ use log::{debug, error, info, warn};
 use mio::net::{TcpListener, TcpStream};
 use mio::{Events, Interest, Poll, Token, Waker};
 
+use signal_hook::consts::{SIGINT, SIGTERM};
+use signal_hook_mio::v1_0::Signals;
+
 use crate::config::Config;
+use crate::deadletter::{self, Replay};
 use crate::forwarder::{Forwarder, ForwarderSettings, Outcome};
-use crate::http::response::{self, Response};
-use crate::http::{BufferPool, Conn, Exchange, Handler, Io, Limits, Method};
-use crate::metrics::{Endpoint, Metrics, QueueGauges, Rejected, WorkerStats};
-use crate::record::{self, Record, Rejection};
-use crate::ring::Ring;
+use crate::http::{BufferPool, Conn, Io, Limits};
+use crate::metrics::WorkerStats;
+use crate::record::Record;
+use crate::service::{App, Peer, Queue, Route};
 
 const LISTENER: Token = Token(usize::MAX - 1);
 const WAKER: Token = Token(usize::MAX - 2);
+const SIGNALS: Token = Token(usize::MAX - 3);
 
 /// One socket read; also the most a connection can add to its input in one go.
 const READ_CHUNK: usize = 64 * 1024;
@@ -41,229 +45,30 @@ const SWEEP_GRANULARITY: Duration = Duration::from_millis(100);
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 
 /// Why the loop ended.
-#[derive(Debug, PartialEq, Eq)]
-pub enum Exit {
-    /// A batch could not be delivered after every retry.
-    DeliveryFailed,
-}
-
-/// Where the request goes, decided from its head.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Route {
-    endpoint: Endpoint,
-    method_allowed: bool,
+pub enum Exit {
+    /// SIGTERM or SIGINT, and every accepted record was delivered.
+    Drained,
+    /// A batch could not be delivered after every retry; what was left is dead-lettered.
+    DeliveryFailed,
+    /// A second signal cut the drain short; what was left is dead-lettered.
+    Forced,
 }
 
-impl Route {
-    fn allow(self) -> &'static str {
-        match self.endpoint {
-            Endpoint::Log => "POST",
-            _ => "GET, HEAD",
-        }
-    }
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Lifecycle {
+    Serving,
+    /// First signal: no new connections or requests; queued records go out.
+    Draining,
+    /// Second signal: the batch in flight is abandoned as soon as the worker allows.
+    Forced,
 }
 
-struct Queued {
-    record: Record,
-    arrived: Instant,
-}
-
-/// The records between `POST /log` and a delivered batch.
-struct Queue {
-    ring: Ring<Queued>,
-    /// Records handed to the worker and not yet confirmed; they count against capacity
-    /// so the ring's size bounds all records in memory.
-    in_flight: usize,
-    batch_size: usize,
-    interval: Option<Duration>,
-    /// The emptied vector of the last delivered batch, reused for the next.
-    spare_batch: Vec<Record>,
-}
-
-impl Queue {
-    fn has_room(&self) -> bool {
-        self.ring.len() + self.in_flight < self.ring.capacity()
-    }
-
-    fn batch_limit(&self) -> usize {
-        if self.batch_size == 0 {
-            self.ring.capacity()
-        } else {
-            self.batch_size
-        }
-    }
-
-    /// When the oldest waiting record's batch becomes due by time.
-    fn time_deadline(&self) -> Option<Instant> {
-        Some(self.ring.front()?.arrived + self.interval?)
-    }
-
-    fn batch_due(&self, now: Instant) -> bool {
-        let by_size = self.batch_size > 0 && self.ring.len() >= self.batch_size;
-        by_size || self.time_deadline().is_some_and(|due| now >= due)
-    }
-
-    fn take_batch(&mut self) -> Vec<Record> {
-        let mut batch = std::mem::take(&mut self.spare_batch);
-        let count = self.ring.len().min(self.batch_limit());
-        batch.reserve(count);
-        for _ in 0..count {
-            if let Some(queued) = self.ring.pop() {
-                batch.push(queued.record);
-            }
-        }
-        self.in_flight = batch.len();
-        batch
-    }
-}
-
-/// The application: routes, the queue, and the worker.
-struct App {
-    queue: Queue,
-    forwarder: Forwarder,
-    /// Error bodies and metrics are built here, reused from request to request.
-    scratch: Vec<u8>,
-    now: Instant,
-    metrics: Metrics,
-    worker_stats: Arc<WorkerStats>,
-}
-
-/// The application as seen by one connection's requests (adds the peer for the log).
-struct Peer<'a> {
-    app: &'a mut App,
-    remote: SocketAddr,
-}
-
-impl Handler for Peer<'_> {
-    type Route = Route;
-
-    fn route(&mut self, method: Method, path: &str) -> Route {
-        let endpoint = match path {
-            "/healthz" => Endpoint::Health,
-            "/log" => Endpoint::Log,
-            "/metrics" => Endpoint::Metrics,
-            _ => Endpoint::Unknown,
-        };
-        let method_allowed = match endpoint {
-            Endpoint::Log => method == Method::Post,
-            Endpoint::Health | Endpoint::Metrics => matches!(method, Method::Get | Method::Head),
-            Endpoint::Unknown => true,
-        };
-        Route {
-            endpoint,
-            method_allowed,
-        }
-    }
-
-    fn early_answer(&mut self, route: Route) -> Option<Response<'_>> {
-        match route {
-            Route {
-                endpoint: Endpoint::Log,
-                method_allowed: true,
-            } if !self.app.queue.has_room() => {
-                self.app.metrics.count_rejected(Rejected::QueueFull);
-                Some(self.app.queue_full())
-            }
-            Route {
-                endpoint: Endpoint::Log | Endpoint::Health,
-                method_allowed: true,
-            } => None,
-            other => Some(self.app.respond(other, b"")),
-        }
-    }
-
-    fn respond(&mut self, route: Route, body: &[u8]) -> Response<'_> {
-        self.app.respond(route, body)
-    }
-
-    fn exchanged(&mut self, exchange: &Exchange<'_, Route>) {
-        let endpoint = exchange.route.map_or(Endpoint::Unknown, |r| r.endpoint);
-        self.app.metrics.count_request(endpoint, exchange.status);
-        if endpoint == Endpoint::Log && exchange.status == 413 {
-            self.app.metrics.count_rejected(Rejected::TooLarge);
-        }
-        let duration_us = exchange.started.elapsed().as_micros() as u64;
-        info!(
-            method = exchange.method,
-            path = exchange.path,
-            status = exchange.status,
-            duration_us = duration_us,
-            remote:% = self.remote;
-            "request"
-        );
-    }
-}
-
-impl App {
-    fn respond(&mut self, route: Route, body: &[u8]) -> Response<'_> {
-        if !route.method_allowed {
-            let mut r = self.error(405, "method not allowed");
-            r.allow = Some(route.allow());
-            return r;
-        }
-        match route.endpoint {
-            Endpoint::Health => Response::text(200, b"OK"),
-            Endpoint::Log => self.accept_record(body),
-            Endpoint::Metrics => self.render_metrics(),
-            Endpoint::Unknown => self.error(404, "not found"),
-        }
-    }
-
-    fn accept_record(&mut self, body: &[u8]) -> Response<'_> {
-        if !self.queue.has_room() {
-            self.metrics.count_rejected(Rejected::QueueFull);
-            return self.queue_full();
-        }
-        match record::decode(body) {
-            Ok(record) => {
-                let queued = Queued {
-                    record,
-                    arrived: self.now,
-                };
-                // has_room() above guarantees the ring has a free slot.
-                if self.queue.ring.push(queued).is_err() {
-                    self.metrics.count_rejected(Rejected::QueueFull);
-                    return self.queue_full();
-                }
-                self.metrics.accepted += 1;
-                Response::text(201, b"accepted")
-            }
-            Err(rejection) => {
-                let reason = match rejection {
-                    Rejection::Malformed(_) => Rejected::Malformed,
-                    Rejection::Invalid(_) => Rejected::Invalid,
-                };
-                self.metrics.count_rejected(reason);
-                self.error(400, rejection.message())
-            }
-        }
-    }
-
-    fn render_metrics(&mut self) -> Response<'_> {
-        self.scratch.clear();
-        let gauges = QueueGauges {
-            queued: self.queue.ring.len(),
-            in_flight: self.queue.in_flight,
-            capacity: self.queue.ring.capacity(),
-        };
-        self.metrics
-            .render(&mut self.scratch, &gauges, &self.worker_stats);
-        let mut r = Response::text(200, &self.scratch);
-        r.content_type = "text/plain; version=0.0.4; charset=utf-8";
-        r
-    }
-
-    fn queue_full(&mut self) -> Response<'_> {
-        let mut r = self.error(503, "queue full, retry later");
-        r.retry_after = Some(1);
-        r
-    }
-
-    fn error(&mut self, status: u16, message: &str) -> Response<'_> {
-        self.scratch.clear();
-        response::write_json_message(&mut self.scratch, message);
-        Response::json(status, &self.scratch)
-    }
+/// The batch the worker holds.
+struct InFlight {
+    records: usize,
+    /// Taken from the replay file rather than the ring.
+    from_replay: bool,
 }
 
 /// A client connection and its socket.
@@ -283,7 +88,14 @@ struct Client {
 
 pub struct Server {
     poll: Poll,
-    listener: TcpListener,
+    /// Dropped (closed) when shutdown begins.
+    listener: Option<TcpListener>,
+    signals: Signals,
+    lifecycle: Lifecycle,
+    forwarder: Forwarder,
+    in_flight: Option<InFlight>,
+    dead_letter: std::path::PathBuf,
+    replay: Option<Replay>,
     local_addr: SocketAddr,
     clients: Vec<Option<Client>>,
     free_slots: Vec<usize>,
@@ -303,12 +115,15 @@ pub struct Server {
 }
 
 impl Server {
-    pub fn bind(config: &Config) -> io::Result<Server> {
+    pub fn bind(config: &Config, replay: Option<Replay>) -> io::Result<Server> {
         let poll = Poll::new()?;
         let mut listener = bind_first(&config.listen)?;
         let local_addr = listener.local_addr()?;
         poll.registry()
             .register(&mut listener, LISTENER, Interest::READABLE)?;
+        let mut signals = Signals::new([SIGTERM, SIGINT])?;
+        poll.registry()
+            .register(&mut signals, SIGNALS, Interest::READABLE)?;
         let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
         let worker_stats = Arc::new(WorkerStats::default());
         let forwarder = Forwarder::spawn(
@@ -321,23 +136,20 @@ impl Server {
             Arc::clone(&worker_stats),
         )?;
         let now = Instant::now();
-        let app = App {
-            queue: Queue {
-                ring: Ring::with_capacity(config.ring_capacity()),
-                in_flight: 0,
-                batch_size: config.batch_size,
-                interval: config.batch_interval,
-                spare_batch: Vec::new(),
-            },
-            forwarder,
-            scratch: Vec::with_capacity(256),
-            now,
-            metrics: Metrics::default(),
-            worker_stats,
-        };
+        let queue = Queue::new(
+            config.ring_capacity(),
+            config.batch_size,
+            config.batch_interval,
+        );
         Ok(Server {
             poll,
-            listener,
+            listener: Some(listener),
+            signals,
+            lifecycle: Lifecycle::Serving,
+            forwarder,
+            in_flight: None,
+            dead_letter: config.dead_letter.clone(),
+            replay,
             local_addr,
             clients: Vec::new(),
             free_slots: Vec::new(),
@@ -347,12 +159,18 @@ impl Server {
             limits: config.limits.clone(),
             pool: BufferPool::new(64),
             read_buf: vec![0u8; READ_CHUNK].into_boxed_slice(),
-            app,
+            app: App::new(queue, worker_stats, now),
             date: HttpDate::default(),
             next_sweep: None,
             last_sweep: now,
             unfinished: Vec::new(),
-        })
+        }
+        .with_empty_replay_retired())
+    }
+
+    fn with_empty_replay_retired(mut self) -> Server {
+        self.retire_replay_if_done();
+        self
     }
 
     pub fn local_addr(&self) -> SocketAddr {
@@ -381,6 +199,7 @@ impl Server {
                 match event.token() {
                     LISTENER => self.accept(now),
                     WAKER => {}
+                    SIGNALS => self.on_signals(now),
                     Token(slot) => {
                         let readable =
                             event.is_readable() || event.is_read_closed() || event.is_error();
@@ -389,23 +208,25 @@ impl Server {
                 }
             }
             self.continue_unfinished();
-            if let Some(exit) = self.collect_outcome() {
-                crate::logging::flush();
+            let exit = self.collect_outcome().or_else(|| {
+                self.dispatch_batch(now);
+                self.sweep(now);
+                self.resume_accepting(now);
+                self.finished_draining()
+            });
+            crate::logging::flush();
+            if let Some(exit) = exit {
                 return exit;
             }
-            self.dispatch_batch(now);
-            self.sweep(now);
-            self.resume_accepting(now);
-            crate::logging::flush();
         }
     }
 
     /// The nearest thing the loop must do without an event.
     fn poll_timeout(&self) -> Option<Duration> {
-        if !self.unfinished.is_empty() {
+        if !self.unfinished.is_empty() || self.batch_ready_now() {
             return Some(Duration::ZERO);
         }
-        let batch = if self.app.forwarder.is_busy() {
+        let batch = if self.forwarder.is_busy() {
             None
         } else {
             self.app.queue.time_deadline()
@@ -431,7 +252,10 @@ impl Server {
                 self.accept_paused_until = Some(now + Duration::from_secs(3600));
                 return;
             }
-            match self.listener.accept() {
+            let Some(listener) = &self.listener else {
+                return;
+            };
+            match listener.accept() {
                 Ok((stream, remote)) => {
                     if self.accept_starved {
                         info!(open = self.open(); "accepting again");
@@ -703,38 +527,198 @@ impl Server {
         }
     }
 
+    /// A batch can go out without waiting for any deadline.
+    fn batch_ready_now(&self) -> bool {
+        !self.forwarder.is_busy()
+            && (self.replay.as_ref().is_some_and(|r| !r.records.is_empty())
+                || (self.lifecycle != Lifecycle::Serving && self.app.queue.waiting() > 0))
+    }
+
+    /// Hands the worker its next batch: replayed records first, then the ring's
+    /// records once a batch is due (at once while draining).
+    fn dispatch_batch(&mut self, now: Instant) {
+        if self.forwarder.is_busy() || self.lifecycle == Lifecycle::Forced {
+            return;
+        }
+        let limit = self.app.queue.batch_limit();
+        let (batch, from_replay) = match &mut self.replay {
+            Some(replay) if !replay.records.is_empty() => {
+                let mut batch = self.app.queue.empty_batch();
+                let count = replay.records.len().min(limit);
+                batch.extend(replay.records.drain(..count));
+                (batch, true)
+            }
+            _ => {
+                let draining =
+                    self.lifecycle == Lifecycle::Draining && self.app.queue.waiting() > 0;
+                if !draining && !self.app.queue.batch_due(now) {
+                    return;
+                }
+                (self.app.queue.take_batch(), false)
+            }
+        };
+        let records = batch.len();
+        match self.forwarder.send(batch) {
+            Ok(()) => {
+                self.in_flight = Some(InFlight {
+                    records,
+                    from_replay,
+                })
+            }
+            // The worker cannot vanish by design; if it did, keep the records safe.
+            Err(batch) => {
+                error!(batch_size = records; "forwarder thread is gone");
+                self.app.queue.delivered(Vec::new());
+                self.dead_letter_and_stop(batch, from_replay);
+            }
+        }
+    }
+
     fn collect_outcome(&mut self) -> Option<Exit> {
-        match self.app.forwarder.poll_outcome()? {
+        let outcome = self.forwarder.poll_outcome()?;
+        let in_flight = self.in_flight.take()?;
+        match outcome {
             Outcome::Delivered { batch } => {
-                self.app.metrics.forwarded += self.app.queue.in_flight as u64;
+                self.app.metrics.forwarded += in_flight.records as u64;
                 self.app.metrics.batches_delivered += 1;
-                self.app.queue.in_flight = 0;
-                self.app.queue.spare_batch = batch;
+                if in_flight.from_replay {
+                    self.app.queue.delivered_replay(batch);
+                    self.retire_replay_if_done();
+                } else {
+                    self.app.queue.delivered(batch);
+                }
+                if self.lifecycle == Lifecycle::Forced {
+                    return Some(self.dead_letter_and_stop(Vec::new(), false));
+                }
                 None
             }
             Outcome::Failed { batch, reason } => {
                 self.app.metrics.batches_failed += 1;
-                let waiting = self.app.queue.ring.len();
-                error!(batch_size = batch.len(), waiting = waiting, reason = reason.as_str(); "giving up: batch could not be delivered");
-                Some(Exit::DeliveryFailed)
+                error!(batch_size = in_flight.records, waiting = self.app.queue.waiting(), reason = reason.as_str(); "giving up on the batch");
+                self.app.queue.delivered(Vec::new());
+                Some(self.dead_letter_and_stop(batch, in_flight.from_replay))
             }
         }
     }
 
-    fn dispatch_batch(&mut self, now: Instant) {
-        let queue = &mut self.app.queue;
-        if self.app.forwarder.is_busy() || !queue.batch_due(now) {
+    fn retire_replay_if_done(&mut self) {
+        let Some(replay) = &self.replay else { return };
+        if !replay.records.is_empty() {
             return;
         }
-        let batch = queue.take_batch();
-        if let Err(batch) = self.app.forwarder.send(batch) {
-            // Only if the worker died; put nothing back silently: log and keep count.
-            error!(batch_size = batch.len(); "forwarder is gone; batch not sent");
+        match deadletter::retire_replayed(&replay.path) {
+            Ok(to) => info!(records = replay.total, renamed_to:% = to.display(); "replay complete"),
+            Err(e) => {
+                warn!(path:% = replay.path.display(), error:% = e; "replay complete, but the file could not be renamed; replaying it again would resend its records")
+            }
+        }
+        self.replay = None;
+    }
+
+    /// Writes every undelivered record to the dead-letter file and picks the exit.
+    /// Replayed records stay in their replay file, which is left in place.
+    fn dead_letter_and_stop(&mut self, failed_batch: Vec<Record>, batch_from_replay: bool) -> Exit {
+        let mut undelivered = if batch_from_replay {
+            Vec::new()
+        } else {
+            failed_batch
+        };
+        undelivered.extend(self.app.queue.drain_waiting());
+        let written = deadletter::write_records(&self.dead_letter, &undelivered).count();
+        self.app.metrics.dead_lettered += written as u64;
+        if let Some(replay) = &self.replay {
+            warn!(path:% = replay.path.display(), left = replay.records.len(); "replay unfinished: its file stays in place for the next --replay");
+        }
+        let exit = if self.lifecycle == Lifecycle::Forced {
+            Exit::Forced
+        } else {
+            Exit::DeliveryFailed
+        };
+        self.log_summary(exit);
+        exit
+    }
+
+    fn log_summary(&self, exit: Exit) {
+        let m = &self.app.metrics;
+        info!(
+            exit:? = exit,
+            accepted = m.accepted,
+            delivered = m.forwarded,
+            dead_lettered = m.dead_lettered;
+            "stopped"
+        );
+    }
+
+    fn on_signals(&mut self, now: Instant) {
+        let count = self.signals.pending().count();
+        for _ in 0..count {
+            match self.lifecycle {
+                Lifecycle::Serving => self.start_draining(now),
+                Lifecycle::Draining => {
+                    warn!(
+                        "second signal: abandoning the drain, undelivered records go to the dead-letter file"
+                    );
+                    self.lifecycle = Lifecycle::Forced;
+                    self.forwarder.abort();
+                }
+                Lifecycle::Forced => {}
+            }
+        }
+    }
+
+    /// First signal: stop accepting, refuse new requests, let those under way finish,
+    /// and send every waiting record.
+    fn start_draining(&mut self, now: Instant) {
+        info!(waiting = self.app.queue.waiting(), in_flight = self.in_flight.as_ref().map_or(0, |b| b.records), open_connections = self.open(); "signal received: draining");
+        self.lifecycle = Lifecycle::Draining;
+        self.app.draining = true;
+        // Closing the listener refuses new connections at once instead of leaving
+        // them in the backlog until we exit.
+        self.listener = None;
+        self.accept_paused_until = None;
+        let idle: Vec<usize> = self
+            .clients
+            .iter()
+            .enumerate()
+            .filter_map(|(slot, c)| {
+                c.as_ref()
+                    .filter(|c| c.linger_until.is_none() && c.conn.is_idle())
+                    .map(|_| slot)
+            })
+            .collect();
+        for slot in idle {
+            self.close(slot);
+        }
+        self.dispatch_batch(now);
+    }
+
+    /// After a second signal with the worker idle, or a drain with nothing left.
+    fn finished_draining(&mut self) -> Option<Exit> {
+        match self.lifecycle {
+            Lifecycle::Serving => None,
+            Lifecycle::Forced if !self.forwarder.is_busy() => {
+                Some(self.dead_letter_and_stop(Vec::new(), false))
+            }
+            Lifecycle::Forced => None,
+            Lifecycle::Draining => {
+                let requests_under_way = self
+                    .clients
+                    .iter()
+                    .flatten()
+                    .any(|c| c.linger_until.is_none());
+                let done = !self.forwarder.is_busy()
+                    && self.app.queue.waiting() == 0
+                    && self.replay.is_none()
+                    && !requests_under_way;
+                done.then(|| {
+                    self.log_summary(Exit::Drained);
+                    Exit::Drained
+                })
+            }
         }
     }
 }
 
-/// Writes as much pending output as the socket takes.
 fn write_pending(client: &mut Client, pool: &mut BufferPool) -> io::Result<()> {
     while !client.conn.output().is_empty() {
         match client.stream.write(client.conn.output()) {

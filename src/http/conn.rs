@@ -335,6 +335,12 @@ impl<R: Copy> Conn<R> {
         self.machine.stalled && !self.machine.closing
     }
 
+    /// Between requests with nothing buffered either way: closing it loses nothing.
+    pub fn is_idle(&self) -> bool {
+        let m = &self.machine;
+        matches!(m.phase, Phase::Idle) && m.out.is_empty() && self.inbuf.is_empty()
+    }
+
     /// True once the connection should be closed after its output is written.
     pub fn is_closing(&self) -> bool {
         self.machine.closing

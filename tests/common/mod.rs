@@ -364,11 +364,28 @@ pub fn spawn_forwarder_limited(
     if !args.iter().any(names_http) && !env.iter().any(|(k, _)| *k == "WEBHOOK_HTTP") {
         command.args(["--http", "127.0.0.1:0"]);
     }
+    // Keep dead letters out of the source tree unless a test chooses the path.
+    if !args.iter().any(|a| a.contains("dead-letter"))
+        && !env.iter().any(|(k, _)| *k == "WEBHOOK_DEAD_LETTER")
+    {
+        command
+            .arg("--dead-letter")
+            .arg(temp_path("dead-letter.ndjson"));
+    }
     command.args(args);
     for (k, v) in env {
         command.env(k, v);
     }
     Proc::spawn(command, true)
+}
+
+/// A fresh path in a directory of this test process, for files a test makes.
+pub fn temp_path(name: &str) -> std::path::PathBuf {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    let dir = std::env::temp_dir().join(format!("webhook-forwarder-tests-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir.join(format!("{}-{name}", NEXT.fetch_add(1, Ordering::SeqCst)))
 }
 
 /// The value of `key=value` in a logfmt line.
