@@ -29,9 +29,15 @@ struct Flags {
     /// answer every batch with this status instead of 200
     #[argh(option)]
     status: Option<u16>,
-    /// wait this long (a Go duration) before answering each batch
+    /// answer 500 to every Nth batch
+    #[argh(option, default = "0")]
+    fail_every: u64,
+    /// wait this long (a Go duration) before answering a batch
     #[argh(option)]
     delay: Option<String>,
+    /// with --delay, wait only before every Nth batch (default: before each one)
+    #[argh(option, default = "1")]
+    slow_every: u64,
     /// print only the count of each batch, not its records
     #[argh(switch)]
     quiet: bool,
@@ -39,8 +45,10 @@ struct Flags {
 
 struct Behaviour {
     fail_first: u64,
+    fail_every: u64,
     status: Option<u16>,
     delay: Duration,
+    slow_every: u64,
     quiet: bool,
     received: AtomicU64,
     /// Serializes whole lines so concurrent connections never interleave them.
@@ -68,12 +76,14 @@ impl Handler for Sink {
         }
         let b = &*self.behaviour;
         let n = b.received.fetch_add(1, Ordering::SeqCst) + 1;
-        if !b.delay.is_zero() {
+        let delayed = !b.delay.is_zero() && b.slow_every > 0 && n.is_multiple_of(b.slow_every);
+        if delayed {
             std::thread::sleep(b.delay);
         }
         let status = match b.status {
             Some(status) => status,
             None if n <= b.fail_first => 500,
+            None if b.fail_every > 0 && n.is_multiple_of(b.fail_every) => 500,
             None => 200,
         };
         let count = serde_json::from_slice::<Vec<serde::de::IgnoredAny>>(body)
@@ -82,11 +92,14 @@ impl Handler for Sink {
             let _line = b.stdout.lock();
             let mut out = std::io::stdout().lock();
             let _ = if b.quiet {
-                writeln!(out, "batch records={count} status={status}")
+                writeln!(
+                    out,
+                    "batch records={count} status={status} delayed={delayed}"
+                )
             } else {
                 writeln!(
                     out,
-                    "batch records={count} status={status} body={}",
+                    "batch records={count} status={status} delayed={delayed} body={}",
                     String::from_utf8_lossy(body)
                 )
             };
@@ -179,8 +192,10 @@ fn main() -> std::process::ExitCode {
     let _ = std::io::stdout().flush();
     let behaviour = Arc::new(Behaviour {
         fail_first: flags.fail_first,
+        fail_every: flags.fail_every,
         status: flags.status,
         delay,
+        slow_every: flags.slow_every,
         quiet: flags.quiet,
         received: AtomicU64::new(0),
         stdout: Mutex::new(()),

@@ -147,6 +147,16 @@ impl Proc {
         }
     }
 
+    /// Kills the process for good; its output stays readable.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        if let Ok(status) = self.child.wait() {
+            self.status = Some(status);
+        }
+        // Let the reader thread take the last lines.
+        std::thread::sleep(Duration::from_millis(50));
+    }
+
     pub fn signal(&self, signal: &str) {
         let ok = Command::new("kill")
             .arg(format!("-{signal}"))
@@ -196,6 +206,8 @@ pub struct Sink {
 pub struct Batch {
     pub at: Instant,
     pub status: u16,
+    /// The sink held its answer (`--delay`), perhaps past the forwarder's timeout.
+    pub delayed: bool,
     pub records: Vec<serde_json::Value>,
 }
 
@@ -262,10 +274,12 @@ fn parse_batch(line: &Line) -> Option<Batch> {
     let rest = line.text.strip_prefix("batch records=")?;
     let status_at = rest.find("status=")? + "status=".len();
     let status = rest[status_at..status_at + 3].parse().ok()?;
+    let delayed = rest.contains(" delayed=true ");
     let body = &rest[rest.find("body=")? + "body=".len()..];
     Some(Batch {
         at: line.at,
         status,
+        delayed,
         records: serde_json::from_str(body).ok()?,
     })
 }
@@ -482,13 +496,17 @@ pub use webhook_forwarder::http::check::ParsedResponse;
 
 impl RawClient {
     pub fn connect(addr: SocketAddr) -> RawClient {
-        let stream = TcpStream::connect(addr).expect("connect");
-        stream.set_nodelay(true).unwrap();
-        stream.set_read_timeout(Some(SOON)).unwrap();
-        RawClient {
+        RawClient::try_connect(addr).expect("connect")
+    }
+
+    pub fn try_connect(addr: SocketAddr) -> Option<RawClient> {
+        let stream = TcpStream::connect(addr).ok()?;
+        stream.set_nodelay(true).ok()?;
+        stream.set_read_timeout(Some(SOON)).ok()?;
+        Some(RawClient {
             stream,
             buf: Vec::new(),
-        }
+        })
     }
 
     pub fn send(&mut self, bytes: impl AsRef<[u8]>) {
