@@ -32,6 +32,10 @@ lint:
 	$(CARGO) fmt --check
 	$(CARGO) clippy --locked --all-targets -- -D warnings
 
+## bench: throughput, latency, CPU and memory side by side with nginx (loopback, bounded runs)
+bench:
+	python3 bench/bench.py
+
 clean:
 	$(CARGO) clean
 	rm -rf build
