@@ -106,7 +106,6 @@ pub fn format_line(
     let _ = record.key_values().visit(&mut Pairs {
         out: &mut *out,
         format,
-        scratch: String::new(),
     });
     if format == LogFormat::Json {
         out.push(b'}');
@@ -117,7 +116,6 @@ pub fn format_line(
 struct Pairs<'a> {
     out: &'a mut Vec<u8>,
     format: LogFormat,
-    scratch: String,
 }
 
 impl<'kvs> VisitSource<'kvs> for Pairs<'_> {
@@ -143,18 +141,24 @@ impl<'kvs> VisitSource<'kvs> for Pairs<'_> {
             let _ = write!(AsFmt(out), "{x:.3}");
         } else if let Some(b) = value.to_bool() {
             out.extend_from_slice(if b { b"true" } else { b"false" });
-        } else {
-            self.scratch.clear();
-            let text = match value.to_borrowed_str() {
-                Some(text) => text,
-                None => {
-                    let _ = write!(self.scratch, "{value}");
-                    &self.scratch
-                }
-            };
+        } else if let Some(text) = value.to_borrowed_str() {
             match self.format {
                 LogFormat::Logfmt => push_logfmt_string(out, text),
                 LogFormat::Json => push_json_string(out, text),
+            }
+        } else {
+            // Display values (addresses, errors) are written in place; only text that
+            // needs quoting is moved aside, so the common case allocates nothing.
+            let start = out.len();
+            let _ = write!(AsFmt(out), "{value}");
+            let bare = self.format == LogFormat::Logfmt && is_bare(&out[start..]);
+            if !bare {
+                let raw = out.split_off(start);
+                let text = String::from_utf8_lossy(&raw);
+                match self.format {
+                    LogFormat::Logfmt => push_logfmt_string(out, &text),
+                    LogFormat::Json => push_json_string(out, &text),
+                }
             }
         }
         Ok(())
@@ -171,13 +175,16 @@ impl std::fmt::Write for AsFmt<'_> {
     }
 }
 
+fn is_bare(text: &[u8]) -> bool {
+    !text.is_empty()
+        && text
+            .iter()
+            .all(|&b| b > b' ' && b != b'"' && b != b'=' && b != b'\\' && b < 0x7f)
+}
+
 /// A bare word when it is safe to leave unquoted, else a quoted, escaped string.
 fn push_logfmt_string(out: &mut Vec<u8>, text: &str) {
-    let bare = !text.is_empty()
-        && text
-            .bytes()
-            .all(|b| b > b' ' && b != b'"' && b != b'=' && b != b'\\' && b < 0x7f);
-    if bare {
+    if is_bare(text.as_bytes()) {
         out.extend_from_slice(text.as_bytes());
     } else {
         push_json_string(out, text);
@@ -223,6 +230,37 @@ mod tests {
             text,
             "ts=2026-07-30T10:00:00.123Z level=info msg=\"batch sent\" method=POST status=201 duration_ms=3.250 error=\"connection refused: \\\"x\\\"\" ok=true\n"
         );
+    }
+
+    #[test]
+    fn display_values_are_written_in_place_and_quoted_when_needed() {
+        let addr: std::net::SocketAddr = "127.0.0.1:8080".parse().unwrap();
+        let spaced = "no route to host";
+        for (format, want) in [
+            (
+                LogFormat::Logfmt,
+                "remote=127.0.0.1:8080 error=\"no route to host\"\n",
+            ),
+            (
+                LogFormat::Json,
+                "\"remote\":\"127.0.0.1:8080\",\"error\":\"no route to host\"}\n",
+            ),
+        ] {
+            let kvs: [(&str, Value<'_>); 2] = [
+                ("remote", Value::from_display(&addr)),
+                ("error", Value::from_display(&spaced)),
+            ];
+            let text = line(format, |emit| {
+                emit(
+                    &log::Record::builder()
+                        .level(log::Level::Info)
+                        .args(format_args!("x"))
+                        .key_values(&kvs)
+                        .build(),
+                )
+            });
+            assert!(text.ends_with(want), "{text}");
+        }
     }
 
     #[test]

@@ -78,8 +78,11 @@ struct Client {
     conn: Conn<Route>,
     /// Registered for WRITABLE too (only while output is pending).
     wants_writable: bool,
-    /// The last read returned WouldBlock, so the next readiness event will come.
+    /// The socket has nothing more to read now; the next readiness event will say
+    /// when it has.
     read_drained: bool,
+    /// An event reported the peer's FIN or an error: read until EOF, not until a short read.
+    eof_pending: bool,
     /// Set once the response is written and our side is shut: waiting for the peer's
     /// FIN, until this deadline, so unread request bytes do not turn into an RST
     /// that destroys the response before the client reads it.
@@ -201,9 +204,8 @@ impl Server {
                     WAKER => {}
                     SIGNALS => self.on_signals(now),
                     Token(slot) => {
-                        let readable =
-                            event.is_readable() || event.is_read_closed() || event.is_error();
-                        self.on_client_event(slot, readable);
+                        let closed = event.is_read_closed() || event.is_error();
+                        self.on_client_event(slot, event.is_readable() || closed, closed);
                     }
                 }
             }
@@ -296,6 +298,7 @@ impl Server {
             conn: Conn::new(now),
             wants_writable: false,
             read_drained: false,
+            eof_pending: false,
             linger_until: None,
         };
         let deadline = client.conn.deadline(&self.limits);
@@ -315,7 +318,7 @@ impl Server {
         }
     }
 
-    fn on_client_event(&mut self, slot: usize, readable: bool) {
+    fn on_client_event(&mut self, slot: usize, readable: bool, peer_closed: bool) {
         let Some(Some(client)) = self.clients.get_mut(slot) else {
             return;
         };
@@ -329,6 +332,7 @@ impl Server {
         if readable {
             client.read_drained = false;
         }
+        client.eof_pending |= peer_closed;
         self.serve(slot);
     }
 
@@ -378,7 +382,7 @@ impl Server {
         let mut broken = false;
         loop {
             // Write first: pending output holds back both reading and buffered requests.
-            match write_pending(client, io.pool) {
+            match write_pending(client, io.pool, now) {
                 Ok(()) => {}
                 Err(_) => {
                     broken = true;
@@ -399,7 +403,14 @@ impl Server {
             reads += 1;
             match client.stream.read(read_buf) {
                 Ok(0) => client.conn.peer_closed(&mut io),
-                Ok(n) => client.conn.feed(&read_buf[..n], &mut io),
+                Ok(n) => {
+                    // A short read emptied the socket; more data will raise a new edge
+                    // (Linux reports every arrival), so skip the read that would
+                    // only return EAGAIN. Not when the peer's FIN may be queued:
+                    // that edge may already be spent.
+                    client.read_drained = n < read_buf.len() && !client.eof_pending;
+                    client.conn.feed(&read_buf[..n], &mut io);
+                }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => client.read_drained = true,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(_) => {
@@ -719,11 +730,11 @@ impl Server {
     }
 }
 
-fn write_pending(client: &mut Client, pool: &mut BufferPool) -> io::Result<()> {
+fn write_pending(client: &mut Client, pool: &mut BufferPool, now: Instant) -> io::Result<()> {
     while !client.conn.output().is_empty() {
         match client.stream.write(client.conn.output()) {
             Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
-            Ok(n) => client.conn.consumed_output(n, pool),
+            Ok(n) => client.conn.consumed_output(n, pool, now),
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
             Err(e) => return Err(e),

@@ -151,7 +151,7 @@ fn serve(mut stream: TcpStream, behaviour: Arc<Behaviour>) {
                 return;
             }
             let written = conn.output().len();
-            conn.consumed_output(written, &mut pool);
+            conn.consumed_output(written, &mut pool, Instant::now());
             let mut io = Io {
                 handler: &mut sink,
                 limits: &limits,

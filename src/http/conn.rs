@@ -209,6 +209,8 @@ struct Machine<R> {
     peer_closed: bool,
     /// Processing stopped at the output limit with input left over.
     stalled: bool,
+    /// When output last started or made progress: the base of the send timeout.
+    output_since: Instant,
 }
 
 impl<R: Copy> Conn<R> {
@@ -224,6 +226,7 @@ impl<R: Copy> Conn<R> {
                 closing: false,
                 peer_closed: false,
                 stalled: false,
+                output_since: now,
             },
         }
     }
@@ -312,8 +315,16 @@ impl<R: Copy> Conn<R> {
     }
 
     /// `n` bytes of `output()` were written.
-    pub fn consumed_output(&mut self, n: usize, pool: &mut BufferPool) {
-        let out = &mut self.machine.out;
+    /// `n` bytes of `output()` were written at `now`.
+    pub fn consumed_output(&mut self, n: usize, pool: &mut BufferPool, now: Instant) {
+        let m = &mut self.machine;
+        // The peer is reading. A request it is sending may have been held up by our
+        // own back-pressure, so its clock restarts too.
+        m.output_since = now;
+        if matches!(m.phase, Phase::Head | Phase::Body(_)) {
+            m.since = now;
+        }
+        let out = &mut m.out;
         let n = n.min(out.len());
         if n == out.len() {
             out.clear();
@@ -354,6 +365,10 @@ impl<R: Copy> Conn<R> {
     /// When this connection times out in its current phase.
     pub fn deadline(&self, limits: &Limits) -> Instant {
         let m = &self.machine;
+        if !m.out.is_empty() {
+            // Waiting for the peer to read what we owe it.
+            return m.output_since + limits.idle_timeout;
+        }
         let allowed = match m.phase {
             Phase::Idle if m.served_any => limits.idle_timeout,
             Phase::Idle | Phase::Head => limits.header_timeout,
@@ -562,9 +577,7 @@ impl<R: Copy> Machine<R> {
             started: io.now,
         };
         if head.expect_continue && http11 && has_body {
-            if self.out.capacity() == 0 {
-                self.out = io.pool.take();
-            }
+            self.begin_output(io);
             let early = io.handler.early_answer(route).map(|r| {
                 // The body is not read, so the connection cannot be reused.
                 let status = r.status;
@@ -589,15 +602,23 @@ impl<R: Copy> Machine<R> {
         true
     }
 
+    /// Makes the output buffer ready for a response.
+    fn begin_output<H: Handler<Route = R>>(&mut self, io: &mut Io<'_, H>) {
+        if self.out.capacity() == 0 {
+            self.out = io.pool.take();
+        }
+        if self.out.is_empty() {
+            self.output_since = io.now;
+        }
+    }
+
     fn complete<H: Handler<Route = R>>(
         &mut self,
         pending: &Pending<R>,
         body: &[u8],
         io: &mut Io<'_, H>,
     ) {
-        if self.out.capacity() == 0 {
-            self.out = io.pool.take();
-        }
+        self.begin_output(io);
         let answer = io.handler.respond(pending.route, body);
         let persistence = if answer.close {
             Persistence::Close
@@ -663,9 +684,7 @@ impl<R: Copy> Machine<R> {
         path: &str,
         started: Instant,
     ) {
-        if self.out.capacity() == 0 {
-            self.out = io.pool.take();
-        }
+        self.begin_output(io);
         response::write_static_error(&mut self.out, status, message, io.date);
         self.body.clear();
         io.handler.exchanged(&Exchange {

@@ -103,7 +103,8 @@ impl Harness {
                 break;
             }
             self.written.extend_from_slice(&out);
-            self.conn.consumed_output(out.len(), &mut self.pool);
+            self.conn
+                .consumed_output(out.len(), &mut self.pool, self.now);
             let (conn, mut io) = self.io();
             conn.resume(&mut io);
         }
@@ -554,4 +555,26 @@ fn log_labels_are_truncated_not_allocated() {
     assert_eq!(h.only_response().status, 404);
     let logged = &h.app.log[0].1;
     assert!(logged.len() <= 64 && long_path.starts_with(logged.as_str()));
+}
+
+#[test]
+fn a_request_held_up_by_our_back_pressure_does_not_time_out() {
+    let limits = Limits {
+        max_pending_output: 512,
+        ..Limits::default()
+    };
+    let mut h = Harness::with_limits(limits.clone());
+    let start = h.now;
+    let mut input = b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n".repeat(20);
+    input.extend_from_slice(b"GET /healthz HTTP/1.1\r\nHo");
+    let (conn, mut io) = h.io();
+    conn.feed(&input, &mut io);
+    assert!(!h.conn.wants_read(&limits));
+    // While we owe output, the clock that runs is the peer's reading, not its sending.
+    assert_eq!(h.conn.deadline(&limits), start + limits.idle_timeout);
+    h.now = start + limits.header_timeout * 3;
+    h.drain();
+    // Reading resumed just now: the partial head gets a full header timeout from here.
+    assert_eq!(h.conn.deadline(&limits), h.now + limits.header_timeout);
+    assert_eq!(h.responses().len(), 20);
 }
