@@ -82,6 +82,44 @@ pub fn write_rfc3339_millis(out: &mut Vec<u8>, time: SystemTime) {
     out.push(b'Z');
 }
 
+/// Log timestamps for one second at a time: the calendar arithmetic runs when the
+/// second changes, not for every line.
+pub struct StampCache {
+    second: u64,
+    /// `YYYY-MM-DDTHH:MM:SS` of `second`.
+    prefix: [u8; 19],
+}
+
+impl StampCache {
+    pub const fn new() -> StampCache {
+        StampCache {
+            second: u64::MAX,
+            prefix: [0; 19],
+        }
+    }
+
+    /// Same output as `write_rfc3339_millis`.
+    pub fn write(&mut self, out: &mut Vec<u8>, time: SystemTime) {
+        let since = time.duration_since(UNIX_EPOCH).unwrap_or_default();
+        if since.as_secs() != self.second {
+            let mut full = Vec::with_capacity(24);
+            write_rfc3339_millis(&mut full, time);
+            self.prefix.copy_from_slice(&full[..19]);
+            self.second = since.as_secs();
+        }
+        out.extend_from_slice(&self.prefix);
+        out.push(b'.');
+        push_num(out, since.subsec_millis(), 3);
+        out.push(b'Z');
+    }
+}
+
+impl Default for StampCache {
+    fn default() -> Self {
+        StampCache::new()
+    }
+}
+
 /// `Sun, 29 Nov 2026 10:00:00 GMT`, the IMF-fixdate HTTP requires in `Date`.
 pub fn write_http_date(out: &mut Vec<u8>, time: SystemTime) {
     const DAYS: [&[u8]; 7] = [b"Sun", b"Mon", b"Tue", b"Wed", b"Thu", b"Fri", b"Sat"];
@@ -234,5 +272,27 @@ mod tests {
         out.clear();
         write_rfc3339_millis(&mut out, UNIX_EPOCH + Duration::from_secs(951_782_400)); // leap day
         assert_eq!(out, b"2000-02-29T00:00:00.000Z");
+    }
+
+    #[test]
+    fn the_stamp_cache_matches_the_full_formatter() {
+        let mut cache = StampCache::new();
+        for millis in [
+            0u64,
+            999,
+            1_000,
+            1_001,
+            59_999,
+            86_399_999,
+            86_400_000,
+            1_785_405_600_123,
+            1_785_405_600_999,
+        ] {
+            let t = UNIX_EPOCH + Duration::from_millis(millis);
+            let (mut cached, mut full) = (Vec::new(), Vec::new());
+            cache.write(&mut cached, t);
+            write_rfc3339_millis(&mut full, t);
+            assert_eq!(cached, full, "{millis}");
+        }
     }
 }

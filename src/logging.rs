@@ -13,11 +13,28 @@ use std::time::SystemTime;
 use log::LevelFilter;
 use log::kv::{Key, Value, VisitSource};
 
+use crate::clock::StampCache;
 use crate::config::LogFormat;
 
 const FLUSH_AT: usize = 64 * 1024;
 
-static BUFFER: Mutex<Vec<u8>> = Mutex::new(Vec::new());
+/// Formatted lines waiting for the next flush, and the timestamp cache they share.
+struct Pending {
+    lines: Vec<u8>,
+    stamps: StampCache,
+}
+
+static PENDING: Mutex<Pending> = Mutex::new(Pending {
+    lines: Vec::new(),
+    stamps: StampCache::new(),
+});
+
+fn pending() -> std::sync::MutexGuard<'static, Pending> {
+    // Nothing panics while holding the lock; if something ever did, keep logging.
+    PENDING
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
 
 /// Installs the logger. Chatty dependencies are held to warnings.
 pub fn init(level: LevelFilter, format: LogFormat) -> Result<(), log::SetLoggerError> {
@@ -32,11 +49,7 @@ pub fn init(level: LevelFilter, format: LogFormat) -> Result<(), log::SetLoggerE
 
 /// Writes buffered lines to stderr.
 pub fn flush() {
-    let mut buffer = match BUFFER.lock() {
-        Ok(guard) => guard,
-        Err(poisoned) => poisoned.into_inner(),
-    };
-    write_out(&mut buffer);
+    write_out(&mut pending().lines);
 }
 
 fn write_out(buffer: &mut Vec<u8>) {
@@ -52,13 +65,11 @@ fn write_out(buffer: &mut Vec<u8>) {
 }
 
 fn append(record: &log::Record<'_>, format: LogFormat) {
-    let mut buffer = match BUFFER.lock() {
-        Ok(guard) => guard,
-        Err(poisoned) => poisoned.into_inner(),
-    };
-    format_line(&mut buffer, SystemTime::now(), record, format);
-    if buffer.len() >= FLUSH_AT || record.level() <= log::Level::Warn {
-        write_out(&mut buffer);
+    let mut guard = pending();
+    let Pending { lines, stamps } = &mut *guard;
+    format_line(lines, stamps, SystemTime::now(), record, format);
+    if lines.len() >= FLUSH_AT || record.level() <= log::Level::Warn {
+        write_out(lines);
     }
 }
 
@@ -66,6 +77,7 @@ fn append(record: &log::Record<'_>, format: LogFormat) {
 /// with the same keys.
 pub fn format_line(
     out: &mut Vec<u8>,
+    stamps: &mut StampCache,
     now: SystemTime,
     record: &log::Record<'_>,
     format: LogFormat,
@@ -88,7 +100,7 @@ pub fn format_line(
     match format {
         LogFormat::Logfmt => {
             out.extend_from_slice(b"ts=");
-            crate::clock::write_rfc3339_millis(out, now);
+            stamps.write(out, now);
             out.extend_from_slice(b" level=");
             out.extend_from_slice(level.as_bytes());
             out.extend_from_slice(b" msg=");
@@ -96,7 +108,7 @@ pub fn format_line(
         }
         LogFormat::Json => {
             out.extend_from_slice(b"{\"ts\":\"");
-            crate::clock::write_rfc3339_millis(out, now);
+            stamps.write(out, now);
             out.extend_from_slice(b"\",\"level\":\"");
             out.extend_from_slice(level.as_bytes());
             out.extend_from_slice(b"\",\"msg\":");
@@ -204,7 +216,7 @@ mod tests {
     fn line(format: LogFormat, build: impl FnOnce(&mut dyn FnMut(&log::Record<'_>))) -> String {
         let mut out = Vec::new();
         let now = UNIX_EPOCH + Duration::from_millis(1_785_405_600_123);
-        build(&mut |record| format_line(&mut out, now, record, format));
+        build(&mut |record| format_line(&mut out, &mut StampCache::new(), now, record, format));
         String::from_utf8(out).unwrap()
     }
 

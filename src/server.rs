@@ -74,7 +74,8 @@ struct InFlight {
 /// A client connection and its socket.
 struct Client {
     stream: TcpStream,
-    remote: SocketAddr,
+    /// The peer's address, formatted once for every log line it will appear in.
+    remote: PeerName,
     conn: Conn<Route>,
     /// Registered for WRITABLE too (only while output is pending).
     wants_writable: bool,
@@ -294,7 +295,7 @@ impl Server {
         let _ = stream.set_nodelay(true);
         let client = Client {
             stream,
-            remote,
+            remote: PeerName::new(remote),
             conn: Conn::new(now),
             wants_writable: false,
             read_drained: false,
@@ -367,9 +368,17 @@ impl Server {
             return;
         };
         let now = app.now;
+        let Client {
+            stream,
+            remote,
+            conn,
+            read_drained,
+            eof_pending,
+            ..
+        } = client;
         let mut peer = Peer {
             app,
-            remote: client.remote,
+            remote: remote.as_str(),
         };
         let mut io = Io {
             handler: &mut peer,
@@ -382,18 +391,15 @@ impl Server {
         let mut broken = false;
         loop {
             // Write first: pending output holds back both reading and buffered requests.
-            match write_pending(client, io.pool, now) {
-                Ok(()) => {}
-                Err(_) => {
-                    broken = true;
-                    break;
-                }
+            if write_pending(stream, conn, io.pool, now).is_err() {
+                broken = true;
+                break;
             }
-            if client.conn.output().is_empty() && client.conn.is_stalled() {
-                client.conn.resume(&mut io);
+            if conn.output().is_empty() && conn.is_stalled() {
+                conn.resume(&mut io);
                 continue;
             }
-            if !client.conn.wants_read(io.limits) || client.read_drained {
+            if !conn.wants_read(io.limits) || *read_drained {
                 break;
             }
             if reads == READS_PER_TURN {
@@ -401,17 +407,17 @@ impl Server {
                 break;
             }
             reads += 1;
-            match client.stream.read(read_buf) {
-                Ok(0) => client.conn.peer_closed(&mut io),
+            match stream.read(read_buf) {
+                Ok(0) => conn.peer_closed(&mut io),
                 Ok(n) => {
                     // A short read emptied the socket; more data will raise a new edge
                     // (Linux reports every arrival), so skip the read that would
                     // only return EAGAIN. Not when the peer's FIN may be queued:
                     // that edge may already be spent.
-                    client.read_drained = n < read_buf.len() && !client.eof_pending;
-                    client.conn.feed(&read_buf[..n], &mut io);
+                    *read_drained = n < read_buf.len() && !*eof_pending;
+                    conn.feed(&read_buf[..n], &mut io);
                 }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => client.read_drained = true,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => *read_drained = true,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(_) => {
                     broken = true;
@@ -514,7 +520,7 @@ impl Server {
             }
             let mut peer = Peer {
                 app: &mut self.app,
-                remote: client.remote,
+                remote: client.remote.as_str(),
             };
             let mut io = Io {
                 handler: &mut peer,
@@ -730,11 +736,16 @@ impl Server {
     }
 }
 
-fn write_pending(client: &mut Client, pool: &mut BufferPool, now: Instant) -> io::Result<()> {
-    while !client.conn.output().is_empty() {
-        match client.stream.write(client.conn.output()) {
+fn write_pending(
+    stream: &mut TcpStream,
+    conn: &mut Conn<Route>,
+    pool: &mut BufferPool,
+    now: Instant,
+) -> io::Result<()> {
+    while !conn.output().is_empty() {
+        match stream.write(conn.output()) {
             Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
-            Ok(n) => client.conn.consumed_output(n, pool, now),
+            Ok(n) => conn.consumed_output(n, pool, now),
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
             Err(e) => return Err(e),
@@ -780,6 +791,30 @@ fn bind_first(addrs: &[SocketAddr]) -> io::Result<TcpListener> {
         }
     }
     Err(last)
+}
+
+/// A socket address as text, without a heap allocation per connection.
+struct PeerName {
+    bytes: [u8; 64],
+    len: usize,
+}
+
+impl PeerName {
+    fn new(addr: SocketAddr) -> PeerName {
+        let mut name = PeerName {
+            bytes: [0; 64],
+            len: 0,
+        };
+        let mut cursor = io::Cursor::new(&mut name.bytes[..]);
+        // The longest IPv6 socket address with a scope id fits in 64 bytes.
+        let _ = write!(cursor, "{addr}");
+        name.len = cursor.position() as usize;
+        name
+    }
+
+    fn as_str(&self) -> &str {
+        std::str::from_utf8(&self.bytes[..self.len]).unwrap_or("-")
+    }
 }
 
 /// The `Date` header value, formatted once per second rather than once per response.

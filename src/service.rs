@@ -4,7 +4,6 @@
 //! its response: route, decode, validate, queue, answer. It never blocks and, once
 //! warm, allocates nothing but the record itself.
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -234,7 +233,7 @@ impl App {
 /// The application as seen by one connection's requests (adds the peer for the log).
 pub struct Peer<'a> {
     pub app: &'a mut App,
-    pub remote: SocketAddr,
+    pub remote: &'a str,
 }
 
 impl Handler for Peer<'_> {
@@ -290,7 +289,7 @@ impl Handler for Peer<'_> {
             path = exchange.path,
             status = exchange.status,
             duration_us = duration_us,
-            remote:% = self.remote;
+            remote = self.remote;
             "request"
         );
     }
