@@ -68,6 +68,12 @@ struct Flags {
     /// dead-letter file whose records are sent at startup, ahead of new ones; renamed once delivered. Env WEBHOOK_REPLAY
     #[argh(option)]
     replay: Option<String>,
+    /// header added to every POST, 'Name: value' (repeatable), e.g. 'Authorization: Bearer ...'; values are never logged. Env WEBHOOK_POST_HEADERS, one per line
+    #[argh(option)]
+    post_header: Vec<String>,
+    /// PEM file of extra CA certificates trusted for an https:// endpoint, besides the bundled web PKI roots. Env WEBHOOK_CA_FILE
+    #[argh(option)]
+    ca_file: Option<String>,
     /// print the version and exit
     #[argh(switch)]
     version: bool,
@@ -99,6 +105,13 @@ pub struct Config {
     pub log_format: LogFormat,
     pub dead_letter: PathBuf,
     pub replay: Option<PathBuf>,
+    /// Extra headers for every POST; the values are secrets and never logged.
+    pub post_headers: Vec<(String, String)>,
+    /// DER certificates from `--ca-file`, trusted besides the web PKI roots.
+    pub extra_roots: Vec<Vec<u8>>,
+    pub ca_file: Option<PathBuf>,
+    /// Proxy URL for the endpoint, from the usual environment variables.
+    pub proxy: Option<String>,
 }
 
 impl Config {
@@ -266,7 +279,49 @@ pub fn load(
         |s| PathBuf::from(s.value),
     );
     let replay = pick(&flags.replay, "replay", "WEBHOOK_REPLAY").map(|s| PathBuf::from(s.value));
+    let post_headers = if flags.post_header.is_empty() {
+        match env("WEBHOOK_POST_HEADERS") {
+            Some(lines) => {
+                let setting = Setting {
+                    value: lines,
+                    source: Source::Env("WEBHOOK_POST_HEADERS"),
+                };
+                setting
+                    .value
+                    .lines()
+                    .filter(|l| !l.trim().is_empty())
+                    .map(|l| parse_header(&setting, l))
+                    .collect::<Result<_, _>>()?
+            }
+            None => Vec::new(),
+        }
+    } else {
+        flags
+            .post_header
+            .iter()
+            .map(|h| {
+                parse_header(
+                    &Setting {
+                        value: h.clone(),
+                        source: Source::Flag("post-header"),
+                    },
+                    h,
+                )
+            })
+            .collect::<Result<_, _>>()?
+    };
+    let ca_setting = pick(&flags.ca_file, "ca-file", "WEBHOOK_CA_FILE");
+    let extra_roots = match &ca_setting {
+        Some(s) => load_pem_certificates(s)?,
+        None => Vec::new(),
+    };
+    let ca_file = ca_setting.map(|s| PathBuf::from(s.value));
+    let proxy = proxy_for(&post_endpoint, |name| env(name));
     Ok(Config {
+        proxy,
+        post_headers,
+        extra_roots,
+        ca_file,
         dead_letter,
         replay,
         http,
@@ -392,6 +447,90 @@ fn parse_listen(setting: &Setting) -> Result<Vec<SocketAddr>, Stop> {
             Err(setting.invalid("is not a listen address (e.g. :8080, 127.0.0.1:8080, [::1]:8080)"))
         }
     }
+}
+
+/// `Name: value`, with a valid header name and no line breaks in the value.
+fn parse_header(setting: &Setting, line: &str) -> Result<(String, String), Stop> {
+    // The value may be a secret: errors name the header, never echo the value.
+    let source = match setting.source {
+        Source::Flag(flag) => format!("--{flag}"),
+        Source::Env(env) | Source::Default(env) => env.to_owned(),
+    };
+    let Some((name, value)) = line.split_once(':') else {
+        return Err(Stop::Invalid(format!(
+            "{source}: a header is not 'Name: value' (not echoed: it may hold a credential)"
+        )));
+    };
+    let invalid = |why: &str| Stop::Invalid(format!("{source}: header {:?} {why}", name.trim()));
+    let name = name.trim();
+    let token = |c: char| c.is_ascii_alphanumeric() || "!#$%&'*+-.^_`|~".contains(c);
+    if name.is_empty() || !name.chars().all(token) {
+        return Err(invalid("has an invalid name"));
+    }
+    let value = value.trim();
+    if value.chars().any(|c| c.is_control() && c != '\t') {
+        return Err(invalid("has a control character in its value"));
+    }
+    Ok((name.to_owned(), value.to_owned()))
+}
+
+/// Reads every certificate of a PEM file; a file without one is an error.
+fn load_pem_certificates(setting: &Setting) -> Result<Vec<Vec<u8>>, Stop> {
+    let pem = std::fs::read(&setting.value)
+        .map_err(|e| setting.invalid(&format!("cannot be read: {e}")))?;
+    let mut certs = Vec::new();
+    for item in ureq::tls::parse_pem(&pem) {
+        match item {
+            Ok(ureq::tls::PemItem::Certificate(cert)) => certs.push(cert.der().to_vec()),
+            Ok(_) => {}
+            Err(e) => return Err(setting.invalid(&format!("is not valid PEM: {e}"))),
+        }
+    }
+    if certs.is_empty() {
+        return Err(setting.invalid("holds no PEM certificate"));
+    }
+    Ok(certs)
+}
+
+/// The proxy curl and most tools would use for `endpoint`: `HTTPS_PROXY` for https,
+/// `HTTP_PROXY` for http, `ALL_PROXY` for either (lower-case names too), unless
+/// `NO_PROXY` names the host (`*`, a host, or a domain suffix like `.internal`).
+pub fn proxy_for(endpoint: &str, env: impl Fn(&str) -> Option<String>) -> Option<String> {
+    let uri: ureq::http::Uri = endpoint.parse().ok()?;
+    let host = uri
+        .host()?
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .to_ascii_lowercase();
+    let names: &[&str] = if uri
+        .scheme_str()
+        .is_some_and(|s| s.eq_ignore_ascii_case("https"))
+    {
+        &["HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy"]
+    } else {
+        &["HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy"]
+    };
+    let proxy = names.iter().find_map(|name| env(name))?;
+    let no_proxy = env("NO_PROXY")
+        .or_else(|| env("no_proxy"))
+        .unwrap_or_default();
+    let bypass = no_proxy
+        .split(',')
+        .map(str::trim)
+        .filter(|e| !e.is_empty())
+        .any(|entry| {
+            let entry = entry
+                .rsplit_once(':')
+                .filter(|(h, _)| !h.contains(':') || h.ends_with(']'))
+                .map_or(entry, |(h, _)| h);
+            let entry = entry
+                .trim_start_matches("*.")
+                .trim_start_matches('.')
+                .trim_matches(['[', ']'])
+                .to_ascii_lowercase();
+            entry == "*" || host == entry || host.ends_with(&format!(".{entry}"))
+        });
+    (!bypass).then_some(proxy)
 }
 
 fn parse_endpoint(setting: &Setting) -> Result<String, Stop> {
@@ -579,6 +718,129 @@ mod tests {
         assert!(
             matches!(load_with(&["-version"], &[]), Err(Stop::Print(v)) if v.starts_with("webhook-forwarder "))
         );
+    }
+
+    #[test]
+    fn post_headers_from_flags_or_env_lines() {
+        let c = load_with(
+            &[
+                EP,
+                "--post-header",
+                "Authorization: Bearer abc",
+                "-post-header=X-Team:  core ",
+            ],
+            &[],
+        )
+        .unwrap();
+        assert_eq!(
+            c.post_headers,
+            vec![
+                ("Authorization".into(), "Bearer abc".into()),
+                ("X-Team".into(), "core".into())
+            ]
+        );
+        let c = load_with(
+            &[EP],
+            &[(
+                "WEBHOOK_POST_HEADERS",
+                "Authorization: Bearer a,b\nX-Id: 7\n",
+            )],
+        )
+        .unwrap();
+        assert_eq!(
+            c.post_headers,
+            vec![
+                ("Authorization".into(), "Bearer a,b".into()),
+                ("X-Id".into(), "7".into())
+            ]
+        );
+        let c = load_with(
+            &[EP, "--post-header", "X-A: 1"],
+            &[("WEBHOOK_POST_HEADERS", "X-B: 2")],
+        )
+        .unwrap();
+        assert_eq!(
+            c.post_headers,
+            vec![("X-A".into(), "1".into())],
+            "flags win over env"
+        );
+        let err = invalid(&[EP, "--post-header", "Authorization Bearer secret"], &[]);
+        assert!(
+            err.contains("not 'Name: value'") && !err.contains("secret"),
+            "{err}"
+        );
+        assert!(invalid(&[EP, "--post-header", "Bad Name: x"], &[]).contains("invalid name"));
+    }
+
+    #[test]
+    fn ca_file_must_hold_certificates() {
+        assert!(invalid(&[EP, "--ca-file", "/nonexistent.pem"], &[]).contains("cannot be read"));
+        let path = std::env::temp_dir().join(format!("wf-config-test-{}.pem", std::process::id()));
+        std::fs::write(&path, "not a pem file").unwrap();
+        assert!(
+            invalid(&[EP, "--ca-file", path.to_str().unwrap()], &[]).contains("no PEM certificate")
+        );
+        let _ = std::fs::remove_file(path);
+    }
+
+    #[test]
+    fn proxies_follow_the_usual_variables() {
+        let env = |pairs: &'static [(&'static str, &'static str)]| {
+            move |k: &str| {
+                pairs
+                    .iter()
+                    .find(|(n, _)| *n == k)
+                    .map(|(_, v)| v.to_string())
+            }
+        };
+        let both: &[(&str, &str)] = &[
+            ("HTTPS_PROXY", "http://p:3128"),
+            ("HTTP_PROXY", "http://q:8080"),
+        ];
+        assert_eq!(
+            proxy_for("https://api.example.com/x", env(both)).as_deref(),
+            Some("http://p:3128")
+        );
+        assert_eq!(
+            proxy_for("http://api.example.com/x", env(both)).as_deref(),
+            Some("http://q:8080")
+        );
+        assert_eq!(
+            proxy_for("http://h/x", env(&[("all_proxy", "socks5://s:1080")])).as_deref(),
+            Some("socks5://s:1080")
+        );
+        assert_eq!(proxy_for("http://h/x", env(&[])), None);
+        for no in [
+            "*",
+            "api.example.com",
+            ".example.com",
+            "example.com",
+            "other, example.com:443",
+            "*.example.com",
+        ] {
+            let vars: &'static [(&'static str, &'static str)] = Box::leak(
+                vec![("HTTPS_PROXY", "http://p:3128"), ("NO_PROXY", no)].into_boxed_slice(),
+            );
+            assert_eq!(
+                proxy_for("https://api.example.com/x", env(vars)),
+                None,
+                "NO_PROXY={no}"
+            );
+        }
+        let vars: &[(&str, &str)] = &[
+            ("HTTPS_PROXY", "http://p:3128"),
+            ("no_proxy", "ample.com,localhost"),
+        ];
+        assert_eq!(
+            proxy_for("https://api.example.com/x", env(vars)).as_deref(),
+            Some("http://p:3128")
+        );
+        let vars: &[(&str, &str)] = &[
+            ("HTTP_PROXY", "http://p:3128"),
+            ("NO_PROXY", "127.0.0.1,::1"),
+        ];
+        assert_eq!(proxy_for("http://127.0.0.1:9/x", env(vars)), None);
+        assert_eq!(proxy_for("http://[::1]:9/x", env(vars)), None);
     }
 
     #[test]

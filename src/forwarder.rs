@@ -25,6 +25,11 @@ pub struct ForwarderSettings {
     pub endpoint: String,
     pub post_timeout: Duration,
     pub retry_wait: Duration,
+    /// Added to every POST (tokens); never logged.
+    pub headers: Vec<(String, String)>,
+    /// DER certificates trusted besides the bundled web PKI roots.
+    pub extra_roots: Vec<Vec<u8>>,
+    pub proxy: Option<String>,
 }
 
 enum Job {
@@ -138,13 +143,26 @@ enum Attempt {
 
 impl Worker {
     fn new(settings: ForwarderSettings, stats: Arc<WorkerStats>) -> Worker {
-        let agent: ureq::Agent = ureq::Agent::config_builder()
+        let mut config = ureq::Agent::config_builder()
             .timeout_global(Some(settings.post_timeout))
             .http_status_as_error(false)
             .user_agent(concat!("webhook-forwarder/", env!("CARGO_PKG_VERSION")))
             .max_idle_connections_per_host(1)
-            .build()
-            .into();
+            // Chosen by config::proxy_for, per the endpoint's scheme.
+            .proxy(
+                settings
+                    .proxy
+                    .as_deref()
+                    .and_then(|p| ureq::Proxy::new(p).ok()),
+            );
+        if !settings.extra_roots.is_empty() {
+            config = config.tls_config(
+                ureq::tls::TlsConfig::builder()
+                    .root_certs(trusted_roots(&settings.extra_roots))
+                    .build(),
+            );
+        }
+        let agent: ureq::Agent = config.build().into();
         Worker {
             settings,
             agent,
@@ -229,10 +247,13 @@ impl Worker {
     }
 
     fn post_once(&mut self) -> Attempt {
-        let request = self
+        let mut request = self
             .agent
             .post(&self.settings.endpoint)
             .header("Content-Type", "application/json");
+        for (name, value) in &self.settings.headers {
+            request = request.header(name, value);
+        }
         match request.send(&self.body[..]) {
             Ok(mut response) => {
                 let status = response.status().as_u16();
@@ -247,4 +268,16 @@ impl Worker {
             Err(e) => Attempt::Error(e.to_string()),
         }
     }
+}
+
+/// The bundled web PKI roots plus the operator's own CAs.
+fn trusted_roots(extra: &[Vec<u8>]) -> ureq::tls::RootCerts {
+    use ureq::tls::Certificate;
+    let web_pki = webpki_root_certs::TLS_SERVER_ROOT_CERTS
+        .iter()
+        .map(|der| Certificate::from_der(der.as_ref()));
+    let own = extra
+        .iter()
+        .map(|der| Certificate::from_der(der).to_owned());
+    web_pki.chain(own).collect::<Vec<_>>().into()
 }

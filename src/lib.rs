@@ -12,6 +12,7 @@ pub mod forwarder;
 pub mod http;
 pub mod logging;
 pub mod metrics;
+pub mod probe;
 pub mod record;
 pub mod ring;
 pub mod server;

@@ -15,6 +15,9 @@ const EXIT_FORCED: u8 = 4;
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.first().map(String::as_str) == Some("probe") {
+        return probe(&args[1..]);
+    }
     let config = match config::load("webhook-forwarder", &args, |name| std::env::var(name).ok()) {
         Ok(config) => config,
         Err(Stop::Print(text)) => {
@@ -60,7 +63,10 @@ fn main() -> ExitCode {
         ring_capacity = config.ring_capacity(),
         post_timeout_ms = config.post_timeout.as_millis() as u64,
         retry_wait_ms = config.retry_wait.as_millis() as u64,
-        dead_letter:% = absolute(&config.dead_letter).display();
+        dead_letter:% = absolute(&config.dead_letter).display(),
+        post_headers = header_names(&config.post_headers).as_str(),
+        ca_file:% = config.ca_file.as_deref().map_or("-".into(), |p| p.display().to_string()),
+        proxy = config.proxy.as_deref().map_or("-".into(), without_credentials).as_str();
         "listening"
     );
     logging::flush();
@@ -70,6 +76,38 @@ fn main() -> ExitCode {
         Exit::Drained => ExitCode::SUCCESS,
         Exit::DeliveryFailed => ExitCode::from(EXIT_DELIVERY_FAILED),
         Exit::Forced => ExitCode::from(EXIT_FORCED),
+    }
+}
+
+/// `webhook-forwarder probe [--http ADDR]`: exit 0 when `/healthz` answers 200.
+fn probe(args: &[String]) -> ExitCode {
+    let listen = webhook_forwarder::probe::listen_from(args, std::env::var("WEBHOOK_HTTP").ok());
+    match webhook_forwarder::probe::target(&listen).and_then(webhook_forwarder::probe::check) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(why) => {
+            eprintln!("webhook-forwarder probe: {why}");
+            ExitCode::from(EXIT_RUNTIME)
+        }
+    }
+}
+
+/// Header names only: their values are credentials.
+fn header_names(headers: &[(String, String)]) -> String {
+    let names: Vec<&str> = headers.iter().map(|(name, _)| name.as_str()).collect();
+    if names.is_empty() {
+        "-".to_owned()
+    } else {
+        names.join(",")
+    }
+}
+
+/// `http://user:secret@proxy:3128` logged as `http://proxy:3128`.
+fn without_credentials(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme_end), Some(at)) if at > scheme_end => {
+            format!("{}{}", &url[..scheme_end + 3], &url[at + 1..])
+        }
+        _ => url.to_owned(),
     }
 }
 

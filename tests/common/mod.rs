@@ -302,8 +302,20 @@ impl Forwarder {
         max_open_files: Option<u32>,
     ) -> Forwarder {
         let proc = spawn_forwarder_limited(args, env, max_open_files);
-        let line = proc.wait_line("msg=listening", SOON);
-        let addr = field(&line.text, "listen").parse().unwrap();
+        let line = proc.wait_for("the startup line", SOON, |lines| {
+            lines
+                .iter()
+                .find(|l| {
+                    l.text.contains("msg=listening") || l.text.contains("\"msg\":\"listening\"")
+                })
+                .cloned()
+        });
+        let addr = if line.text.starts_with('{') {
+            let v: serde_json::Value = serde_json::from_str(&line.text).unwrap();
+            v["listen"].as_str().unwrap().parse().unwrap()
+        } else {
+            field(&line.text, "listen").parse().unwrap()
+        };
         Forwarder { proc, addr }
     }
 

@@ -1,0 +1,487 @@
+//! What operators rely on: metrics, log formats, outbound headers, HTTPS trust, the probe.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpListener;
+use std::process::{Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use common::*;
+
+/// Samples of a Prometheus text exposition, checked line by line as the format demands.
+fn parse_prometheus(text: &str) -> BTreeMap<String, f64> {
+    let mut types: BTreeMap<String, String> = BTreeMap::new();
+    let mut samples = BTreeMap::new();
+    for line in text.lines() {
+        if let Some(rest) = line.strip_prefix("# TYPE ") {
+            let (name, kind) = rest.split_once(' ').expect("TYPE name kind");
+            assert!(["counter", "gauge", "histogram"].contains(&kind), "{line}");
+            assert!(
+                types.insert(name.to_owned(), kind.to_owned()).is_none(),
+                "TYPE repeated: {line}"
+            );
+            continue;
+        }
+        if let Some(rest) = line.strip_prefix("# HELP ") {
+            assert!(
+                rest.split_once(' ')
+                    .is_some_and(|(_, help)| !help.is_empty()),
+                "{line}"
+            );
+            continue;
+        }
+        assert!(
+            !line.starts_with('#') && !line.is_empty(),
+            "unexpected line {line:?}"
+        );
+        let (series, value) = line.rsplit_once(' ').expect("series value");
+        let name = series.split('{').next().unwrap();
+        assert!(
+            name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+                && !name.starts_with(|c: char| c.is_ascii_digit()),
+            "{line}"
+        );
+        if let Some(labels) = series.strip_prefix(name).filter(|l| !l.is_empty()) {
+            assert!(labels.starts_with('{') && labels.ends_with('}'), "{line}");
+            for pair in labels[1..labels.len() - 1].split(',') {
+                let (k, v) = pair.split_once('=').expect("label=value");
+                assert!(
+                    k.chars().all(|c| c.is_ascii_alphanumeric() || c == '_'),
+                    "{line}"
+                );
+                assert!(
+                    v.starts_with('"') && v.ends_with('"') && v.len() >= 2,
+                    "{line}"
+                );
+            }
+        }
+        let family = ["_bucket", "_sum", "_count"]
+            .iter()
+            .find_map(|s| name.strip_suffix(s))
+            .filter(|f| types.get(*f).is_some_and(|k| k == "histogram"))
+            .unwrap_or(name);
+        let kind = types
+            .get(family)
+            .unwrap_or_else(|| panic!("no TYPE before {line}"));
+        if kind == "counter" {
+            assert!(name.ends_with("_total"), "counter without _total: {line}");
+        }
+        let value: f64 = value
+            .parse()
+            .unwrap_or_else(|_| panic!("bad value in {line}"));
+        assert!(
+            samples.insert(series.to_owned(), value).is_none(),
+            "series repeated: {line}"
+        );
+    }
+    samples
+}
+
+fn scrape(fwd: &Forwarder) -> BTreeMap<String, f64> {
+    let r = fwd.get("/metrics");
+    assert_eq!(r.status, 200);
+    assert!(
+        r.header("content-type")
+            .unwrap()
+            .starts_with("text/plain; version=0.0.4")
+    );
+    parse_prometheus(&r.body)
+}
+
+#[test]
+fn metrics_parse_as_prometheus_text_and_move_with_traffic() {
+    let sink = Sink::start(&["--fail-first", "1"]);
+    let fwd = Forwarder::to(&sink, &["--batch-size", "2", "--retry-wait", "10ms"]);
+    let before = scrape(&fwd);
+    assert_eq!(before["webhook_records_accepted_total"], 0.0);
+    assert_eq!(before["webhook_open_connections"], 1.0);
+    assert!(before["process_start_time_seconds"] > 1.7e9);
+    assert_eq!(before["webhook_queue_capacity"], 4.0);
+
+    assert_eq!(fwd.post(&record(1)).status, 201);
+    assert_eq!(fwd.post("{broken").status, 400);
+    assert_eq!(fwd.post(r#"{"user_id": "x"}"#).status, 400);
+    assert_eq!(fwd.get("/missing").status, 404);
+    let m = scrape(&fwd);
+    assert_eq!(m["webhook_records_queued"], 1.0);
+    assert_eq!(m["webhook_records_accepted_total"], 1.0);
+    assert_eq!(
+        m["webhook_records_rejected_total{reason=\"malformed\"}"],
+        1.0
+    );
+    assert_eq!(m["webhook_records_rejected_total{reason=\"invalid\"}"], 1.0);
+    assert_eq!(
+        m["webhook_http_requests_total{route=\"/log\",code=\"201\"}"],
+        1.0
+    );
+    assert_eq!(
+        m["webhook_http_requests_total{route=\"/log\",code=\"400\"}"],
+        2.0
+    );
+    assert_eq!(
+        m["webhook_http_requests_total{route=\"other\",code=\"404\"}"],
+        1.0
+    );
+
+    assert_eq!(fwd.post(&record(2)).status, 201);
+    sink.wait_delivered_records(2, SOON);
+    let deadline = std::time::Instant::now() + SOON;
+    let m = loop {
+        let m = scrape(&fwd);
+        if m["webhook_batches_total{result=\"delivered\"}"] == 1.0
+            || std::time::Instant::now() > deadline
+        {
+            break m;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert_eq!(m["webhook_batches_total{result=\"delivered\"}"], 1.0);
+    assert_eq!(m["webhook_records_forwarded_total"], 2.0);
+    assert_eq!(
+        m["webhook_post_attempts_total"], 2.0,
+        "one failure, one success"
+    );
+    assert_eq!(m["webhook_post_retries_total"], 1.0);
+    assert_eq!(m["webhook_post_duration_seconds_count"], 2.0);
+    assert_eq!(m["webhook_post_duration_seconds_bucket{le=\"+Inf\"}"], 2.0);
+    assert!(m["webhook_post_duration_seconds_sum"] > 0.0);
+    let buckets: Vec<f64> = m
+        .iter()
+        .filter(|(k, _)| k.starts_with("webhook_post_duration_seconds_bucket"))
+        .map(|(_, v)| *v)
+        .collect();
+    assert!(buckets.iter().all(|&b| b <= 2.0));
+    assert_eq!(m["webhook_records_queued"], 0.0);
+    assert_eq!(m["webhook_batch_in_flight"], 0.0);
+}
+
+#[test]
+fn json_logs_carry_the_same_keys() {
+    let sink = Sink::start(&[]);
+    let fwd = Forwarder::to(&sink, &["--log-format", "json", "--batch-size", "1"]);
+    assert_eq!(fwd.post(&record(5)).status, 201);
+    sink.wait_delivered_records(1, SOON);
+    let sent = fwd.proc.wait_line("batch sent", SOON);
+    let v: serde_json::Value = serde_json::from_str(&sent.text).unwrap();
+    assert_eq!(v["msg"], "batch sent");
+    assert_eq!(v["batch_size"], 1);
+    assert_eq!(v["status"], 200);
+    let request = fwd
+        .proc
+        .lines()
+        .into_iter()
+        .find(|l| l.text.contains("\"msg\":\"request\""))
+        .unwrap();
+    let v: serde_json::Value = serde_json::from_str(&request.text).unwrap();
+    assert_eq!(
+        (
+            v["method"].as_str(),
+            v["path"].as_str(),
+            v["status"].as_u64()
+        ),
+        (Some("POST"), Some("/log"), Some(201))
+    );
+    assert!(v["ts"].as_str().unwrap().ends_with('Z'));
+}
+
+/// A receiver that records the headers of every request it gets.
+fn header_catcher() -> (String, Arc<Mutex<Vec<Vec<(String, String)>>>>) {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}/in", listener.local_addr().unwrap());
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let record = Arc::clone(&seen);
+    std::thread::spawn(move || {
+        for stream in listener.incoming().flatten() {
+            let mut reader = BufReader::new(stream);
+            loop {
+                let mut headers = Vec::new();
+                let mut length = 0usize;
+                let mut line = String::new();
+                if reader.read_line(&mut line).unwrap_or(0) == 0 {
+                    break;
+                }
+                loop {
+                    line.clear();
+                    if reader.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
+                        break;
+                    }
+                    let (name, value) = line.trim_end().split_once(':').unwrap();
+                    if name.eq_ignore_ascii_case("content-length") {
+                        length = value.trim().parse().unwrap();
+                    }
+                    headers.push((name.to_ascii_lowercase(), value.trim().to_owned()));
+                }
+                let mut body = vec![0u8; length];
+                reader.read_exact(&mut body).unwrap();
+                record.lock().unwrap().push(headers);
+                let _ = reader
+                    .get_mut()
+                    .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n");
+            }
+        }
+    });
+    (url, seen)
+}
+
+#[test]
+fn post_headers_reach_the_endpoint_and_never_the_logs() {
+    let (url, seen) = header_catcher();
+    let secret = "Bearer s3cr3t-t0ken-value";
+    let fwd = Forwarder::start(
+        &[
+            "--post-endpoint",
+            &url,
+            "--batch-size",
+            "1",
+            "--post-header",
+            &format!("Authorization: {secret}"),
+            "--log-level",
+            "trace",
+        ],
+        &[("WEBHOOK_POST_HEADERS", "X-Ignored: because flags win")],
+    );
+    assert_eq!(fwd.post(&record(1)).status, 201);
+    fwd.proc.wait_line("batch sent", SOON);
+    let requests = seen.lock().unwrap().clone();
+    assert_eq!(requests.len(), 1);
+    let headers: BTreeMap<String, String> = requests[0].iter().cloned().collect();
+    assert_eq!(
+        headers.get("authorization").map(String::as_str),
+        Some(secret)
+    );
+    assert_eq!(
+        headers.get("content-type").map(String::as_str),
+        Some("application/json")
+    );
+    assert!(!headers.contains_key("x-ignored"));
+    let startup = fwd.proc.wait_line("msg=listening", SOON).text;
+    assert_eq!(field(&startup, "post_headers"), "Authorization");
+    assert!(
+        !fwd.proc.text().contains("s3cr3t"),
+        "a header value reached the log"
+    );
+
+    // From the environment, one header per line.
+    let (url, seen) = header_catcher();
+    let fwd = Forwarder::start(
+        &["--post-endpoint", &url, "--batch-size", "1"],
+        &[("WEBHOOK_POST_HEADERS", "X-Api-Key: k1,k2\nX-Team: core")],
+    );
+    assert_eq!(fwd.post(&record(1)).status, 201);
+    fwd.proc.wait_line("batch sent", SOON);
+    let headers: BTreeMap<String, String> = seen.lock().unwrap()[0].iter().cloned().collect();
+    assert_eq!(headers.get("x-api-key").map(String::as_str), Some("k1,k2"));
+    assert_eq!(headers.get("x-team").map(String::as_str), Some("core"));
+}
+
+/// A throwaway CA and a certificate for localhost it signed, made with openssl.
+fn make_test_pki(dir: &std::path::Path) {
+    let run = |args: &[&str]| {
+        let out = Command::new("openssl")
+            .args(args)
+            .current_dir(dir)
+            .output()
+            .expect("openssl is installed");
+        assert!(
+            out.status.success(),
+            "openssl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    std::fs::write(dir.join("server.ext"), "subjectAltName=DNS:localhost,IP:127.0.0.1\nbasicConstraints=CA:FALSE\nkeyUsage=critical,digitalSignature\nextendedKeyUsage=serverAuth\n").unwrap();
+    run(&[
+        "req",
+        "-x509",
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-nodes",
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.pem",
+        "-days",
+        "2",
+        "-subj",
+        "/CN=webhook-forwarder test CA",
+        "-addext",
+        "basicConstraints=critical,CA:TRUE",
+        "-addext",
+        "keyUsage=critical,keyCertSign,cRLSign",
+    ]);
+    run(&[
+        "req",
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-nodes",
+        "-keyout",
+        "server.key",
+        "-out",
+        "server.csr",
+        "-subj",
+        "/CN=localhost",
+    ]);
+    run(&[
+        "x509",
+        "-req",
+        "-in",
+        "server.csr",
+        "-CA",
+        "ca.pem",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-out",
+        "server.pem",
+        "-days",
+        "2",
+        "-extfile",
+        "server.ext",
+    ]);
+}
+
+/// An HTTPS receiver (Python's ssl module) that prints each body it gets.
+fn tls_receiver(dir: &std::path::Path) -> (u16, Arc<Mutex<Vec<String>>>, std::process::Child) {
+    let script = r#"
+import http.server, ssl, sys
+class H(http.server.BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    def do_POST(self):
+        body = self.rfile.read(int(self.headers["Content-Length"]))
+        print("body " + body.decode(), flush=True)
+        self.send_response(200); self.send_header("Content-Length", "0"); self.end_headers()
+    def log_message(self, *a): pass
+s = http.server.ThreadingHTTPServer(("127.0.0.1", 0), H)
+ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER); ctx.load_cert_chain("server.pem", "server.key")
+s.socket = ctx.wrap_socket(s.socket, server_side=True)
+print("port", s.server_address[1], flush=True)
+s.serve_forever()
+"#;
+    let mut child = Command::new("python3")
+        .args(["-c", script])
+        .current_dir(dir)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("python3 is installed");
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let first = lines.next().unwrap().unwrap();
+    let port = first.strip_prefix("port ").unwrap().parse().unwrap();
+    let bodies = Arc::new(Mutex::new(Vec::new()));
+    let sink = Arc::clone(&bodies);
+    std::thread::spawn(move || {
+        for line in lines.map_while(Result::ok) {
+            sink.lock().unwrap().push(line);
+        }
+    });
+    (port, bodies, child)
+}
+
+#[test]
+fn https_endpoints_trust_the_ca_file_and_refuse_unknown_issuers() {
+    let dir = temp_path("pki");
+    std::fs::create_dir_all(&dir).unwrap();
+    make_test_pki(&dir);
+    let (port, bodies, mut receiver) = tls_receiver(&dir);
+    let endpoint = format!("https://localhost:{port}/in");
+    let ca = dir.join("ca.pem");
+    let fwd = Forwarder::start(
+        &[
+            "--post-endpoint",
+            &endpoint,
+            "--batch-size",
+            "1",
+            "--ca-file",
+            ca.to_str().unwrap(),
+        ],
+        &[],
+    );
+    assert_eq!(fwd.post(&record(42)).status, 201);
+    let sent = fwd.proc.wait_line("batch sent", SOON).text;
+    assert_eq!(field(&sent, "status"), "200");
+    let got = bodies.lock().unwrap().clone();
+    assert_eq!(got.len(), 1);
+    let batch: serde_json::Value =
+        serde_json::from_str(got[0].strip_prefix("body ").unwrap()).unwrap();
+    assert_eq!(batch[0]["user_id"], 42);
+
+    // Without the CA the certificate is untrusted: every attempt fails, nothing arrives.
+    let mut untrusting = Forwarder::start(
+        &[
+            "--post-endpoint",
+            &endpoint,
+            "--batch-size",
+            "1",
+            "--retry-wait",
+            "10ms",
+            "--post-timeout",
+            "3s",
+        ],
+        &[],
+    );
+    assert_eq!(untrusting.post(&record(43)).status, 201);
+    assert_eq!(untrusting.proc.wait_exit(SOON).code(), Some(3));
+    let failures = untrusting
+        .proc
+        .lines()
+        .into_iter()
+        .filter(|l| l.text.contains("msg=\"batch post failed\""))
+        .collect::<Vec<_>>();
+    assert_eq!(failures.len(), 4);
+    assert!(
+        failures[0]
+            .text
+            .to_ascii_lowercase()
+            .contains("certificate")
+            || failures[0].text.contains("UnknownIssuer"),
+        "{}",
+        failures[0].text
+    );
+    assert_eq!(bodies.lock().unwrap().len(), 1);
+    let _ = receiver.kill();
+    let _ = receiver.wait();
+}
+
+#[test]
+fn the_probe_subcommand_checks_healthz() {
+    let sink = Sink::start(&[]);
+    let fwd = Forwarder::to(&sink, &[]);
+    let probe = |args: &[&str], env: Option<&str>| {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_webhook-forwarder"));
+        command.arg("probe").args(args).env_remove("WEBHOOK_HTTP");
+        if let Some(addr) = env {
+            command.env("WEBHOOK_HTTP", addr);
+        }
+        command.output().unwrap()
+    };
+    let addr = fwd.addr.to_string();
+    assert_eq!(probe(&["--http", &addr], None).status.code(), Some(0));
+    assert_eq!(
+        probe(&[&format!("-http=:{}", fwd.addr.port())], None)
+            .status
+            .code(),
+        Some(0)
+    );
+    assert_eq!(probe(&[], Some(&addr)).status.code(), Some(0));
+    // Nothing listens on port 9.
+    let dead = probe(&["--http", "127.0.0.1:9"], None);
+    assert_eq!(dead.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&dead.stderr).contains("cannot connect"));
+    // Something that is not us answers 404 for /healthz.
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let other = listener.local_addr().unwrap().to_string();
+    std::thread::spawn(move || {
+        for mut s in listener.incoming().flatten() {
+            let mut buf = [0u8; 512];
+            let _ = s.read(&mut buf);
+            let _ = s.write_all(b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n");
+        }
+    });
+    assert_eq!(probe(&["--http", &other], None).status.code(), Some(1));
+}
