@@ -6,7 +6,10 @@ SINK_PORT  ?= 9000
 # Extra flags for `make run`, e.g. make run ARGS='--batch-size 3 --batch-interval 5s'
 ARGS       ?=
 
-.PHONY: all build run test lint bench fuzz clean
+.PHONY: all build run test lint bench fuzz static docker-build coverage clean
+
+VERSION    := $(shell sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -n1)
+TRIPLE     := x86_64-unknown-linux-gnu
 
 all: build
 
@@ -31,6 +34,17 @@ test:
 lint:
 	$(CARGO) fmt --check
 	$(CARGO) clippy --locked --all-targets -- -D warnings
+
+## static: a statically linked release binary, runnable on scratch, in build/docker/
+static:
+	RUSTFLAGS="-C target-feature=+crt-static" $(CARGO) build --release --locked --bin webhook-forwarder --target $(TRIPLE)
+	mkdir -p build/docker/data
+	cp target/$(TRIPLE)/release/webhook-forwarder build/docker/webhook-forwarder
+	strip build/docker/webhook-forwarder
+
+## docker-build: the container image webhook-forwarder:$(VERSION) and :latest
+docker-build: static
+	DOCKER_BUILDKIT=1 docker build -t webhook-forwarder:$(VERSION) -t webhook-forwarder:latest .
 
 ## bench: throughput, latency, CPU and memory side by side with nginx (loopback, bounded runs)
 bench:
