@@ -44,7 +44,7 @@ static:
 
 ## docker-build: the container image webhook-forwarder:$(VERSION) and :latest
 docker-build: static
-	DOCKER_BUILDKIT=1 docker build -t webhook-forwarder:$(VERSION) -t webhook-forwarder:latest .
+	docker build -t webhook-forwarder:$(VERSION) -t webhook-forwarder:latest .
 
 ## bench: throughput, latency, CPU and memory side by side with nginx (loopback, bounded runs)
 bench:
