@@ -489,7 +489,10 @@ impl<R: Copy> Machine<R> {
             [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS_CAP];
         let allowed = io.limits.max_headers.clamp(1, MAX_HEADERS_CAP);
         let mut request = httparse::Request::new(&mut []);
-        match request.parse_with_uninit_headers(input, &mut headers[..allowed]) {
+        // Parse no further than the limit, so a long head is judged the same (431)
+        // however its bytes were split, even when something past the limit is malformed.
+        let window = &input[..input.len().min(io.limits.max_head_bytes + 1)];
+        match request.parse_with_uninit_headers(window, &mut headers[..allowed]) {
             Ok(httparse::Status::Partial) => HeadOutcome::Partial,
             Ok(httparse::Status::Complete(n)) if n > io.limits.max_head_bytes => {
                 self.fail(431, "request head too large", io, None);
@@ -685,7 +688,8 @@ impl<R: Copy> Machine<R> {
         started: Instant,
     ) {
         self.begin_output(io);
-        response::write_static_error(&mut self.out, status, message, io.date);
+        // A response to HEAD never has a body, even an error.
+        response::write_static_error(&mut self.out, status, message, method == "HEAD", io.date);
         self.body.clear();
         io.handler.exchanged(&Exchange {
             route,

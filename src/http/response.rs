@@ -114,7 +114,14 @@ pub fn write(
 }
 
 /// An error answer whose message is a fixed ASCII text needing no JSON escaping.
-pub fn write_static_error(out: &mut Vec<u8>, status: u16, message: &'static str, date: &[u8]) {
+/// `head_only` omits the body (the request was HEAD) but keeps its length.
+pub fn write_static_error(
+    out: &mut Vec<u8>,
+    status: u16,
+    message: &'static str,
+    head_only: bool,
+    date: &[u8],
+) {
     debug_assert!(!message.bytes().any(|b| b == b'"' || b == b'\\' || b < 0x20));
     const OPEN: &[u8] = b"{\"message\":\"";
     const CLOSE: &[u8] = b"\"}";
@@ -130,9 +137,11 @@ pub fn write_static_error(out: &mut Vec<u8>, status: u16, message: &'static str,
         out.extend_from_slice(date);
     }
     out.extend_from_slice(b"\r\n\r\n");
-    out.extend_from_slice(OPEN);
-    out.extend_from_slice(message.as_bytes());
-    out.extend_from_slice(CLOSE);
+    if !head_only {
+        out.extend_from_slice(OPEN);
+        out.extend_from_slice(message.as_bytes());
+        out.extend_from_slice(CLOSE);
+    }
 }
 
 pub fn push_decimal(out: &mut Vec<u8>, mut value: u64) {
@@ -207,7 +216,7 @@ mod tests {
     #[test]
     fn static_errors_are_json_with_the_right_length() {
         let mut out = Vec::new();
-        write_static_error(&mut out, 431, "request head too large", b"");
+        write_static_error(&mut out, 431, "request head too large", false, b"");
         let text = String::from_utf8(out).unwrap();
         let (head, body) = text.split_once("\r\n\r\n").unwrap();
         assert!(head.starts_with("HTTP/1.1 431 Request Header Fields Too Large\r\n"));

@@ -578,3 +578,36 @@ fn a_request_held_up_by_our_back_pressure_does_not_time_out() {
     assert_eq!(h.conn.deadline(&limits), h.now + limits.header_timeout);
     assert_eq!(h.responses().len(), 20);
 }
+
+#[test]
+fn an_error_answer_to_head_has_no_body() {
+    // Found by the http_conn fuzz target.
+    let mut h = Harness::new();
+    h.feed(b"HEAD /healthz HTTP/1.1\r\n\r\n");
+    let r = split_responses(&h.written, |_| true).unwrap();
+    assert_eq!(r.len(), 1);
+    assert_eq!(r[0].status, 400);
+    assert!(r[0].body.is_empty());
+    assert!(h.conn.is_closing());
+}
+
+#[test]
+fn a_long_malformed_head_gets_the_same_answer_however_it_is_split() {
+    // Found by the http_conn fuzz target: the error lies past the head limit.
+    let limits = Limits {
+        max_head_bytes: 256,
+        ..Limits::default()
+    };
+    let mut input = b"GET / HTTP/1.1\r\nX: ".to_vec();
+    input.extend(std::iter::repeat_n(b'a', 300));
+    input.extend_from_slice(b"\x01\r\n\r\n");
+    let mut whole = Harness::with_limits(limits.clone());
+    whole.feed(&input);
+    for split in [1, 17, 100, 255, 256, 257, 300] {
+        let mut h = Harness::with_limits(limits.clone());
+        h.feed(&input[..split]);
+        h.feed(&input[split..]);
+        assert_eq!(h.written, whole.written, "split at {split}");
+    }
+    assert_eq!(whole.only_response().status, 431);
+}
