@@ -46,6 +46,13 @@ static:
 docker-build: static
 	docker build -t webhook-forwarder:$(VERSION) -t webhook-forwarder:latest .
 
+## coverage: line coverage of src/, unit and integration tests (the spawned service
+## binaries included), as a summary and as HTML in target/coverage/
+coverage:
+	command -v cargo-tarpaulin >/dev/null || $(CARGO) install cargo-tarpaulin --locked
+	$(CARGO) tarpaulin --engine ptrace --follow-exec --skip-clean --target-dir target/coverage-build \
+	  --exclude-files 'fuzz/*' 'tests/*' --out Html --out Stdout --output-dir target/coverage --timeout 600
+
 ## bench: throughput, latency, CPU and memory side by side with nginx (loopback, bounded runs)
 bench:
 	python3 bench/bench.py
