@@ -582,43 +582,7 @@ impl RawClient {
 
 /// One complete response at the start of `buf`, and its length.
 fn parse_one(buf: &[u8], head_only: bool) -> Option<(ParsedResponse, usize)> {
-    let mut headers = [httparse::EMPTY_HEADER; 32];
-    let mut response = httparse::Response::new(&mut headers);
-    let head_len = match response.parse(buf).expect("a valid response head") {
-        httparse::Status::Complete(n) => n,
-        httparse::Status::Partial => return None,
-    };
-    let status = response.code.unwrap();
-    let headers: Vec<(String, String)> = response
-        .headers
-        .iter()
-        .map(|h| {
-            (
-                h.name.to_owned(),
-                String::from_utf8_lossy(h.value).into_owned(),
-            )
-        })
-        .collect();
-    let length = if status == 100 || head_only {
-        0
-    } else {
-        headers
-            .iter()
-            .find(|(n, _)| n.eq_ignore_ascii_case("content-length"))
-            .map_or(0, |(_, v)| v.parse().unwrap())
-    };
-    if buf.len() < head_len + length {
-        return None;
-    }
-    let body = buf[head_len..head_len + length].to_vec();
-    Some((
-        ParsedResponse {
-            status,
-            headers,
-            body,
-        },
-        head_len + length,
-    ))
+    webhook_forwarder::http::check::parse_one(buf, head_only).expect("a valid response")
 }
 
 /// Reads one gauge or counter from `/metrics`.
