@@ -155,13 +155,12 @@ impl Worker {
                     .as_deref()
                     .and_then(|p| ureq::Proxy::new(p).ok()),
             );
-        if !settings.extra_roots.is_empty() {
-            config = config.tls_config(
-                ureq::tls::TlsConfig::builder()
-                    .root_certs(trusted_roots(&settings.extra_roots))
-                    .build(),
-            );
-        }
+        // Always our own list: ureq's built-in one is compiled out, which keeps a second
+        // copy of the same roots out of the binary.
+        let tls = ureq::tls::TlsConfig::builder()
+            .root_certs(trusted_roots(&settings.extra_roots))
+            .build();
+        config = config.tls_config(tls);
         let agent: ureq::Agent = config.build().into();
         Worker {
             settings,
