@@ -53,6 +53,18 @@ coverage:
 	$(CARGO) tarpaulin --engine ptrace --follow-exec --skip-clean --target-dir target/coverage-build \
 	  --exclude-files 'fuzz/*' 'tests/*' --out Html --out Stdout --output-dir target/coverage --timeout 600
 
+## fuzz: every cargo-fuzz target for FUZZ_SECONDS each (nightly toolchain); new inputs
+## go to fuzz/target/corpus/, the committed seeds in fuzz/corpus/ stay as they are
+FUZZ_SECONDS ?= 60
+FUZZ_TARGETS := http_conn record duration chunked
+fuzz:
+	command -v cargo-fuzz >/dev/null || $(CARGO) install cargo-fuzz --locked
+	for target in $(FUZZ_TARGETS); do \
+	  mkdir -p fuzz/target/corpus/$$target && \
+	  $(CARGO) +nightly fuzz run $$target fuzz/target/corpus/$$target fuzz/corpus/$$target \
+	    -- -max_total_time=$(FUZZ_SECONDS) -print_final_stats=1 || exit 1; \
+	done
+
 ## bench: throughput, latency, CPU and memory side by side with nginx (loopback, bounded runs)
 bench:
 	python3 bench/bench.py
