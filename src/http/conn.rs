@@ -275,9 +275,13 @@ impl<R: Copy> Conn<R> {
         }
         match self.machine.phase {
             Phase::Idle => self.machine.closing = true,
-            Phase::Head | Phase::Body(_) => {
+            Phase::Head => self
+                .machine
+                .fail(408, "request not received in time", io, None),
+            // The head is known: the answer and the log line belong to that request.
+            Phase::Body(pending) => {
                 self.machine
-                    .fail(408, "request not received in time", io, None);
+                    .fail(408, "request not received in time", io, Some(&pending))
             }
         }
         self.settle(io);
@@ -542,6 +546,10 @@ impl<R: Copy> Machine<R> {
             Ok(head) => head,
             Err((status, message)) => return refuse(self, status, message, io),
         };
+        if !http11 && head.chunked {
+            // RFC 9112 6.1: HTTP/1.0 has no Transfer-Encoding; such framing is faulty.
+            return refuse(self, 400, "Transfer-Encoding is not HTTP/1.0", io);
+        }
         if http11 && head.hosts != 1 {
             return refuse(self, 400, "exactly one Host header is required", io);
         }

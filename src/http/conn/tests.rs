@@ -261,6 +261,10 @@ fn framing_errors_are_400_and_close() {
     );
     rejected(b"POST /log HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n\r\n", 400);
     rejected(b"GET /healthz HTTP/1.1\r\n\r\n", 400);
+    rejected(
+        b"POST /log HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+        400,
+    );
     rejected(b"GET /healthz HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n", 400);
     rejected(b"GARBAGE\r\n\r\n", 400);
     rejected(b"GET /\x01 HTTP/1.1\r\nHost: x\r\n\r\n", 400);
@@ -610,4 +614,20 @@ fn a_long_malformed_head_gets_the_same_answer_however_it_is_split() {
         assert_eq!(h.written, whole.written, "split at {split}");
     }
     assert_eq!(whole.only_response().status, 431);
+}
+
+#[test]
+fn a_body_timeout_answers_for_the_request_it_cuts_short() {
+    // Found by the http_conn fuzz target: the 408 lost the request's route and,
+    // for HEAD, carried a body.
+    let mut h = Harness::new();
+    h.feed(b"HEAD /healthz HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\nab");
+    let (conn, mut io) = h.io();
+    conn.timed_out(&mut io);
+    h.drain();
+    let r = split_responses(&h.written, |_| true).unwrap();
+    assert_eq!(r.len(), 1);
+    assert_eq!(r[0].status, 408);
+    assert!(r[0].body.is_empty());
+    assert_eq!(h.app.log, vec![("HEAD".into(), "/healthz".into(), 408)]);
 }
