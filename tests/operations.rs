@@ -187,8 +187,11 @@ fn json_logs_carry_the_same_keys() {
     assert!(v["ts"].as_str().unwrap().ends_with('Z'));
 }
 
+/// The headers of each request a `header_catcher` got, in order.
+type SeenHeaders = Arc<Mutex<Vec<Vec<(String, String)>>>>;
+
 /// A receiver that records the headers of every request it gets.
-fn header_catcher() -> (String, Arc<Mutex<Vec<Vec<(String, String)>>>>) {
+fn header_catcher() -> (String, SeenHeaders) {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let url = format!("http://{}/in", listener.local_addr().unwrap());
     let seen = Arc::new(Mutex::new(Vec::new()));
