@@ -220,6 +220,11 @@ impl Server {
                 }
             }
             self.continue_unfinished();
+            if self.forwarder.is_busy() {
+                // The endpoint's answer may be waiting for this core: one yield per
+                // turn (tens of requests under load) keeps the POST cycle short.
+                std::thread::yield_now();
+            }
             let exit = self.forward(now).or_else(|| {
                 self.sweep(now);
                 self.resume_accepting(now);
@@ -600,7 +605,10 @@ impl Server {
                 self.in_flight = Some(InFlight {
                     records,
                     from_replay,
-                })
+                });
+                // On a shared core, let the worker start the POST now rather than
+                // after this thread's time slice: one syscall per batch, not per request.
+                std::thread::yield_now();
             }
             // The worker cannot vanish by design; if it did, keep the records safe.
             Err(batch) => {
