@@ -50,7 +50,7 @@ docker-build: static
 ## binaries included), as a summary and as HTML in target/coverage/
 coverage:
 	command -v cargo-tarpaulin >/dev/null || $(CARGO) install cargo-tarpaulin --locked
-	$(CARGO) tarpaulin --engine ptrace --follow-exec --skip-clean --target-dir target/coverage-build \
+	$(CARGO) tarpaulin --engine llvm --skip-clean --target-dir target/coverage-build \
 	  --exclude-files 'fuzz/*' 'tests/*' --out Html --out Stdout --output-dir target/coverage --timeout 600
 
 ## fuzz: every cargo-fuzz target for FUZZ_SECONDS each (nightly toolchain); new inputs
