@@ -118,6 +118,17 @@ impl Handler for Sink {
     fn exchanged(&mut self, _exchange: &Exchange<'_, bool>) {}
 }
 
+/// The connection's view of the sink, at the current time (no `Date` header).
+fn io_for<'a>(sink: &'a mut Sink, limits: &'a Limits, pool: &'a mut BufferPool) -> Io<'a, Sink> {
+    Io {
+        handler: sink,
+        limits,
+        pool,
+        now: Instant::now(),
+        date: b"",
+    }
+}
+
 fn serve(mut stream: TcpStream, behaviour: Arc<Behaviour>) {
     let limits = Limits {
         max_body_bytes: 256 * 1024 * 1024,
@@ -134,13 +145,7 @@ fn serve(mut stream: TcpStream, behaviour: Arc<Behaviour>) {
             Ok(n) => n,
             Err(_) => return,
         };
-        let mut io = Io {
-            handler: &mut sink,
-            limits: &limits,
-            pool: &mut pool,
-            now: Instant::now(),
-            date: b"",
-        };
+        let mut io = io_for(&mut sink, &limits, &mut pool);
         if n == 0 {
             conn.peer_closed(&mut io);
         } else {
@@ -152,13 +157,7 @@ fn serve(mut stream: TcpStream, behaviour: Arc<Behaviour>) {
             }
             let written = conn.output().len();
             conn.consumed_output(written, &mut pool, Instant::now());
-            let mut io = Io {
-                handler: &mut sink,
-                limits: &limits,
-                pool: &mut pool,
-                now: Instant::now(),
-                date: b"",
-            };
+            let mut io = io_for(&mut sink, &limits, &mut pool);
             conn.resume(&mut io);
         }
         if conn.is_closing() {
