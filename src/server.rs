@@ -116,6 +116,8 @@ pub struct Server {
     last_sweep: Instant,
     /// Clients with input left to read after their per-turn budget ran out.
     unfinished: Vec<usize>,
+    /// When buffered log lines must be written.
+    log_due: Option<Instant>,
 }
 
 impl Server {
@@ -171,6 +173,7 @@ impl Server {
             next_sweep: None,
             last_sweep: now,
             unfinished: Vec::new(),
+            log_due: None,
         }
         .with_empty_replay_retired())
     }
@@ -230,10 +233,11 @@ impl Server {
                 self.resume_accepting(now);
                 self.finished_draining()
             });
-            crate::logging::flush();
             if let Some(exit) = exit {
+                crate::logging::flush();
                 return exit;
             }
+            self.log_due = crate::logging::flush_due(now);
         }
     }
 
@@ -250,7 +254,7 @@ impl Server {
         let sweep = self
             .next_sweep
             .map(|at| at.max(self.last_sweep + SWEEP_GRANULARITY));
-        let deadline = [batch, sweep, self.accept_paused_until]
+        let deadline = [batch, sweep, self.accept_paused_until, self.log_due]
             .into_iter()
             .flatten()
             .min()?;
