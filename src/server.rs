@@ -768,6 +768,7 @@ impl Server {
     }
 }
 
+/// Writes as much pending output as the socket takes.
 fn write_pending(
     stream: &mut TcpStream,
     conn: &mut Conn<Route>,
