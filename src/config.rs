@@ -317,6 +317,14 @@ pub fn load(
     };
     let ca_file = ca_setting.map(|s| PathBuf::from(s.value));
     let proxy = proxy_for(&post_endpoint, |name| env(name));
+    if let Some(url) = &proxy
+        && ureq::Proxy::new(url).is_err()
+    {
+        return Err(Stop::Invalid(format!(
+            "proxy {:?} (from HTTPS_PROXY, HTTP_PROXY or ALL_PROXY) is not a proxy URL (e.g. http://proxy:3128)",
+            without_credentials(url)
+        )));
+    }
     Ok(Config {
         proxy,
         post_headers,
@@ -531,6 +539,16 @@ pub fn proxy_for(endpoint: &str, env: impl Fn(&str) -> Option<String>) -> Option
             entry == "*" || host == entry || host.ends_with(&format!(".{entry}"))
         });
     (!bypass).then_some(proxy)
+}
+
+/// `http://user:secret@proxy:3128` shown as `http://proxy:3128`.
+pub fn without_credentials(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme_end), Some(at)) if at > scheme_end => {
+            format!("{}{}", &url[..scheme_end + 3], &url[at + 1..])
+        }
+        _ => url.to_owned(),
+    }
 }
 
 fn parse_endpoint(setting: &Setting) -> Result<String, Stop> {
@@ -841,6 +859,17 @@ mod tests {
         ];
         assert_eq!(proxy_for("http://127.0.0.1:9/x", env(vars)), None);
         assert_eq!(proxy_for("http://[::1]:9/x", env(vars)), None);
+    }
+
+    #[test]
+    fn a_bad_proxy_is_refused_without_its_password() {
+        let err = invalid(&[EP], &[("HTTP_PROXY", "ftp://user:hunter2@proxy:21")]);
+        assert!(
+            err.contains("not a proxy URL") && !err.contains("hunter2"),
+            "{err}"
+        );
+        assert_eq!(without_credentials("http://u:p@h:1"), "http://h:1");
+        assert_eq!(without_credentials("http://h:1"), "http://h:1");
     }
 
     #[test]

@@ -173,8 +173,23 @@ impl Worker {
     fn run(mut self, jobs: Receiver<Job>, outcomes: Sender<Outcome>, waker: Arc<mio::Waker>) {
         request_short_slice();
         while let Ok(job) = jobs.recv() {
-            let Job::Batch(batch) = job else { continue };
-            let outcome = self.deliver(batch, &jobs);
+            let Job::Batch(mut batch) = job else { continue };
+            // A panic in the HTTP or TLS stack must not take the batch with it: the
+            // records come back and go to the dead-letter file like any failure.
+            let attempt = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                self.deliver(&batch, &jobs)
+            }));
+            let outcome = match attempt {
+                Ok(Ok(())) => {
+                    batch.clear();
+                    Outcome::Delivered { batch }
+                }
+                Ok(Err(reason)) => Outcome::Failed { batch, reason },
+                Err(_) => Outcome::Failed {
+                    batch,
+                    reason: "the forwarder thread panicked".into(),
+                },
+            };
             if outcomes.send(outcome).is_err() {
                 return;
             }
@@ -184,15 +199,12 @@ impl Worker {
         }
     }
 
-    fn deliver(&mut self, mut batch: Vec<Record>, jobs: &Receiver<Job>) -> Outcome {
+    /// Posts the batch with the retry rule; Err says why it was given up.
+    fn deliver(&mut self, batch: &[Record], jobs: &Receiver<Job>) -> Result<(), String> {
         self.body.clear();
-        if let Err(e) = serde_json::to_writer(&mut self.body, &batch) {
-            // Records are plain data; this cannot fail, but never drop them if it does.
-            return Outcome::Failed {
-                batch,
-                reason: format!("serializing the batch failed: {e}"),
-            };
-        }
+        // Records are plain data; this cannot fail, but never drop them if it does.
+        serde_json::to_writer(&mut self.body, batch)
+            .map_err(|e| format!("serializing the batch failed: {e}"))?;
         let size = batch.len();
         let mut last = String::new();
         for attempt in 1..=RETRIES + 1 {
@@ -201,10 +213,7 @@ impl Worker {
                 match jobs.recv_timeout(self.settings.retry_wait) {
                     Err(RecvTimeoutError::Timeout) => {}
                     Ok(_) | Err(RecvTimeoutError::Disconnected) => {
-                        return Outcome::Failed {
-                            batch,
-                            reason: format!("aborted during retries; last: {last}"),
-                        };
+                        return Err(format!("aborted during retries; last: {last}"));
                     }
                 }
             }
@@ -220,8 +229,7 @@ impl Worker {
             match result {
                 Attempt::Status(status) if (200..300).contains(&status) => {
                     info!(batch_size = size, status = status, duration_ms = duration_ms, attempt = attempt; "batch sent");
-                    batch.clear();
-                    return Outcome::Delivered { batch };
+                    return Ok(());
                 }
                 Attempt::Status(status) => {
                     warn!(batch_size = size, status = status, duration_ms = duration_ms, attempt = attempt; "batch post failed");
@@ -234,17 +242,11 @@ impl Worker {
             }
             // An abort that arrived during the post stops us before the next wait.
             if let Ok(Job::Abort) = jobs.try_recv() {
-                return Outcome::Failed {
-                    batch,
-                    reason: format!("aborted; last: {last}"),
-                };
+                return Err(format!("aborted; last: {last}"));
             }
         }
         error!(batch_size = size, attempts = RETRIES + 1, last = last.as_str(); "batch delivery failed after all retries");
-        Outcome::Failed {
-            batch,
-            reason: last,
-        }
+        Err(last)
     }
 
     fn post_once(&mut self) -> Attempt {

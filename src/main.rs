@@ -66,7 +66,7 @@ fn main() -> ExitCode {
         dead_letter:% = absolute(&config.dead_letter).display(),
         post_headers = header_names(&config.post_headers).as_str(),
         ca_file:% = config.ca_file.as_deref().map_or("-".into(), |p| p.display().to_string()),
-        proxy = config.proxy.as_deref().map_or("-".into(), without_credentials).as_str();
+        proxy = config.proxy.as_deref().map_or("-".into(), config::without_credentials).as_str();
         "listening"
     );
     logging::flush();
@@ -98,16 +98,6 @@ fn header_names(headers: &[(String, String)]) -> String {
         "-".to_owned()
     } else {
         names.join(",")
-    }
-}
-
-/// `http://user:secret@proxy:3128` logged as `http://proxy:3128`.
-fn without_credentials(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
-        (Some(scheme_end), Some(at)) if at > scheme_end => {
-            format!("{}{}", &url[..scheme_end + 3], &url[at + 1..])
-        }
-        _ => url.to_owned(),
     }
 }
 

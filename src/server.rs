@@ -118,6 +118,9 @@ pub struct Server {
     unfinished: Vec<usize>,
     /// When buffered log lines must be written.
     log_due: Option<Instant>,
+    /// Set where the loop must stop but cannot return at once (records already
+    /// dead-lettered); the end of the turn returns it.
+    stop_with: Option<Exit>,
 }
 
 impl Server {
@@ -174,6 +177,7 @@ impl Server {
             last_sweep: now,
             unfinished: Vec::new(),
             log_due: None,
+            stop_with: None,
         }
         .with_empty_replay_retired())
     }
@@ -306,6 +310,9 @@ impl Server {
             .register(&mut stream, Token(slot), Interest::READABLE)
         {
             warn!(error:% = e; "cannot register connection");
+            if slot < self.clients.len() {
+                self.free_slots.push(slot);
+            }
             return;
         }
         // Responses are written whole; waiting for more to coalesce only adds latency.
@@ -449,6 +456,11 @@ impl Server {
         let Some(Some(client)) = self.clients.get_mut(slot) else {
             return;
         };
+        if self.app.draining && client.conn.is_idle() {
+            // Its last answer went out before shutdown began; nothing more will come.
+            self.close(slot);
+            return;
+        }
         let pending = !client.conn.output().is_empty();
         if client.conn.is_closing() && !pending {
             self.start_closing(slot);
@@ -531,7 +543,12 @@ impl Server {
             let Some(Some(client)) = self.clients.get_mut(slot) else {
                 continue;
             };
-            if client.linger_until.is_some() {
+            // Lingering past its time, or owing output the peer has not read for a
+            // whole idle timeout: give up on the peer. A 408 could not reach it.
+            if client.linger_until.is_some()
+                || client.conn.is_closing()
+                || !client.conn.output().is_empty()
+            {
                 self.close(slot);
                 continue;
             }
@@ -570,7 +587,7 @@ impl Server {
             return Some(exit);
         }
         self.dispatch_batch(now);
-        None
+        self.stop_with.take()
     }
 
     /// A batch can go out without waiting for any deadline.
@@ -618,7 +635,7 @@ impl Server {
             Err(batch) => {
                 error!(batch_size = records; "forwarder thread is gone");
                 self.app.queue.delivered(Vec::new());
-                self.dead_letter_and_stop(batch, from_replay);
+                self.stop_with = Some(self.dead_letter_and_stop(batch, from_replay));
             }
         }
     }
@@ -743,6 +760,9 @@ impl Server {
 
     /// After a second signal with the worker idle, or a drain with nothing left.
     fn finished_draining(&mut self) -> Option<Exit> {
+        if let Some(exit) = self.stop_with.take() {
+            return Some(exit);
+        }
         match self.lifecycle {
             Lifecycle::Serving => None,
             Lifecycle::Forced if !self.forwarder.is_busy() => {
@@ -789,7 +809,9 @@ fn write_pending(
 
 /// Discards what a closing peer still sends; true once it is gone (EOF or error).
 fn drain_lingering(client: &mut Client, buf: &mut [u8]) -> bool {
-    loop {
+    // Bounded like any read turn; a peer still sending after that is dropped when
+    // its linger time ends.
+    for _ in 0..READS_PER_TURN {
         match client.stream.read(buf) {
             Ok(0) => return true,
             Ok(_) => {}
@@ -798,6 +820,7 @@ fn drain_lingering(client: &mut Client, buf: &mut [u8]) -> bool {
             Err(_) => return true,
         }
     }
+    false
 }
 
 fn is_resource_exhaustion(e: &io::Error) -> bool {

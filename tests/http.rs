@@ -649,3 +649,48 @@ fn random_junk_on_many_connections_never_stops_the_service() {
     assert_eq!(fwd.get("/healthz").status, 200);
     assert_eq!(fwd.post(&record(1)).status, 201);
 }
+
+#[test]
+fn a_peer_that_never_reads_is_dropped_and_cannot_hold_up_shutdown() {
+    // Found in review: with output pending, the deadline passed, the 408 could not be
+    // written, and the connection stayed forever, so a drain never finished.
+    let (_sink, mut fwd) = service(&["--idle-timeout", "1s"]);
+    let mut stream = TcpStream::connect(fwd.addr).unwrap();
+    stream
+        .set_write_timeout(Some(Duration::from_secs(2)))
+        .unwrap();
+    let pipelined = HEALTH.repeat(1000);
+    let mut sent = 0usize;
+    while sent < 64 * 1024 * 1024 {
+        match stream.write(&pipelined.as_bytes()[sent % pipelined.len()..]) {
+            Ok(n) => sent += n,
+            Err(_) => break,
+        }
+    }
+    // The peer reads nothing: after the idle timeout it is dropped.
+    wait_open_connections(&fwd, 1);
+    fwd.proc.signal("TERM");
+    assert_eq!(fwd.proc.wait_exit(SOON).code(), Some(0));
+    drop(stream);
+}
+
+#[test]
+fn keep_alive_connections_close_when_their_last_answer_is_out_during_a_drain() {
+    let sink = Sink::start(&["--quiet", "--delay", "1s"]);
+    let mut fwd = Forwarder::to(&sink, &["--batch-size", "1"]);
+    // A batch in flight keeps the drain going for a second.
+    fwd.post_accepted(&record(1));
+    let mut c = RawClient::connect(fwd.addr);
+    // The 100 Continue proves the head was read before the signal.
+    c.send(format!(
+        "POST /log HTTP/1.1\r\nHost: t\r\nExpect: 100-continue\r\nContent-Length: {}\r\n\r\n",
+        record(2).len()
+    ));
+    assert_eq!(c.response(false).status, 100);
+    fwd.proc.signal("TERM");
+    fwd.proc.wait_line("signal received: draining", SOON);
+    c.send(record(2));
+    assert_eq!(c.response(false).status, 201);
+    assert!(c.closed_within(SOON), "kept open during the drain");
+    assert_eq!(fwd.proc.wait_exit(SOON).code(), Some(0));
+}
