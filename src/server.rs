@@ -1,10 +1,14 @@
 //! The poll loop: one thread, one `mio::Poll`, every socket non-blocking.
 //!
 //! Read it top to bottom in `Server::run`: wait for readiness or the next deadline,
-//! handle each event, collect the worker's outcome, send the next due batch, expire
-//! slow connections, flush the log. The poll timeout is the nearest of the batch
-//! deadline and the connection deadlines, so an idle service sleeps in `epoll_wait`
-//! and uses no CPU at all.
+//! handle each event (sockets, the worker's wake-up, SIGTERM/SIGINT), hand the worker
+//! its next due batch, expire slow connections, write the log when it is due. The
+//! poll timeout is the nearest of the batch deadline, the connection deadlines and
+//! the log's, so an idle service sleeps in `epoll_wait` and uses no CPU at all.
+//!
+//! The worker shares the core under load, so the loop hands it a batch as soon as it
+//! is free and yields the core once per batch and once per busy turn (see
+//! `dispatch_batch`); shutdown is the `Lifecycle` below.
 //!
 //! The HTTP rules live in `http::Conn`; this file moves bytes between sockets and
 //! connections and decides when to stop reading, write, linger and close.
