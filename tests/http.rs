@@ -525,23 +525,30 @@ fn wait_open_connections(fwd: &Forwarder, n: usize) {
     }
 }
 
-#[test]
-fn a_peer_that_never_reads_cannot_grow_memory() {
-    let (_sink, fwd) = service(&[]);
-    let rss_before = fwd.proc.rss_kib();
+/// Pipelines `GET /healthz` without reading a byte until the server stops reading
+/// (a write blocks for 2 s) or `limit` bytes are sent; returns the bytes sent.
+fn pipeline_without_reading(fwd: &Forwarder, limit: usize) -> (TcpStream, usize) {
     let mut stream = TcpStream::connect(fwd.addr).unwrap();
     stream
         .set_write_timeout(Some(Duration::from_secs(2)))
         .unwrap();
     let pipelined = HEALTH.repeat(1000);
-    // Write until the server stops reading (our writes block), within 20 MiB.
     let mut sent = 0usize;
-    while sent < 20 * 1024 * 1024 {
+    while sent < limit {
         match stream.write(&pipelined.as_bytes()[sent % pipelined.len()..]) {
             Ok(n) => sent += n,
             Err(_) => break,
         }
     }
+    (stream, sent)
+}
+
+#[test]
+fn a_peer_that_never_reads_cannot_grow_memory() {
+    let (_sink, fwd) = service(&[]);
+    let rss_before = fwd.proc.rss_kib();
+    // Write until the server stops reading (our writes block), within 20 MiB.
+    let (mut stream, sent) = pipeline_without_reading(&fwd, 20 * 1024 * 1024);
     assert!(
         sent < 20 * 1024 * 1024,
         "the server read everything without us reading a byte"
@@ -655,18 +662,7 @@ fn a_peer_that_never_reads_is_dropped_and_cannot_hold_up_shutdown() {
     // Found in review: with output pending, the deadline passed, the 408 could not be
     // written, and the connection stayed forever, so a drain never finished.
     let (_sink, mut fwd) = service(&["--idle-timeout", "1s"]);
-    let mut stream = TcpStream::connect(fwd.addr).unwrap();
-    stream
-        .set_write_timeout(Some(Duration::from_secs(2)))
-        .unwrap();
-    let pipelined = HEALTH.repeat(1000);
-    let mut sent = 0usize;
-    while sent < 64 * 1024 * 1024 {
-        match stream.write(&pipelined.as_bytes()[sent % pipelined.len()..]) {
-            Ok(n) => sent += n,
-            Err(_) => break,
-        }
-    }
+    let (stream, _) = pipeline_without_reading(&fwd, 64 * 1024 * 1024);
     // The peer reads nothing: after the idle timeout it is dropped.
     wait_open_connections(&fwd, 1);
     fwd.proc.signal("TERM");
