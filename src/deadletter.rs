@@ -15,10 +15,6 @@ use log::{error, info, warn};
 
 use crate::record::{self, Record};
 
-/// Used when neither `--dead-letter` nor `WEBHOOK_DEAD_LETTER` is set: the working
-/// directory is the one place every deployment has and an operator looks first.
-pub const DEFAULT_PATH: &str = "webhook-forwarder.dead-letter.ndjson";
-
 /// Appends records to the dead-letter file and syncs it; if that fails, writes them
 /// to stderr so they still reach the operator's logs. Returns where they went.
 pub fn write_records<'a>(

@@ -16,7 +16,12 @@ use log::LevelFilter;
 use log::kv::{Key, Value, VisitSource};
 
 use crate::clock::StampCache;
-use crate::config::LogFormat;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    Logfmt,
+    Json,
+}
 
 const FLUSH_AT: usize = 64 * 1024;
 /// Write the buffer once it holds this much...

@@ -4,14 +4,12 @@ use std::process::ExitCode;
 
 use log::{error, info};
 use webhook_forwarder::config::{self, Stop};
-use webhook_forwarder::server::{Exit, Server};
+use webhook_forwarder::server::Server;
 use webhook_forwarder::{VERSION, deadletter, logging};
 
-/// Exit statuses, documented in the README.
+/// Exit statuses, documented in the README; the run's own (0, 3, 4) come from `Exit`.
 const EXIT_RUNTIME: u8 = 1;
 const EXIT_USAGE: u8 = 2;
-const EXIT_DELIVERY_FAILED: u8 = 3;
-const EXIT_FORCED: u8 = 4;
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -57,26 +55,22 @@ fn main() -> ExitCode {
     info!(
         version = VERSION,
         listen:% = server.local_addr(),
-        post_endpoint = config.post_endpoint.as_str(),
+        post_endpoint = config.outbound.endpoint.as_str(),
         batch_size = config.batch_size,
         batch_interval = config.describe_interval().as_str(),
         ring_capacity = config.ring_capacity(),
-        post_timeout_ms = config.post_timeout.as_millis() as u64,
-        retry_wait_ms = config.retry_wait.as_millis() as u64,
+        post_timeout_ms = config.outbound.post_timeout.as_millis() as u64,
+        retry_wait_ms = config.outbound.retry_wait.as_millis() as u64,
         dead_letter:% = absolute(&config.dead_letter).display(),
-        post_headers = header_names(&config.post_headers).as_str(),
-        ca_file:% = config.ca_file.as_deref().map_or("-".into(), |p| p.display().to_string()),
-        proxy = config.proxy.as_deref().map_or("-".into(), config::without_credentials).as_str();
+        post_headers = header_names(&config.outbound.headers).as_str(),
+        ca_file:% = config.outbound.ca_file.as_deref().map_or("-".into(), |p| p.display().to_string()),
+        proxy = config.outbound.proxy.as_deref().map_or("-".into(), config::without_credentials).as_str();
         "listening"
     );
     logging::flush();
     let exit = server.run();
     logging::flush();
-    match exit {
-        Exit::Drained => ExitCode::SUCCESS,
-        Exit::DeliveryFailed => ExitCode::from(EXIT_DELIVERY_FAILED),
-        Exit::Forced => ExitCode::from(EXIT_FORCED),
-    }
+    ExitCode::from(exit.status())
 }
 
 /// `webhook-forwarder probe [--http ADDR]`: exit 0 when `/healthz` answers 200.

@@ -9,6 +9,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use crate::http::response::push_decimal;
+use crate::pipeline::Totals;
 
 /// What a request was for, as far as metrics care.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -80,36 +81,27 @@ impl WorkerStats {
 /// Kept by the loop thread.
 pub struct Metrics {
     requests: [[u64; CODES.len() + 1]; Endpoint::ALL.len()],
-    pub accepted: u64,
     rejected: [u64; 4],
-    pub forwarded: u64,
     pub dead_lettered: u64,
-    pub batches_delivered: u64,
-    pub batches_failed: u64,
-    pub open_connections: u64,
-    pub accepted_connections: u64,
     start_time: SystemTime,
 }
 
-/// Gauges read from the queue at render time.
-pub struct QueueGauges {
+/// Figures other owners keep (the pipeline, the connection table), read at render time.
+pub struct Gauges {
     pub queued: usize,
     pub in_flight: usize,
     pub capacity: usize,
+    pub open_connections: usize,
+    pub accepted_connections: u64,
+    pub delivery: Totals,
 }
 
 impl Default for Metrics {
     fn default() -> Self {
         Metrics {
             requests: [[0; CODES.len() + 1]; Endpoint::ALL.len()],
-            accepted: 0,
             rejected: [0; 4],
-            forwarded: 0,
             dead_lettered: 0,
-            batches_delivered: 0,
-            batches_failed: 0,
-            open_connections: 0,
-            accepted_connections: 0,
             start_time: SystemTime::now(),
         }
     }
@@ -128,7 +120,7 @@ impl Metrics {
         self.rejected[why as usize] += 1;
     }
 
-    pub fn render(&self, out: &mut Vec<u8>, queue: &QueueGauges, worker: &WorkerStats) {
+    pub fn render(&self, out: &mut Vec<u8>, gauges: &Gauges, worker: &WorkerStats) {
         header(
             out,
             "webhook_http_requests_total",
@@ -156,7 +148,7 @@ impl Metrics {
             out,
             "webhook_records_accepted_total",
             "Records answered 201 and queued.",
-            self.accepted,
+            gauges.delivery.accepted,
         );
         header(
             out,
@@ -180,7 +172,7 @@ impl Metrics {
             out,
             "webhook_records_forwarded_total",
             "Records delivered to the endpoint.",
-            self.forwarded,
+            gauges.delivery.delivered,
         );
         counter(
             out,
@@ -199,14 +191,14 @@ impl Metrics {
             "webhook_batches_total",
             "result",
             "delivered",
-            self.batches_delivered,
+            gauges.delivery.batches_delivered,
         );
         labelled(
             out,
             "webhook_batches_total",
             "result",
             "failed",
-            self.batches_failed,
+            gauges.delivery.batches_failed,
         );
         counter(
             out,
@@ -251,37 +243,37 @@ impl Metrics {
             out,
             "webhook_records_queued",
             "Records waiting for a batch.",
-            queue.queued as u64,
+            gauges.queued as u64,
         );
         gauge(
             out,
             "webhook_records_in_flight",
             "Records in the batch being posted.",
-            queue.in_flight as u64,
+            gauges.in_flight as u64,
         );
         gauge(
             out,
             "webhook_batch_in_flight",
             "1 while a batch is being posted.",
-            u64::from(queue.in_flight > 0),
+            u64::from(gauges.in_flight > 0),
         );
         gauge(
             out,
             "webhook_queue_capacity",
             "Records the ring can hold, in flight included.",
-            queue.capacity as u64,
+            gauges.capacity as u64,
         );
         gauge(
             out,
             "webhook_open_connections",
             "Client connections open now.",
-            self.open_connections,
+            gauges.open_connections as u64,
         );
         counter(
             out,
             "webhook_connections_accepted_total",
             "Client connections accepted.",
-            self.accepted_connections,
+            gauges.accepted_connections,
         );
         let start = self
             .start_time
@@ -344,7 +336,6 @@ mod tests {
         m.count_request(Endpoint::Unknown, 404);
         m.count_request(Endpoint::Health, 299);
         m.count_rejected(Rejected::QueueFull);
-        m.accepted = 2;
         let worker = WorkerStats::default();
         worker.observe_post(Duration::from_millis(3));
         worker.observe_post(Duration::from_millis(30));
@@ -352,10 +343,16 @@ mod tests {
         let mut out = Vec::new();
         m.render(
             &mut out,
-            &QueueGauges {
+            &Gauges {
                 queued: 3,
                 in_flight: 0,
                 capacity: 20,
+                open_connections: 1,
+                accepted_connections: 4,
+                delivery: Totals {
+                    accepted: 2,
+                    ..Totals::default()
+                },
             },
             &worker,
         );
@@ -372,6 +369,8 @@ mod tests {
             "webhook_post_duration_seconds_bucket{le=\"+Inf\"} 3",
             "webhook_post_duration_seconds_count 3",
             "webhook_records_queued 3",
+            "webhook_open_connections 1",
+            "webhook_connections_accepted_total 4",
             "# TYPE webhook_post_duration_seconds histogram",
         ] {
             assert!(

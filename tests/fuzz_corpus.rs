@@ -5,7 +5,7 @@
 use std::panic::{self, AssertUnwindSafe};
 use std::path::{Path, PathBuf};
 
-use webhook_forwarder::fuzzing;
+use webhook_forwarder::testing::fuzz;
 
 fn files_in(dir: &Path) -> Vec<PathBuf> {
     let Ok(entries) = std::fs::read_dir(dir) else {
@@ -51,20 +51,20 @@ fn replay(target: &str, run: fn(&[u8])) {
 
 #[test]
 fn http_conn_corpus() {
-    replay("http_conn", fuzzing::http_conn);
+    replay("http_conn", fuzz::http_conn);
 }
 
 #[test]
 fn record_corpus() {
-    replay("record", fuzzing::record);
+    replay("record", fuzz::record);
 }
 
 #[test]
 fn duration_corpus() {
-    replay("duration", fuzzing::duration);
+    replay("duration", fuzz::duration);
 }
 
 #[test]
 fn chunked_corpus() {
-    replay("chunked", fuzzing::chunked);
+    replay("chunked", fuzz::chunked);
 }

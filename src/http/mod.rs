@@ -1,6 +1,5 @@
 //! The HTTP/1.1 server side, sans-IO: bytes in, responses out.
 
-pub mod check;
 pub mod chunked;
 pub mod conn;
 pub mod response;

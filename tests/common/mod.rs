@@ -460,7 +460,7 @@ impl Reply {
 /// Sends raw bytes on a fresh connection and reads one response (until close).
 pub fn request(addr: SocketAddr, raw: &str) -> Reply {
     let bytes = exchange(addr, raw.as_bytes());
-    let responses = webhook_forwarder::http::check::split_responses(&bytes, |_| false)
+    let responses = webhook_forwarder::testing::check::split_responses(&bytes, |_| false)
         .expect("well-formed response");
     let r = responses
         .into_iter()
@@ -504,7 +504,7 @@ pub struct RawClient {
     buf: Vec<u8>,
 }
 
-pub use webhook_forwarder::http::check::ParsedResponse;
+pub use webhook_forwarder::testing::check::ParsedResponse;
 
 impl RawClient {
     pub fn connect(addr: SocketAddr) -> RawClient {
@@ -582,7 +582,7 @@ impl RawClient {
 
 /// One complete response at the start of `buf`, and its length.
 fn parse_one(buf: &[u8], head_only: bool) -> Option<(ParsedResponse, usize)> {
-    webhook_forwarder::http::check::parse_one(buf, head_only).expect("a valid response")
+    webhook_forwarder::testing::check::parse_one(buf, head_only).expect("a valid response")
 }
 
 /// Reads one gauge or counter from `/metrics`.

@@ -1,5 +1,5 @@
 use super::*;
-use crate::http::check::{ParsedResponse, split_responses};
+use crate::testing::check::{ParsedResponse, split_responses};
 
 #[derive(Clone, Copy, Debug, PartialEq)]
 enum Route {

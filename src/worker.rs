@@ -3,34 +3,23 @@
 //! The loop hands over one batch at a time and keeps serving while it is posted; the
 //! worker serializes it (off the loop thread), posts it with a keep-alive `ureq`
 //! agent, retries per the contract, and wakes the loop through a `mio::Waker` with the
-//! outcome. Only the loop decides what happens next, so all queue state stays on
-//! one thread.
+//! outcome. Whether a batch is in flight is the pipeline's to know, not this handle's:
+//! the loop asks for an outcome only while the pipeline says one is owed.
 
 use std::sync::Arc;
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
 use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use log::{error, info, warn};
 
+use crate::config::Outbound;
 use crate::metrics::WorkerStats;
 use crate::record::Record;
 use std::sync::atomic::Ordering;
 
 /// Retries after the first attempt fails.
 pub const RETRIES: u32 = 3;
-
-#[derive(Debug, Clone)]
-pub struct ForwarderSettings {
-    pub endpoint: String,
-    pub post_timeout: Duration,
-    pub retry_wait: Duration,
-    /// Added to every POST (tokens); never logged.
-    pub headers: Vec<(String, String)>,
-    /// DER certificates trusted besides the bundled web PKI roots.
-    pub extra_roots: Vec<Vec<u8>>,
-    pub proxy: Option<String>,
-}
 
 enum Job {
     Batch(Vec<Record>),
@@ -46,44 +35,35 @@ pub enum Outcome {
     Failed { batch: Vec<Record>, reason: String },
 }
 
-pub struct Forwarder {
+/// The loop's handle on the worker thread.
+pub struct Worker {
     jobs: Sender<Job>,
     outcomes: Receiver<Outcome>,
-    busy: bool,
     thread: Option<JoinHandle<()>>,
 }
 
-impl Forwarder {
+impl Worker {
     pub fn spawn(
-        settings: ForwarderSettings,
+        settings: Outbound,
         waker: Arc<mio::Waker>,
         stats: Arc<WorkerStats>,
-    ) -> std::io::Result<Forwarder> {
+    ) -> std::io::Result<Worker> {
         let (jobs, job_rx) = mpsc::channel();
         let (outcome_tx, outcomes) = mpsc::channel();
         let thread = std::thread::Builder::new()
             .name("forwarder".into())
-            .spawn(move || Worker::new(settings, stats).run(job_rx, outcome_tx, waker))?;
-        Ok(Forwarder {
+            .spawn(move || Poster::new(settings, stats).run(job_rx, outcome_tx, waker))?;
+        Ok(Worker {
             jobs,
             outcomes,
-            busy: false,
             thread: Some(thread),
         })
     }
 
-    pub fn is_busy(&self) -> bool {
-        self.busy
-    }
-
-    /// Hands a batch to the worker. Only one is in flight at a time.
-    pub fn send(&mut self, batch: Vec<Record>) -> Result<(), Vec<Record>> {
-        debug_assert!(!self.busy);
+    /// Hands a batch to the worker; the records come back if it is gone.
+    pub fn send(&self, batch: Vec<Record>) -> Result<(), Vec<Record>> {
         match self.jobs.send(Job::Batch(batch)) {
-            Ok(()) => {
-                self.busy = true;
-                Ok(())
-            }
+            Ok(()) => Ok(()),
             Err(mpsc::SendError(Job::Batch(batch))) => Err(batch),
             Err(_) => Err(Vec::new()),
         }
@@ -94,29 +74,23 @@ impl Forwarder {
         let _ = self.jobs.send(Job::Abort);
     }
 
-    /// The outcome of the batch in flight, if it is known yet.
-    pub fn poll_outcome(&mut self) -> Option<Outcome> {
+    /// The outcome of the batch in flight, if it is known yet. Call it only while a
+    /// batch is in flight: a vanished worker then reads as a failed batch.
+    pub fn poll_outcome(&self) -> Option<Outcome> {
         match self.outcomes.try_recv() {
-            Ok(outcome) => {
-                self.busy = false;
-                Some(outcome)
-            }
+            Ok(outcome) => Some(outcome),
             Err(mpsc::TryRecvError::Empty) => None,
             // The worker is gone (it cannot panic by design, but be sure): report the
             // batch as failed rather than wait for it forever.
-            Err(mpsc::TryRecvError::Disconnected) if self.busy => {
-                self.busy = false;
-                Some(Outcome::Failed {
-                    batch: Vec::new(),
-                    reason: "forwarder thread stopped".into(),
-                })
-            }
-            Err(mpsc::TryRecvError::Disconnected) => None,
+            Err(mpsc::TryRecvError::Disconnected) => Some(Outcome::Failed {
+                batch: Vec::new(),
+                reason: "forwarder thread stopped".into(),
+            }),
         }
     }
 }
 
-impl Drop for Forwarder {
+impl Drop for Worker {
     fn drop(&mut self) {
         // Closing the job channel ends the worker's loop.
         let (closed, _) = mpsc::channel();
@@ -127,8 +101,9 @@ impl Drop for Forwarder {
     }
 }
 
-struct Worker {
-    settings: ForwarderSettings,
+/// The worker thread's side: the agent and the reusable body buffer.
+struct Poster {
+    settings: Outbound,
     agent: ureq::Agent,
     /// The serialized batch, reused from one batch to the next.
     body: Vec<u8>,
@@ -141,8 +116,8 @@ enum Attempt {
     Error(String),
 }
 
-impl Worker {
-    fn new(settings: ForwarderSettings, stats: Arc<WorkerStats>) -> Worker {
+impl Poster {
+    fn new(settings: Outbound, stats: Arc<WorkerStats>) -> Poster {
         let mut config = ureq::Agent::config_builder()
             .timeout_global(Some(settings.post_timeout))
             .http_status_as_error(false)
@@ -162,7 +137,7 @@ impl Worker {
             .build();
         config = config.tls_config(tls);
         let agent: ureq::Agent = config.build().into();
-        Worker {
+        Poster {
             settings,
             agent,
             body: Vec::with_capacity(16 * 1024),
@@ -171,7 +146,7 @@ impl Worker {
     }
 
     fn run(mut self, jobs: Receiver<Job>, outcomes: Sender<Outcome>, waker: Arc<mio::Waker>) {
-        request_short_slice();
+        crate::os::request_short_slice();
         while let Ok(job) = jobs.recv() {
             let Job::Batch(mut batch) = job else { continue };
             // A panic in the HTTP or TLS stack must not take the batch with it: the
@@ -283,42 +258,4 @@ fn trusted_roots(extra: &[Vec<u8>]) -> ureq::tls::RootCerts {
         .iter()
         .map(|der| Certificate::from_der(der).to_owned());
     web_pki.chain(own).collect::<Vec<_>>().into()
-}
-
-/// Asks the scheduler to run this thread promptly when it wakes.
-///
-/// On one core the poll loop is busy whenever traffic is heavy, and the worker wakes
-/// twice per batch (a batch to send, the endpoint's answer). Waiting out the loop's
-/// time slice each time made a POST cycle last several milliseconds, long enough for
-/// the ring to fill. Linux's EEVDF scheduler (6.12 and later) lets a task request a
-/// shorter slice, which gives it an earlier deadline and so preempts on wakeup; it
-/// needs no privilege. Older kernels refuse the request, and nothing changes.
-fn request_short_slice() {
-    #[repr(C)]
-    struct SchedAttr {
-        size: u32,
-        policy: u32,
-        flags: u64,
-        nice: i32,
-        priority: u32,
-        runtime: u64,
-        deadline: u64,
-        period: u64,
-    }
-    let attr = SchedAttr {
-        size: std::mem::size_of::<SchedAttr>() as u32,
-        policy: 0, // SCHED_OTHER
-        flags: 0,
-        nice: 0,
-        priority: 0,
-        runtime: 100_000, // 100 µs, the shortest slice the kernel accepts
-        deadline: 0,
-        period: 0,
-    };
-    // SAFETY: sched_setattr(2) reads `size` bytes of a properly laid out struct that
-    // outlives the call; pid 0 is this thread.
-    let rc = unsafe { libc::syscall(libc::SYS_sched_setattr, 0, &attr as *const SchedAttr, 0) };
-    if rc != 0 {
-        log::debug!(error:% = std::io::Error::last_os_error(); "short scheduler slice not granted");
-    }
 }

@@ -4,10 +4,10 @@
 use std::time::{Duration, Instant};
 
 use crate::duration::{format_go_duration, parse_go_duration};
-use crate::http::check::{ParsedResponse, split_responses};
 use crate::http::chunked::{ChunkError, ChunkedDecoder, MAX_LINE_EXTRA, MAX_TRAILER_BYTES};
 use crate::http::{BufferPool, Conn, Exchange, Handler, Io, Limits, Method, Response};
 use crate::record::{self, Rejection};
+use crate::testing::check::{ParsedResponse, split_responses};
 
 /// How a byte stream is cut into reads. Bugs in incremental parsers hide at the
 /// boundaries, so the cuts come from the input and the fuzzer can steer them.

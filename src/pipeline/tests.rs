@@ -1,0 +1,236 @@
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use super::*;
+
+fn rec(id: i64) -> Record {
+    Record {
+        user_id: id,
+        ..Record::default()
+    }
+}
+
+fn ids(records: &[Record]) -> Vec<i64> {
+    records.iter().map(|r| r.user_id).collect()
+}
+
+const SECOND: Duration = Duration::from_secs(1);
+
+/// Batch size 3, ring 6, interval 1 s.
+fn pipeline() -> Pipeline {
+    Pipeline::new(6, 3, Some(SECOND), None)
+}
+
+fn fill(p: &mut Pipeline, ids: std::ops::Range<i64>, now: Instant) {
+    for id in ids {
+        p.push(rec(id), now).expect("room");
+    }
+}
+
+fn replay(ids: std::ops::Range<i64>) -> Replay {
+    let records: std::collections::VecDeque<Record> = ids.map(rec).collect();
+    Replay {
+        path: PathBuf::from("/nowhere/replay.ndjson"),
+        total: records.len(),
+        records,
+    }
+}
+
+#[test]
+fn a_full_batch_is_due_at_once_and_a_partial_one_is_not() {
+    let t0 = Instant::now();
+    let mut p = pipeline();
+    fill(&mut p, 1..3, t0);
+    assert!(p.next_batch(t0).is_none(), "2 of 3: not due by size");
+    assert_eq!(
+        p.due(t0),
+        Some(t0 + SECOND),
+        "due by age after the interval"
+    );
+    fill(&mut p, 3..4, t0);
+    assert_eq!(p.due(t0), Some(t0));
+    let batch = p.next_batch(t0).expect("a full batch");
+    assert_eq!(ids(&batch), [1, 2, 3]);
+    assert!(p.is_busy());
+    assert_eq!(p.in_flight(), 3);
+}
+
+#[test]
+fn the_oldest_record_makes_its_batch_due_after_the_interval() {
+    let t0 = Instant::now();
+    let mut p = pipeline();
+    fill(&mut p, 1..2, t0);
+    fill(&mut p, 2..3, t0 + Duration::from_millis(500));
+    assert!(p.next_batch(t0 + Duration::from_millis(999)).is_none());
+    let batch = p.next_batch(t0 + SECOND).expect("due by age");
+    assert_eq!(ids(&batch), [1, 2]);
+}
+
+#[test]
+fn batch_size_zero_sends_everything_by_age_only() {
+    let t0 = Instant::now();
+    let mut p = Pipeline::new(100, 0, Some(SECOND), None);
+    fill(&mut p, 1..51, t0);
+    assert!(p.next_batch(t0).is_none(), "no size trigger");
+    let batch = p.next_batch(t0 + SECOND).expect("due by age");
+    assert_eq!(batch.len(), 50);
+}
+
+#[test]
+fn no_interval_means_no_age_trigger() {
+    let t0 = Instant::now();
+    let mut p = Pipeline::new(6, 3, None, None);
+    fill(&mut p, 1..3, t0);
+    assert_eq!(p.due(t0), None);
+    assert!(p.next_batch(t0 + Duration::from_secs(3600)).is_none());
+}
+
+#[test]
+fn records_in_flight_count_against_capacity() {
+    let t0 = Instant::now();
+    let mut p = pipeline();
+    fill(&mut p, 1..4, t0);
+    let batch = p.next_batch(t0).expect("due");
+    fill(&mut p, 4..7, t0);
+    assert!(!p.has_room(), "3 in flight + 3 waiting fill a ring of 6");
+    assert!(p.push(rec(7), t0).is_err());
+    assert!(p.next_batch(t0).is_none(), "one batch in flight at a time");
+    assert!(p.delivered(batch).is_none());
+    assert!(p.has_room());
+    assert_eq!(p.totals().delivered, 3);
+    assert_eq!(ids(&p.next_batch(t0).expect("next")), [4, 5, 6]);
+}
+
+#[test]
+fn draining_sends_what_waits_at_once_then_stops_when_empty() {
+    let t0 = Instant::now();
+    let mut p = pipeline();
+    fill(&mut p, 1..3, t0);
+    assert_eq!(p.on_signal(), SignalEffect::BeginDrain);
+    assert!(p.is_draining());
+    assert!(p.tick(false).is_none(), "records still wait");
+    let batch = p.next_batch(t0).expect("draining sends a partial batch");
+    assert_eq!(ids(&batch), [1, 2]);
+    assert!(p.tick(false).is_none(), "a batch is in flight");
+    assert!(p.delivered(batch).is_none());
+    assert!(p.tick(true).is_none(), "a request is under way");
+    let stop = p.tick(false).expect("drained");
+    assert_eq!(stop.exit, Exit::Drained);
+    assert!(stop.undelivered.is_empty());
+}
+
+#[test]
+fn a_second_signal_waits_for_the_worker_then_dead_letters_what_waits() {
+    let t0 = Instant::now();
+    let mut p = pipeline();
+    fill(&mut p, 1..6, t0);
+    let batch = p.next_batch(t0).expect("due");
+    p.on_signal();
+    assert_eq!(p.on_signal(), SignalEffect::Force);
+    assert_eq!(p.lifecycle(), Lifecycle::Forced);
+    assert!(
+        p.next_batch(t0).is_none(),
+        "nothing new goes out once forced"
+    );
+    assert!(p.tick(false).is_none(), "the worker still holds a batch");
+    let stop = p.failed(batch);
+    assert_eq!(stop.exit, Exit::Forced);
+    assert_eq!(ids(&stop.undelivered), [1, 2, 3, 4, 5]);
+    assert_eq!(p.on_signal(), SignalEffect::Nothing);
+}
+
+#[test]
+fn a_forced_stop_after_a_delivery_keeps_only_the_undelivered() {
+    let t0 = Instant::now();
+    let mut p = pipeline();
+    fill(&mut p, 1..6, t0);
+    let batch = p.next_batch(t0).expect("due");
+    p.on_signal();
+    p.on_signal();
+    let stop = p
+        .delivered(batch)
+        .expect("forced: stop once the worker is free");
+    assert_eq!(stop.exit, Exit::Forced);
+    assert_eq!(ids(&stop.undelivered), [4, 5]);
+}
+
+#[test]
+fn a_failed_batch_goes_to_the_dead_letters_ahead_of_what_waits() {
+    let t0 = Instant::now();
+    let mut p = pipeline();
+    fill(&mut p, 1..6, t0);
+    let batch = p.next_batch(t0).expect("due");
+    let stop = p.failed(batch);
+    assert_eq!(stop.exit, Exit::DeliveryFailed);
+    assert_eq!(ids(&stop.undelivered), [1, 2, 3, 4, 5]);
+    assert_eq!(p.totals().batches_failed, 1);
+}
+
+#[test]
+fn a_worker_that_vanished_still_fails_the_drain() {
+    let t0 = Instant::now();
+    let mut p = pipeline();
+    fill(&mut p, 1..2, t0);
+    p.on_signal();
+    let _lost = p.next_batch(t0).expect("draining");
+    let stop = p.failed(Vec::new());
+    assert_eq!(
+        stop.exit,
+        Exit::DeliveryFailed,
+        "never Drained after a failure"
+    );
+}
+
+#[test]
+fn replayed_records_go_first_then_the_ring() {
+    let t0 = Instant::now();
+    let mut p = Pipeline::new(6, 3, Some(SECOND), Some(replay(100..105)));
+    fill(&mut p, 1..4, t0);
+    let first = p.next_batch(t0).expect("replay is due at once");
+    assert_eq!(ids(&first), [100, 101, 102]);
+    assert!(p.has_room(), "replayed records do not take ring room");
+    assert!(p.take_finished_replay().is_none());
+    assert!(p.delivered(first).is_none());
+    let second = p.next_batch(t0).expect("rest of the replay");
+    assert_eq!(ids(&second), [103, 104]);
+    assert!(
+        p.take_finished_replay().is_none(),
+        "its last batch is in flight"
+    );
+    p.delivered(second);
+    let done = p.take_finished_replay().expect("retire the file");
+    assert_eq!(done.records, 5);
+    assert!(p.take_finished_replay().is_none(), "retired once");
+    assert_eq!(ids(&p.next_batch(t0).expect("then the ring")), [1, 2, 3]);
+}
+
+#[test]
+fn an_empty_replay_file_is_retired_at_once() {
+    let mut p = Pipeline::new(6, 3, Some(SECOND), Some(replay(0..0)));
+    assert_eq!(p.take_finished_replay().expect("done").records, 0);
+}
+
+#[test]
+fn a_failed_replay_batch_stays_in_its_file_not_in_the_dead_letters() {
+    let t0 = Instant::now();
+    let mut p = Pipeline::new(6, 3, Some(SECOND), Some(replay(100..105)));
+    fill(&mut p, 1..3, t0);
+    let batch = p.next_batch(t0).expect("replay first");
+    let stop = p.failed(batch);
+    assert_eq!(stop.exit, Exit::DeliveryFailed);
+    assert_eq!(ids(&stop.undelivered), [1, 2], "only the ring's records");
+    let (_, left) = stop.replay_left.expect("the replay file stays");
+    assert_eq!(left, 2);
+}
+
+#[test]
+fn a_drain_waits_for_the_replay_to_finish() {
+    let t0 = Instant::now();
+    let mut p = Pipeline::new(6, 3, Some(SECOND), Some(replay(100..102)));
+    p.on_signal();
+    let batch = p.next_batch(t0).expect("replay");
+    p.delivered(batch);
+    assert!(p.tick(false).is_none(), "the replay is not retired yet");
+    assert!(p.take_finished_replay().is_some());
+    assert_eq!(p.tick(false).expect("done").exit, Exit::Drained);
+}

@@ -1,0 +1,574 @@
+//! The connection table: the listener, the client sockets and their HTTP machines.
+//!
+//! It accepts (and knows when it may), moves bytes between each socket and its
+//! `http::Conn`, lingers after a closing response, and expires connections past their
+//! deadlines. It knows sockets and deadlines, not batches: each request is handed to
+//! the service through a `Peer` built for the call.
+
+use std::io::{self, Read, Write};
+use std::net::{Shutdown, SocketAddr};
+use std::time::{Duration, Instant};
+
+use log::{debug, info, warn};
+use mio::net::{TcpListener, TcpStream};
+use mio::{Interest, Registry, Token};
+
+use crate::http::{BufferPool, Conn, Io, Limits};
+use crate::pipeline::Pipeline;
+use crate::service::{ConnectionGauges, Peer, Route, Service};
+
+/// One socket read; also the most a connection can add to its input in one go.
+const READ_CHUNK: usize = 64 * 1024;
+/// Reads per connection per turn, so one busy peer cannot starve the others.
+const READS_PER_TURN: usize = 16;
+/// How long a closing connection may keep sending before we drop it (see `linger`).
+const LINGER: Duration = Duration::from_secs(2);
+/// Connection deadlines are checked at most this often.
+const SWEEP_GRANULARITY: Duration = Duration::from_millis(100);
+/// After EMFILE and friends, try accepting again after this long.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
+
+/// Whether new connections are taken, and if not, until when.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Accepting {
+    Open,
+    /// `--max-connections` are open; resumed when one closes. The backlog waits in
+    /// the kernel meanwhile.
+    AtCapacity,
+    /// Out of descriptors or memory: try again at this time. Logged once per episode.
+    Backoff(Instant),
+    /// Shutdown began; the listener is closed.
+    Closed,
+}
+
+/// A client connection and its socket.
+struct Client {
+    stream: TcpStream,
+    /// The peer's address, formatted once for every log line it will appear in.
+    remote: PeerName,
+    conn: Conn<Route>,
+    /// Registered for WRITABLE too (only while output is pending).
+    wants_writable: bool,
+    /// The socket has nothing more to read now; the next readiness event will say
+    /// when it has.
+    read_drained: bool,
+    /// An event reported the peer's FIN or an error: read until EOF, not until a short read.
+    eof_pending: bool,
+    /// Set once the response is written and our side is shut: waiting for the peer's
+    /// FIN, until this deadline, so unread request bytes do not turn into an RST
+    /// that destroys the response before the client reads it.
+    linger_until: Option<Instant>,
+}
+
+/// What serving a connection's bytes ended with.
+enum Served {
+    Open,
+    Broken,
+}
+
+/// The two halves of the application one request reaches.
+pub struct App<'a> {
+    pub service: &'a mut Service,
+    pub pipeline: &'a mut Pipeline,
+}
+
+pub struct Connections {
+    listener: Option<TcpListener>,
+    accepting: Accepting,
+    slots: Vec<Option<Client>>,
+    free_slots: Vec<usize>,
+    open: usize,
+    accepted_total: u64,
+    max_connections: usize,
+    limits: Limits,
+    pool: BufferPool,
+    read_buf: Box<[u8]>,
+    date: HttpDate,
+    next_sweep: Option<Instant>,
+    last_sweep: Instant,
+    /// Clients with input left to read after their per-turn budget ran out.
+    unfinished: Vec<usize>,
+}
+
+impl Connections {
+    pub fn new(
+        listener: TcpListener,
+        max_connections: usize,
+        limits: Limits,
+        now: Instant,
+    ) -> Connections {
+        Connections {
+            listener: Some(listener),
+            accepting: Accepting::Open,
+            slots: Vec::new(),
+            free_slots: Vec::new(),
+            open: 0,
+            accepted_total: 0,
+            max_connections,
+            limits,
+            pool: BufferPool::new(64),
+            read_buf: vec![0u8; READ_CHUNK].into_boxed_slice(),
+            date: HttpDate::default(),
+            next_sweep: None,
+            last_sweep: now,
+            unfinished: Vec::new(),
+        }
+    }
+
+    pub fn gauges(&self) -> ConnectionGauges {
+        ConnectionGauges {
+            open: self.open,
+            accepted_total: self.accepted_total,
+        }
+    }
+
+    /// Called once per loop turn: the `Date` header changes once a second.
+    pub fn refresh_date(&mut self) {
+        self.date.refresh();
+    }
+
+    /// True when some connection must be served again without waiting for an event.
+    pub fn has_unfinished(&self) -> bool {
+        !self.unfinished.is_empty()
+    }
+
+    /// The nearest connection deadline or accept retry.
+    pub fn deadline(&self) -> Option<Instant> {
+        let sweep = self
+            .next_sweep
+            .map(|at| at.max(self.last_sweep + SWEEP_GRANULARITY));
+        let backoff = match self.accepting {
+            Accepting::Backoff(at) => Some(at),
+            _ => None,
+        };
+        [sweep, backoff].into_iter().flatten().min()
+    }
+
+    /// Some request is under way: its head arrived and its answer is not yet out.
+    pub fn any_under_way(&self) -> bool {
+        self.slots
+            .iter()
+            .flatten()
+            .any(|c| c.linger_until.is_none())
+    }
+
+    /// The listener is readable: take every connection waiting in the backlog.
+    pub fn accept(&mut self, registry: &Registry, now: Instant) {
+        if self.accepting == Accepting::Open {
+            self.accept_waiting(registry, now, false);
+        }
+    }
+
+    /// Tries accepting again once a backoff has passed or room has been made.
+    pub fn resume_accepting(&mut self, registry: &Registry, now: Instant) {
+        match self.accepting {
+            Accepting::Backoff(at) if now >= at => self.accept_waiting(registry, now, true),
+            Accepting::AtCapacity if self.open < self.max_connections => {
+                self.accept_waiting(registry, now, false)
+            }
+            _ => {}
+        }
+    }
+
+    /// `starved`: the last attempt ran out of resources, which was logged once; say
+    /// when accepting works again rather than warn on every retry.
+    fn accept_waiting(&mut self, registry: &Registry, now: Instant, starved: bool) {
+        self.accepting = Accepting::Open;
+        let mut starved = starved;
+        loop {
+            if self.open >= self.max_connections {
+                self.accepting = Accepting::AtCapacity;
+                return;
+            }
+            let Some(listener) = &self.listener else {
+                return;
+            };
+            match listener.accept() {
+                Ok((stream, remote)) => {
+                    if starved {
+                        info!(open = self.open; "accepting again");
+                        starved = false;
+                    }
+                    self.add_client(registry, stream, remote, now)
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if crate::os::is_resource_exhaustion(&e) => {
+                    if !starved {
+                        warn!(error:% = e, open = self.open; "cannot accept: out of resources, pausing");
+                    }
+                    self.accepting = Accepting::Backoff(now + ACCEPT_BACKOFF);
+                    return;
+                }
+                // A peer that reset before we accepted, EINTR, and the like: next one.
+                Err(e) => debug!(error:% = e; "accept failed"),
+            }
+        }
+    }
+
+    fn add_client(
+        &mut self,
+        registry: &Registry,
+        mut stream: TcpStream,
+        remote: SocketAddr,
+        now: Instant,
+    ) {
+        let slot = self.free_slots.pop().unwrap_or(self.slots.len());
+        if let Err(e) = registry.register(&mut stream, Token(slot), Interest::READABLE) {
+            warn!(error:% = e; "cannot register connection");
+            if slot < self.slots.len() {
+                self.free_slots.push(slot);
+            }
+            return;
+        }
+        // Responses are written whole; waiting for more to coalesce only adds latency.
+        let _ = stream.set_nodelay(true);
+        let client = Client {
+            stream,
+            remote: PeerName::new(remote),
+            conn: Conn::new(now),
+            wants_writable: false,
+            read_drained: false,
+            eof_pending: false,
+            linger_until: None,
+        };
+        let deadline = client.conn.deadline(&self.limits);
+        if slot == self.slots.len() {
+            self.slots.push(Some(client));
+        } else {
+            self.slots[slot] = Some(client);
+        }
+        self.open += 1;
+        self.accepted_total += 1;
+        self.note_deadline(deadline);
+    }
+
+    fn note_deadline(&mut self, deadline: Instant) {
+        if self.next_sweep.is_none_or(|at| deadline < at) {
+            self.next_sweep = Some(deadline);
+        }
+    }
+
+    /// A readiness event for the connection in `slot`.
+    pub fn on_event(
+        &mut self,
+        registry: &Registry,
+        slot: usize,
+        readable: bool,
+        peer_closed: bool,
+        app: &mut App<'_>,
+    ) {
+        let Some(Some(client)) = self.slots.get_mut(slot) else {
+            return;
+        };
+        if client.linger_until.is_some() {
+            if drain_lingering(client, &mut self.read_buf) {
+                self.close(slot);
+            }
+            return;
+        }
+        // A readable edge means there is something new to read (data, EOF or an error).
+        if readable {
+            client.read_drained = false;
+        }
+        client.eof_pending |= peer_closed;
+        self.serve(registry, slot, app);
+    }
+
+    /// Serves the connections whose read budget ran out last turn.
+    pub fn continue_unfinished(&mut self, registry: &Registry, app: &mut App<'_>) {
+        let mut slots = std::mem::take(&mut self.unfinished);
+        for &slot in &slots {
+            if matches!(self.slots.get(slot), Some(Some(c)) if c.linger_until.is_none()) {
+                self.serve(registry, slot, app);
+            }
+        }
+        slots.clear();
+        if self.unfinished.is_empty() {
+            self.unfinished = slots;
+        }
+    }
+
+    /// Moves bytes both ways, then settles the connection's interest and whether it
+    /// closes.
+    fn serve(&mut self, registry: &Registry, slot: usize, app: &mut App<'_>) {
+        match self.exchange_bytes(slot, app) {
+            None => return,
+            Some(Served::Broken) => {
+                self.close(slot);
+                return;
+            }
+            Some(Served::Open) => {}
+        }
+        let Some(Some(client)) = self.slots.get_mut(slot) else {
+            return;
+        };
+        if app.pipeline.is_draining() && client.conn.is_idle() {
+            // Its last answer went out before shutdown began; nothing more will come.
+            self.close(slot);
+            return;
+        }
+        let pending = !client.conn.output().is_empty();
+        if client.conn.is_closing() && !pending {
+            self.start_closing(slot);
+            return;
+        }
+        if pending != client.wants_writable {
+            let interest = if pending {
+                Interest::READABLE | Interest::WRITABLE
+            } else {
+                Interest::READABLE
+            };
+            if registry
+                .reregister(&mut client.stream, Token(slot), interest)
+                .is_err()
+            {
+                self.close(slot);
+                return;
+            }
+            client.wants_writable = pending;
+        }
+        let deadline = client.conn.deadline(&self.limits);
+        self.note_deadline(deadline);
+    }
+
+    /// Writes and reads until the socket would block, the read budget is spent, or the
+    /// connection is done. `None` when the slot is empty.
+    fn exchange_bytes(&mut self, slot: usize, app: &mut App<'_>) -> Option<Served> {
+        let gauges = self.gauges();
+        let client = self.slots.get_mut(slot)?.as_mut()?;
+        let now = app.service.now;
+        let mut peer = Peer {
+            service: app.service,
+            pipeline: app.pipeline,
+            remote: client.remote.as_str(),
+            connections: gauges,
+        };
+        let mut io = Io {
+            handler: &mut peer,
+            limits: &self.limits,
+            pool: &mut self.pool,
+            now,
+            date: self.date.value(),
+        };
+        let read_buf = &mut self.read_buf;
+        let (stream, conn) = (&mut client.stream, &mut client.conn);
+        let mut reads = 0;
+        loop {
+            // Write first: pending output holds back both reading and buffered requests.
+            if write_pending(stream, conn, io.pool, now).is_err() {
+                return Some(Served::Broken);
+            }
+            if conn.output().is_empty() && conn.is_stalled() {
+                conn.resume(&mut io);
+                continue;
+            }
+            if !conn.wants_read(io.limits) || client.read_drained {
+                return Some(Served::Open);
+            }
+            if reads == READS_PER_TURN {
+                self.unfinished.push(slot);
+                return Some(Served::Open);
+            }
+            reads += 1;
+            match stream.read(read_buf) {
+                Ok(0) => conn.peer_closed(&mut io),
+                Ok(n) => {
+                    // A short read emptied the socket; more data will raise a new edge
+                    // (Linux reports every arrival), so skip the read that would
+                    // only return EAGAIN. Not when the peer's FIN may be queued:
+                    // that edge may already be spent.
+                    client.read_drained = n < read_buf.len() && !client.eof_pending;
+                    conn.feed(&read_buf[..n], &mut io);
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => client.read_drained = true,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(_) => return Some(Served::Broken),
+            }
+        }
+    }
+
+    /// The response is out; close our side and wait briefly for the peer's FIN.
+    fn start_closing(&mut self, slot: usize) {
+        let Some(Some(client)) = self.slots.get_mut(slot) else {
+            return;
+        };
+        if client.stream.shutdown(Shutdown::Write).is_err()
+            || drain_lingering(client, &mut self.read_buf)
+        {
+            self.close(slot);
+            return;
+        }
+        let until = Instant::now() + LINGER;
+        client.linger_until = Some(until);
+        self.note_deadline(until);
+    }
+
+    fn close(&mut self, slot: usize) {
+        if let Some(entry) = self.slots.get_mut(slot)
+            && let Some(client) = entry.take()
+        {
+            // Dropping the stream closes the socket, which also removes it from epoll.
+            drop(client);
+            self.free_slots.push(slot);
+            self.open -= 1;
+        }
+    }
+
+    /// Answers 408 to connections past their deadline and drops expired lingerers.
+    pub fn sweep(&mut self, registry: &Registry, now: Instant, app: &mut App<'_>) {
+        match self.next_sweep {
+            Some(at) if now >= at && now >= self.last_sweep + SWEEP_GRANULARITY => {}
+            _ => return,
+        }
+        self.last_sweep = now;
+        self.next_sweep = None;
+        let mut expired = Vec::new();
+        let mut next: Option<Instant> = None;
+        for (slot, entry) in self.slots.iter().enumerate() {
+            let Some(client) = entry else { continue };
+            let deadline = client
+                .linger_until
+                .unwrap_or_else(|| client.conn.deadline(&self.limits));
+            if deadline <= now {
+                expired.push(slot);
+            } else if next.is_none_or(|n| deadline < n) {
+                next = Some(deadline);
+            }
+        }
+        self.next_sweep = next;
+        let gauges = self.gauges();
+        for slot in expired {
+            let Some(Some(client)) = self.slots.get_mut(slot) else {
+                continue;
+            };
+            // Lingering past its time, or owing output the peer has not read for a
+            // whole idle timeout: give up on the peer. A 408 could not reach it.
+            if client.linger_until.is_some()
+                || client.conn.is_closing()
+                || !client.conn.output().is_empty()
+            {
+                self.close(slot);
+                continue;
+            }
+            let mut peer = Peer {
+                service: app.service,
+                pipeline: app.pipeline,
+                remote: client.remote.as_str(),
+                connections: gauges,
+            };
+            let mut io = Io {
+                handler: &mut peer,
+                limits: &self.limits,
+                pool: &mut self.pool,
+                now,
+                date: self.date.value(),
+            };
+            client.conn.timed_out(&mut io);
+            self.serve(registry, slot, app);
+        }
+    }
+
+    /// Shutdown began: refuse new connections at once (instead of leaving them in the
+    /// backlog until we exit) and close the ones with nothing under way.
+    pub fn stop_accepting(&mut self) {
+        self.listener = None;
+        self.accepting = Accepting::Closed;
+        let idle: Vec<usize> = self
+            .slots
+            .iter()
+            .enumerate()
+            .filter_map(|(slot, c)| {
+                c.as_ref()
+                    .filter(|c| c.linger_until.is_none() && c.conn.is_idle())
+                    .map(|_| slot)
+            })
+            .collect();
+        for slot in idle {
+            self.close(slot);
+        }
+    }
+}
+
+/// Writes as much pending output as the socket takes.
+fn write_pending(
+    stream: &mut TcpStream,
+    conn: &mut Conn<Route>,
+    pool: &mut BufferPool,
+    now: Instant,
+) -> io::Result<()> {
+    while !conn.output().is_empty() {
+        match stream.write(conn.output()) {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(n) => conn.consumed_output(n, pool, now),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+/// Discards what a closing peer still sends; true once it is gone (EOF or error).
+fn drain_lingering(client: &mut Client, buf: &mut [u8]) -> bool {
+    // Bounded like any read turn; a peer still sending after that is dropped when
+    // its linger time ends.
+    for _ in 0..READS_PER_TURN {
+        match client.stream.read(buf) {
+            Ok(0) => return true,
+            Ok(_) => {}
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return false,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(_) => return true,
+        }
+    }
+    false
+}
+
+/// A socket address as text, without a heap allocation per connection.
+struct PeerName {
+    bytes: [u8; 64],
+    len: usize,
+}
+
+impl PeerName {
+    fn new(addr: SocketAddr) -> PeerName {
+        let mut name = PeerName {
+            bytes: [0; 64],
+            len: 0,
+        };
+        let mut cursor = io::Cursor::new(&mut name.bytes[..]);
+        // The longest IPv6 socket address with a scope id fits in 64 bytes.
+        let _ = write!(cursor, "{addr}");
+        name.len = cursor.position() as usize;
+        name
+    }
+
+    fn as_str(&self) -> &str {
+        std::str::from_utf8(&self.bytes[..self.len]).unwrap_or("-")
+    }
+}
+
+/// The `Date` header value, formatted once per second rather than once per response.
+#[derive(Default)]
+struct HttpDate {
+    second: u64,
+    text: Vec<u8>,
+}
+
+impl HttpDate {
+    fn refresh(&mut self) {
+        let now = std::time::SystemTime::now();
+        let second = now
+            .duration_since(std::time::SystemTime::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        if second != self.second || self.text.is_empty() {
+            self.second = second;
+            self.text.clear();
+            crate::clock::write_http_date(&mut self.text, now);
+        }
+    }
+
+    fn value(&self) -> &[u8] {
+        &self.text
+    }
+}

@@ -1,0 +1,280 @@
+//! The poll loop: one thread, one `mio::Poll`, every socket non-blocking.
+//!
+//! It only dispatches. Each turn it waits for readiness or the nearest deadline,
+//! hands socket events to the connection table, the worker's outcome and signals to
+//! the pipeline, gives the worker its next due batch, and does the I/O the pipeline's
+//! answers ask for (renaming a finished replay file, writing dead letters at the end).
+//! The poll timeout is the nearest of the batch deadline, the connection deadlines and
+//! the log's, so an idle service sleeps in `epoll_wait` and uses no CPU at all.
+//!
+//! The worker shares the core under load, so the loop hands it a batch as soon as it
+//! is free and yields the core once per batch and once per busy turn.
+
+mod connections;
+
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use log::{error, info, warn};
+use mio::net::TcpListener;
+use mio::{Events, Interest, Poll, Token, Waker};
+use signal_hook::consts::{SIGINT, SIGTERM};
+use signal_hook_mio::v1_0::Signals;
+
+use crate::config::Config;
+use crate::deadletter::{self, Replay};
+use crate::metrics::WorkerStats;
+use crate::pipeline::{Exit, Pipeline, SignalEffect, Stop};
+use crate::service::Service;
+use crate::worker::{Outcome, Worker};
+use connections::{App, Connections};
+
+const LISTENER: Token = Token(usize::MAX - 1);
+const WAKER: Token = Token(usize::MAX - 2);
+const SIGNALS: Token = Token(usize::MAX - 3);
+
+pub struct Server {
+    poll: Poll,
+    signals: Signals,
+    local_addr: SocketAddr,
+    connections: Connections,
+    service: Service,
+    pipeline: Pipeline,
+    worker: Worker,
+    dead_letter: std::path::PathBuf,
+    /// When buffered log lines must be written.
+    log_due: Option<Instant>,
+}
+
+impl Server {
+    pub fn bind(config: &Config, replay: Option<Replay>) -> io::Result<Server> {
+        let poll = Poll::new()?;
+        let mut listener = bind_first(&config.listen)?;
+        let local_addr = listener.local_addr()?;
+        poll.registry()
+            .register(&mut listener, LISTENER, Interest::READABLE)?;
+        let mut signals = Signals::new([SIGTERM, SIGINT])?;
+        poll.registry()
+            .register(&mut signals, SIGNALS, Interest::READABLE)?;
+        let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
+        let worker_stats = Arc::new(WorkerStats::default());
+        let worker = Worker::spawn(config.outbound.clone(), waker, Arc::clone(&worker_stats))?;
+        let now = Instant::now();
+        let mut server = Server {
+            poll,
+            signals,
+            local_addr,
+            connections: Connections::new(
+                listener,
+                config.max_connections,
+                config.limits.clone(),
+                now,
+            ),
+            service: Service::new(worker_stats, now),
+            pipeline: Pipeline::new(
+                config.ring_capacity(),
+                config.batch_size,
+                config.batch_interval,
+                replay,
+            ),
+            worker,
+            dead_letter: config.dead_letter.clone(),
+            log_due: None,
+        };
+        server.retire_finished_replay();
+        Ok(server)
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    pub fn run(&mut self) -> Exit {
+        let mut events = Events::with_capacity(1024);
+        loop {
+            let timeout = self.poll_timeout();
+            if let Err(e) = self.poll.poll(&mut events, timeout) {
+                if e.kind() != io::ErrorKind::Interrupted {
+                    error!(error:% = e; "poll failed");
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+                continue;
+            }
+            let now = Instant::now();
+            self.service.now = now;
+            self.connections.refresh_date();
+            for event in events.iter() {
+                match event.token() {
+                    LISTENER => self.connections.accept(self.poll.registry(), now),
+                    WAKER => {}
+                    SIGNALS => self.on_signals(),
+                    Token(slot) => {
+                        let closed = event.is_read_closed() || event.is_error();
+                        let readable = event.is_readable() || closed;
+                        let mut app = App {
+                            service: &mut self.service,
+                            pipeline: &mut self.pipeline,
+                        };
+                        self.connections.on_event(
+                            self.poll.registry(),
+                            slot,
+                            readable,
+                            closed,
+                            &mut app,
+                        );
+                    }
+                }
+                // A turn can take a millisecond under load; hand the worker its next
+                // batch as soon as it is free rather than at the end of the turn.
+                if let Some(stop) = self.forward(now) {
+                    return self.finish(stop);
+                }
+            }
+            let mut app = App {
+                service: &mut self.service,
+                pipeline: &mut self.pipeline,
+            };
+            self.connections
+                .continue_unfinished(self.poll.registry(), &mut app);
+            if self.pipeline.is_busy() {
+                // The endpoint's answer may be waiting for this core: one yield per
+                // turn (tens of requests under load) keeps the POST cycle short.
+                std::thread::yield_now();
+            }
+            if let Some(stop) = self.forward(now) {
+                return self.finish(stop);
+            }
+            let mut app = App {
+                service: &mut self.service,
+                pipeline: &mut self.pipeline,
+            };
+            self.connections.sweep(self.poll.registry(), now, &mut app);
+            self.connections.resume_accepting(self.poll.registry(), now);
+            if let Some(stop) = self.pipeline.tick(self.connections.any_under_way()) {
+                return self.finish(stop);
+            }
+            self.log_due = crate::logging::flush_due(now);
+        }
+    }
+
+    /// The nearest thing the loop must do without an event.
+    fn poll_timeout(&self) -> Option<Duration> {
+        let now = Instant::now();
+        if self.connections.has_unfinished() {
+            return Some(Duration::ZERO);
+        }
+        let deadline = [
+            self.pipeline.due(now),
+            self.connections.deadline(),
+            self.log_due,
+        ]
+        .into_iter()
+        .flatten()
+        .min()?;
+        if deadline <= now {
+            return Some(Duration::ZERO);
+        }
+        // Round up so that we wake at or after the deadline, never just before it.
+        Some(deadline - now + Duration::from_micros(500))
+    }
+
+    /// Takes the worker's outcome if one is owed and ready, then hands it the next
+    /// due batch. Cheap when there is nothing to do: one channel poll, one comparison.
+    fn forward(&mut self, now: Instant) -> Option<Stop> {
+        if self.pipeline.is_busy() {
+            match self.worker.poll_outcome()? {
+                Outcome::Delivered { batch } => {
+                    let stop = self.pipeline.delivered(batch);
+                    self.retire_finished_replay();
+                    if stop.is_some() {
+                        return stop;
+                    }
+                }
+                Outcome::Failed { batch, reason } => {
+                    error!(batch_size = self.pipeline.in_flight(), waiting = self.pipeline.waiting(), reason = reason.as_str(); "giving up on the batch");
+                    return Some(self.pipeline.failed(batch));
+                }
+            }
+        }
+        let batch = self.pipeline.next_batch(now)?;
+        match self.worker.send(batch) {
+            Ok(()) => {
+                // On a shared core, let the worker start the POST now rather than
+                // after this thread's time slice: one syscall per batch, not per request.
+                std::thread::yield_now();
+                None
+            }
+            // The worker cannot vanish by design; if it did, keep the records safe.
+            Err(batch) => {
+                error!(batch_size = batch.len(); "forwarder thread is gone");
+                Some(self.pipeline.failed(batch))
+            }
+        }
+    }
+
+    fn retire_finished_replay(&mut self) {
+        let Some(done) = self.pipeline.take_finished_replay() else {
+            return;
+        };
+        match deadletter::retire_replayed(&done.path) {
+            Ok(to) => {
+                info!(records = done.records, renamed_to:% = to.display(); "replay complete")
+            }
+            Err(e) => {
+                warn!(path:% = done.path.display(), error:% = e; "replay complete, but the file could not be renamed; replaying it again would resend its records")
+            }
+        }
+    }
+
+    fn on_signals(&mut self) {
+        let count = self.signals.pending().count();
+        for _ in 0..count {
+            match self.pipeline.on_signal() {
+                SignalEffect::BeginDrain => {
+                    info!(waiting = self.pipeline.waiting(), in_flight = self.pipeline.in_flight(), open_connections = self.connections.gauges().open; "signal received: draining");
+                    self.connections.stop_accepting();
+                }
+                SignalEffect::Force => {
+                    warn!(
+                        "second signal: abandoning the drain, undelivered records go to the dead-letter file"
+                    );
+                    self.worker.abort();
+                }
+                SignalEffect::Nothing => {}
+            }
+        }
+    }
+
+    /// Writes what the pipeline could not deliver to the dead-letter file, logs the
+    /// summary, and says why the loop ended.
+    fn finish(&mut self, stop: Stop) -> Exit {
+        let written = deadletter::write_records(&self.dead_letter, &stop.undelivered).count();
+        self.service.metrics.dead_lettered += written as u64;
+        if let Some((path, left)) = &stop.replay_left {
+            warn!(path:% = path.display(), left = left; "replay unfinished: its file stays in place for the next --replay");
+        }
+        let totals = self.pipeline.totals();
+        info!(
+            exit:? = stop.exit,
+            accepted = totals.accepted,
+            delivered = totals.delivered,
+            dead_lettered = self.service.metrics.dead_lettered;
+            "stopped"
+        );
+        crate::logging::flush();
+        stop.exit
+    }
+}
+
+fn bind_first(addrs: &[SocketAddr]) -> io::Result<TcpListener> {
+    let mut last = io::Error::new(io::ErrorKind::InvalidInput, "no address to listen on");
+    for addr in addrs {
+        match TcpListener::bind(*addr) {
+            Ok(listener) => return Ok(listener),
+            Err(e) => last = e,
+        }
+    }
+    Err(last)
+}
