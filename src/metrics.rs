@@ -9,7 +9,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use crate::http::response::push_decimal;
-use crate::pipeline::Totals;
 
 /// What a request was for, as far as metrics care.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -65,17 +64,48 @@ pub struct WorkerStats {
     duration_sum_us: AtomicU64,
 }
 
+fn bucket_of(took: Duration) -> usize {
+    let seconds = took.as_secs_f64();
+    DURATION_BUCKETS
+        .iter()
+        .position(|&le| seconds <= le)
+        .unwrap_or(DURATION_BUCKETS.len())
+}
+
 impl WorkerStats {
     pub fn observe_post(&self, took: Duration) {
-        let seconds = took.as_secs_f64();
-        let bucket = DURATION_BUCKETS
-            .iter()
-            .position(|&le| seconds <= le)
-            .unwrap_or(DURATION_BUCKETS.len());
-        self.buckets[bucket].fetch_add(1, Ordering::Relaxed);
+        self.buckets[bucket_of(took)].fetch_add(1, Ordering::Relaxed);
         self.duration_sum_us
             .fetch_add(took.as_micros() as u64, Ordering::Relaxed);
     }
+}
+
+/// A duration histogram kept by one thread (the loop's counterpart of `WorkerStats`).
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Histogram {
+    buckets: [u64; DURATION_BUCKETS.len() + 1],
+    sum_us: u64,
+}
+
+impl Histogram {
+    pub fn observe(&mut self, took: Duration) {
+        self.buckets[bucket_of(took)] += 1;
+        self.sum_us += took.as_micros() as u64;
+    }
+}
+
+/// Delivery and queue-wait totals; the pipeline keeps them, `/metrics` shows them.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Totals {
+    pub accepted: u64,
+    pub delivered: u64,
+    pub batches_delivered: u64,
+    pub batches_failed: u64,
+    /// Requests that found the queue full and waited for room.
+    pub waited: u64,
+    /// Of those, the ones answered 503 after `--queue-wait`.
+    pub gave_up: u64,
+    pub wait: Histogram,
 }
 
 /// Kept by the loop thread.
@@ -93,6 +123,8 @@ pub struct Gauges {
     pub capacity: usize,
     pub open_connections: usize,
     pub accepted_connections: u64,
+    /// Requests waiting for queue room now.
+    pub waiting_requests: usize,
     pub delivery: Totals,
 }
 
@@ -213,31 +245,41 @@ impl Metrics {
             worker.retries.load(Ordering::Relaxed),
         );
 
-        header(
+        let mut post = Histogram::default();
+        for (count, bucket) in post.buckets.iter_mut().zip(&worker.buckets) {
+            *count = bucket.load(Ordering::Relaxed);
+        }
+        post.sum_us = worker.duration_sum_us.load(Ordering::Relaxed);
+        histogram(
             out,
             "webhook_post_duration_seconds",
-            "histogram",
             "Duration of one POST attempt.",
+            &post,
         );
-        let mut cumulative = 0;
-        for (i, bucket) in worker.buckets.iter().enumerate() {
-            cumulative += bucket.load(Ordering::Relaxed);
-            out.extend_from_slice(b"webhook_post_duration_seconds_bucket{le=\"");
-            match DURATION_BUCKETS.get(i) {
-                Some(le) => out.extend_from_slice(format_float(*le).as_bytes()),
-                None => out.extend_from_slice(b"+Inf"),
-            }
-            out.extend_from_slice(b"\"} ");
-            push_decimal(out, cumulative);
-            out.push(b'\n');
-        }
-        let sum = worker.duration_sum_us.load(Ordering::Relaxed) as f64 / 1e6;
-        out.extend_from_slice(
-            format!("webhook_post_duration_seconds_sum {}\n", format_float(sum)).as_bytes(),
+        gauge(
+            out,
+            "webhook_requests_waiting",
+            "POST /log requests waiting for queue room now.",
+            gauges.waiting_requests as u64,
         );
-        out.extend_from_slice(b"webhook_post_duration_seconds_count ");
-        push_decimal(out, cumulative);
-        out.push(b'\n');
+        counter(
+            out,
+            "webhook_requests_waited_total",
+            "POST /log requests that found the queue full and waited for room.",
+            gauges.delivery.waited,
+        );
+        counter(
+            out,
+            "webhook_requests_wait_expired_total",
+            "Requests answered 503 after waiting --queue-wait for room.",
+            gauges.delivery.gave_up,
+        );
+        histogram(
+            out,
+            "webhook_queue_wait_seconds",
+            "How long requests waited for queue room (admitted or not).",
+            &gauges.delivery.wait,
+        );
 
         gauge(
             out,
@@ -297,6 +339,29 @@ fn format_float(x: f64) -> String {
     format!("{x}")
 }
 
+fn histogram(out: &mut Vec<u8>, name: &str, help: &str, h: &Histogram) {
+    header(out, name, "histogram", help);
+    let mut cumulative = 0;
+    for (i, count) in h.buckets.iter().enumerate() {
+        cumulative += count;
+        out.extend_from_slice(name.as_bytes());
+        out.extend_from_slice(b"_bucket{le=\"");
+        match DURATION_BUCKETS.get(i) {
+            Some(le) => out.extend_from_slice(format_float(*le).as_bytes()),
+            None => out.extend_from_slice(b"+Inf"),
+        }
+        out.extend_from_slice(b"\"} ");
+        push_decimal(out, cumulative);
+        out.push(b'\n');
+    }
+    let sum = h.sum_us as f64 / 1e6;
+    out.extend_from_slice(format!("{name}_sum {}\n", format_float(sum)).as_bytes());
+    out.extend_from_slice(name.as_bytes());
+    out.extend_from_slice(b"_count ");
+    push_decimal(out, cumulative);
+    out.push(b'\n');
+}
+
 fn header(out: &mut Vec<u8>, name: &str, kind: &str, help: &str) {
     out.extend_from_slice(format!("# HELP {name} {help}\n# TYPE {name} {kind}\n").as_bytes());
 }
@@ -349,6 +414,7 @@ mod tests {
                 capacity: 20,
                 open_connections: 1,
                 accepted_connections: 4,
+                waiting_requests: 2,
                 delivery: Totals {
                     accepted: 2,
                     ..Totals::default()
@@ -369,6 +435,8 @@ mod tests {
             "webhook_post_duration_seconds_bucket{le=\"+Inf\"} 3",
             "webhook_post_duration_seconds_count 3",
             "webhook_records_queued 3",
+            "webhook_requests_waiting 2",
+            "webhook_queue_wait_seconds_count 0",
             "webhook_open_connections 1",
             "webhook_connections_accepted_total 4",
             "# TYPE webhook_post_duration_seconds histogram",

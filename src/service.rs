@@ -11,9 +11,9 @@ use std::time::Instant;
 use log::info;
 
 use crate::http::response::{self, Response};
-use crate::http::{Exchange, Handler, Method};
+use crate::http::{Exchange, Handler, Method, Reply};
 use crate::metrics::{Endpoint, Gauges, Metrics, Rejected, WorkerStats};
-use crate::pipeline::Pipeline;
+use crate::pipeline::{Offer, Pipeline, Ticket};
 use crate::record::{self, Rejection};
 
 /// Where a request goes, decided from its head.
@@ -63,17 +63,39 @@ impl Service {
     }
 }
 
-/// The service as one connection's requests see it: the pipeline records go to, and
-/// the peer for the log line.
+/// The service as one connection's requests see it: the pipeline records go to, the
+/// connection's ticket should its request have to wait, and the peer for the log line.
 pub struct Peer<'a> {
     pub service: &'a mut Service,
     pub pipeline: &'a mut Pipeline,
+    pub ticket: Ticket,
     pub remote: &'a str,
     pub connections: ConnectionGauges,
 }
 
+/// How a request that waited for room ends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WaitOutcome {
+    /// Its record is in the ring: 201.
+    Admitted,
+    /// `--queue-wait` ran out: 503 with `Retry-After`, the record dropped.
+    GaveUp,
+    /// The service stops before room freed up: 503, the record dropped.
+    Stopping,
+}
+
+const QUEUE_FULL: &[u8] = br#"{"message":"queue full, retry later"}"#;
+const SHUTTING_DOWN: &[u8] = br#"{"message":"shutting down"}"#;
+
+fn queue_full() -> Response<'static> {
+    let mut r = Response::json(503, QUEUE_FULL);
+    r.retry_after = Some(1);
+    r
+}
+
 impl Peer<'_> {
-    fn answer(&mut self, route: Route, body: &[u8]) -> Response<'_> {
+    /// Every answer but a record's: those are `accept_record`'s.
+    fn answer_now(&mut self, route: Route) -> Response<'_> {
         let draining = self.pipeline.is_draining();
         let mut answer = if !route.method_allowed {
             let mut r = self.error(405, "method not allowed");
@@ -83,7 +105,9 @@ impl Peer<'_> {
             match route.endpoint {
                 Endpoint::Health => Response::text(200, b"OK"),
                 Endpoint::Log if !route.admitted => self.shutting_down(),
-                Endpoint::Log => self.accept_record(body),
+                // Asked before the body (Expect: 100-continue) with no room and no
+                // waiting allowed.
+                Endpoint::Log => self.queue_full(),
                 Endpoint::Metrics => self.render_metrics(),
                 Endpoint::Unknown => self.error(404, "not found"),
             }
@@ -92,17 +116,16 @@ impl Peer<'_> {
         answer
     }
 
-    fn accept_record(&mut self, body: &[u8]) -> Response<'_> {
-        if !self.pipeline.has_room() {
-            return self.queue_full();
-        }
-        match record::decode(body) {
-            Ok(record) => {
-                if self.pipeline.push(record, self.service.now).is_err() {
-                    return self.queue_full();
-                }
-                Response::text(201, b"accepted")
-            }
+    /// Decodes the record and offers it to the pipeline: 201, a deferred answer while
+    /// it waits for room, 503 when it may not wait, 400 when it is not a record.
+    fn accept_record(&mut self, body: &[u8]) -> Reply<'_> {
+        let draining = self.pipeline.is_draining();
+        let mut answer = match record::decode(body) {
+            Ok(record) => match self.pipeline.offer(record, self.ticket, self.service.now) {
+                Offer::Accepted => Response::text(201, b"accepted"),
+                Offer::Waiting => return Reply::Later,
+                Offer::Full => self.queue_full(),
+            },
             Err(rejection) => {
                 let reason = match rejection {
                     Rejection::Malformed(_) => Rejected::Malformed,
@@ -111,7 +134,9 @@ impl Peer<'_> {
                 self.service.metrics.count_rejected(reason);
                 self.error(400, rejection.message())
             }
-        }
+        };
+        answer.close |= draining;
+        Reply::Now(answer)
     }
 
     fn render_metrics(&mut self) -> Response<'_> {
@@ -121,6 +146,7 @@ impl Peer<'_> {
             capacity: self.pipeline.capacity(),
             open_connections: self.connections.open,
             accepted_connections: self.connections.accepted_total,
+            waiting_requests: self.pipeline.waiting_requests(),
             delivery: self.pipeline.totals(),
         };
         let service = &mut *self.service;
@@ -133,15 +159,29 @@ impl Peer<'_> {
         r
     }
 
-    fn queue_full(&mut self) -> Response<'_> {
+    fn queue_full(&mut self) -> Response<'static> {
         self.service.metrics.count_rejected(Rejected::QueueFull);
-        let mut r = self.error(503, "queue full, retry later");
-        r.retry_after = Some(1);
-        r
+        queue_full()
     }
 
-    fn shutting_down(&mut self) -> Response<'_> {
-        let mut r = self.error(503, "shutting down");
+    /// The deferred answer to a request that waited for room.
+    pub fn after_wait(&mut self, outcome: WaitOutcome) -> Response<'static> {
+        let mut answer = match outcome {
+            WaitOutcome::Admitted => Response::text(201, b"accepted"),
+            WaitOutcome::GaveUp => self.queue_full(),
+            WaitOutcome::Stopping => {
+                self.service.metrics.count_rejected(Rejected::QueueFull);
+                let mut r = Response::json(503, SHUTTING_DOWN);
+                r.close = true;
+                r
+            }
+        };
+        answer.close |= self.pipeline.is_draining();
+        answer
+    }
+
+    fn shutting_down(&mut self) -> Response<'static> {
+        let mut r = Response::json(503, SHUTTING_DOWN);
         r.close = true;
         r
     }
@@ -180,19 +220,24 @@ impl Handler for Peer<'_> {
         let wants_body = route.method_allowed
             && route.admitted
             && match route.endpoint {
-                Endpoint::Log => self.pipeline.has_room(),
+                // A request that may wait for room is read while it waits.
+                Endpoint::Log => self.pipeline.has_room() || self.pipeline.may_wait(),
                 Endpoint::Health => true,
                 Endpoint::Metrics | Endpoint::Unknown => false,
             };
         if wants_body {
             None
         } else {
-            Some(self.answer(route, b""))
+            Some(self.answer_now(route))
         }
     }
 
-    fn respond(&mut self, route: Route, body: &[u8]) -> Response<'_> {
-        self.answer(route, body)
+    fn respond(&mut self, route: Route, body: &[u8]) -> Reply<'_> {
+        if route.endpoint == Endpoint::Log && route.method_allowed && route.admitted {
+            self.accept_record(body)
+        } else {
+            Reply::Now(self.answer_now(route))
+        }
     }
 
     fn exchanged(&mut self, exchange: &Exchange<'_, Route>) {
@@ -204,13 +249,24 @@ impl Handler for Peer<'_> {
             self.service.metrics.count_rejected(Rejected::TooLarge);
         }
         let duration_us = exchange.started.elapsed().as_micros() as u64;
-        info!(
-            method = exchange.method,
-            path = exchange.path,
-            status = exchange.status,
-            duration_us = duration_us,
-            remote = self.remote;
-            "request"
-        );
+        match exchange.waited {
+            None => info!(
+                method = exchange.method,
+                path = exchange.path,
+                status = exchange.status,
+                duration_us = duration_us,
+                remote = self.remote;
+                "request"
+            ),
+            Some(waited) => info!(
+                method = exchange.method,
+                path = exchange.path,
+                status = exchange.status,
+                duration_us = duration_us,
+                waited_ms = waited.as_millis() as u64,
+                remote = self.remote;
+                "request"
+            ),
+        }
     }
 }

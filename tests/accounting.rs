@@ -21,6 +21,17 @@ struct Ledger {
 /// `clients` threads each post `per_client` uniquely numbered records on keep-alive
 /// connections, reconnecting after errors and coming back after a 503.
 fn drive(addr: SocketAddr, first_client: u64, clients: u64, per_client: u64) -> Ledger {
+    drive_with_retries(addr, first_client, clients, per_client, 200)
+}
+
+/// As `drive`, with `retries` attempts after a 503 (0: a 503 is final).
+fn drive_with_retries(
+    addr: SocketAddr,
+    first_client: u64,
+    clients: u64,
+    per_client: u64,
+    retries: u32,
+) -> Ledger {
     let threads: Vec<_> = (first_client..first_client + clients)
         .map(|t| {
             std::thread::spawn(move || {
@@ -28,7 +39,7 @@ fn drive(addr: SocketAddr, first_client: u64, clients: u64, per_client: u64) -> 
                 let mut conn: Option<RawClient> = None;
                 for i in 0..per_client {
                     let id = t * 1_000_000 + i + 1;
-                    let mut retries_left = 200;
+                    let mut retries_left = retries;
                     'record: loop {
                         if conn.is_none() {
                             // The service is gone (it exited): the rest are never sent.
@@ -428,4 +439,58 @@ fn replay_reports_bad_lines_and_keeps_them() {
         std::fs::read_to_string(rejected).unwrap(),
         "this is not a record\n"
     );
+}
+
+#[test]
+fn a_ring_full_most_of_the_time_loses_nothing_and_forwards_no_refusal() {
+    let dead = temp_path("full-ring.ndjson");
+    // A receiver slower than the clients: 60 ms per batch of 5 is 83 records/s,
+    // against 12 clients that post as fast as they are answered, so most wait and
+    // some wait longer than --queue-wait.
+    let sink = Sink::start(&["--delay", "60ms"]);
+    let mut fwd = Forwarder::to(
+        &sink,
+        &[
+            "--batch-size",
+            "5",
+            "--batch-interval",
+            "20ms",
+            "--queue-wait",
+            "50ms",
+            "--dead-letter",
+            dead.to_str().unwrap(),
+        ],
+    );
+    // No retries: every 503 is final, so the refused set is what must never arrive.
+    let ledger = drive_with_retries(fwd.addr, 0, 12, 25, 0);
+    assert!(
+        metric(fwd.addr, "webhook_requests_waited_total") > 0.0,
+        "the ring never filled: the test proves less than it claims"
+    );
+    assert!(
+        !ledger.refused.is_empty(),
+        "no request ever gave up waiting"
+    );
+    assert!(!ledger.accepted.is_empty());
+    // Stop with requests still waiting behind a full ring.
+    let late = std::thread::spawn({
+        let addr = fwd.addr;
+        move || drive_with_retries(addr, 12, 6, 5, 0)
+    });
+    std::thread::sleep(Duration::from_millis(30));
+    fwd.proc.signal("TERM");
+    let late = late.join().unwrap();
+    assert_eq!(
+        fwd.proc.wait_exit(SOON).code(),
+        Some(0),
+        "{}",
+        fwd.proc.text()
+    );
+    let mut all = ledger;
+    all.accepted.extend(late.accepted);
+    all.refused.extend(late.refused);
+    let batches = sink.delivered();
+    reconcile(&all, &batches, &dead_letter_ids(&dead), 0);
+    let delivered: BTreeSet<u64> = batches.iter().flat_map(|b| user_ids(&b.records)).collect();
+    assert_eq!(delivered, all.accepted, "a clean drain delivers every 201");
 }

@@ -300,7 +300,18 @@ fn expect_continue_gets_100_only_when_the_body_is_wanted() {
 #[test]
 fn expect_continue_gets_503_at_once_when_the_queue_is_full() {
     let sink = Sink::start(&["--quiet", "--delay", "2s"]);
-    let fwd = Forwarder::to(&sink, &["--batch-size", "1", "--batch-interval", "1h"]);
+    // --queue-wait 0: a full queue refuses at once instead of holding the request.
+    let fwd = Forwarder::to(
+        &sink,
+        &[
+            "--batch-size",
+            "1",
+            "--batch-interval",
+            "1h",
+            "--queue-wait",
+            "0",
+        ],
+    );
     // Ring of 2: one in flight (held by the slow receiver), one waiting.
     fwd.post_accepted(&record(1));
     fwd.post_accepted(&record(2));

@@ -202,10 +202,20 @@ fn bodies_over_the_limit_get_413() {
 }
 
 #[test]
-fn a_full_ring_answers_503_and_keeps_what_it_holds() {
+fn a_full_ring_answers_503_at_once_without_queue_wait() {
     // The receiver holds the first batch for a while, so the ring fills behind it.
     let sink = Sink::start(&["--delay", "1500ms"]);
-    let fwd = Forwarder::to(&sink, &["--batch-size", "2", "--batch-interval", "1h"]);
+    let fwd = Forwarder::to(
+        &sink,
+        &[
+            "--batch-size",
+            "2",
+            "--batch-interval",
+            "1h",
+            "--queue-wait",
+            "0",
+        ],
+    );
     // Ring capacity is 2 x 2: two in flight, two waiting, then full.
     for n in 1..=2 {
         assert_eq!(fwd.post(&record(n)).status, 201);

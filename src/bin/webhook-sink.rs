@@ -15,7 +15,9 @@ use std::time::{Duration, Instant};
 
 use argh::FromArgs;
 use webhook_forwarder::duration::parse_go_duration;
-use webhook_forwarder::http::{BufferPool, Conn, Exchange, Handler, Io, Limits, Method, Response};
+use webhook_forwarder::http::{
+    BufferPool, Conn, Exchange, Handler, Io, Limits, Method, Reply, Response,
+};
 
 /// Receive webhook batches and print them: a local endpoint for webhook-forwarder.
 #[derive(FromArgs)]
@@ -70,9 +72,9 @@ impl Handler for Sink {
         None
     }
 
-    fn respond(&mut self, is_post: bool, body: &[u8]) -> Response<'_> {
+    fn respond(&mut self, is_post: bool, body: &[u8]) -> Reply<'_> {
         if !is_post {
-            return Response::text(200, b"webhook-sink: POST batches here\n");
+            return Response::text(200, b"webhook-sink: POST batches here\n").into();
         }
         let b = &*self.behaviour;
         let n = b.received.fetch_add(1, Ordering::SeqCst) + 1;
@@ -113,6 +115,7 @@ impl Handler for Sink {
                 b"failing on purpose\n"
             },
         )
+        .into()
     }
 
     fn exchanged(&mut self, _exchange: &Exchange<'_, bool>) {}

@@ -20,6 +20,9 @@ pub struct Flags {
     /// longest wait of the oldest record before its batch is sent, a Go duration (10s, 1m30s, 250ms); 0 turns the time trigger off
     #[argh(option)]
     pub batch_interval: Option<String>,
+    /// longest a POST /log waits for queue room before its 503, a Go duration; 0 answers 503 at once
+    #[argh(option)]
+    pub queue_wait: Option<String>,
     /// time limit of one POST attempt
     #[argh(option)]
     pub post_timeout: Option<String>,

@@ -34,6 +34,8 @@ pub struct Config {
     pub listen: Vec<SocketAddr>,
     pub batch_size: usize,
     pub batch_interval: Option<Duration>,
+    /// How long a request may wait for queue room; zero refuses at once.
+    pub queue_wait: Duration,
     pub limits: Limits,
     pub max_connections: usize,
     pub log_level: LevelFilter,
@@ -113,6 +115,7 @@ pub fn load(
             "batch size and batch interval are both 0: no batch would ever be sent".to_owned(),
         ));
     }
+    let queue_wait = with_default(&flags.queue_wait, settings::QUEUE_WAIT).duration(true)?;
     let limits = Limits {
         max_body_bytes: with_default(&flags.max_body_bytes, settings::MAX_BODY_BYTES)
             .count(1, 64 * 1024 * 1024)?,
@@ -149,6 +152,7 @@ pub fn load(
         listen,
         batch_size,
         batch_interval,
+        queue_wait,
         limits,
         max_connections,
         log_level,
@@ -200,6 +204,7 @@ mod tests {
         assert_eq!(c.outbound.retry_wait, Duration::from_secs(2));
         assert_eq!(c.outbound.post_timeout, Duration::from_secs(10));
         assert_eq!(c.ring_capacity(), 20);
+        assert_eq!(c.queue_wait, Duration::from_secs(5));
         assert_eq!(c.limits.max_body_bytes, 1024 * 1024);
     }
 

@@ -26,6 +26,7 @@ pub const HTTP: Spec = spec("http", "WEBHOOK_HTTP", Some(":8080"));
 pub const POST_ENDPOINT: Spec = spec("post-endpoint", "WEBHOOK_POST_ENDPOINT", None);
 pub const BATCH_SIZE: Spec = spec("batch-size", "WEBHOOK_BATCH_SIZE", Some("10"));
 pub const BATCH_INTERVAL: Spec = spec("batch-interval", "WEBHOOK_BATCH_INTERVAL", Some("10s"));
+pub const QUEUE_WAIT: Spec = spec("queue-wait", "WEBHOOK_QUEUE_WAIT", Some("5s"));
 pub const POST_TIMEOUT: Spec = spec("post-timeout", "WEBHOOK_POST_TIMEOUT", Some("10s"));
 pub const RETRY_WAIT: Spec = spec("retry-wait", "WEBHOOK_RETRY_WAIT", Some("2s"));
 pub const MAX_BODY_BYTES: Spec = spec("max-body-bytes", "WEBHOOK_MAX_BODY_BYTES", Some("1048576"));
@@ -55,6 +56,7 @@ pub const ALL: &[Spec] = &[
     POST_ENDPOINT,
     BATCH_SIZE,
     BATCH_INTERVAL,
+    QUEUE_WAIT,
     POST_TIMEOUT,
     RETRY_WAIT,
     MAX_BODY_BYTES,

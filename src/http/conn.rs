@@ -96,9 +96,23 @@ pub trait Handler {
     /// An answer known before the body is read (for `Expect: 100-continue`); `None`
     /// means the body is wanted.
     fn early_answer(&mut self, route: Self::Route) -> Option<Response<'_>>;
-    fn respond(&mut self, route: Self::Route, body: &[u8]) -> Response<'_>;
+    fn respond(&mut self, route: Self::Route, body: &[u8]) -> Reply<'_>;
     /// Called once per response, for the request log and metrics.
     fn exchanged(&mut self, exchange: &Exchange<'_, Self::Route>);
+}
+
+/// The application's answer to a complete request.
+pub enum Reply<'a> {
+    Now(Response<'a>),
+    /// The answer comes later, through `Conn::answer_waiting`. Until then nothing
+    /// more is read or answered on this connection, so pipelined requests wait too.
+    Later,
+}
+
+impl<'a> From<Response<'a>> for Reply<'a> {
+    fn from(response: Response<'a>) -> Self {
+        Reply::Now(response)
+    }
 }
 
 pub struct Exchange<'a, R> {
@@ -109,6 +123,8 @@ pub struct Exchange<'a, R> {
     pub status: u16,
     /// When the request's head was complete.
     pub started: Instant,
+    /// How long the answer waited after the body arrived (`Reply::Later`).
+    pub waited: Option<Duration>,
 }
 
 /// Reusable byte buffers, so that serving a request allocates nothing once warm and
@@ -178,6 +194,8 @@ struct Pending<R> {
     persistence: Persistence,
     framing: Framing,
     started: Instant,
+    /// Set when the application deferred its answer.
+    waiting_since: Option<Instant>,
 }
 
 #[derive(Clone, Copy)]
@@ -187,6 +205,8 @@ enum Phase<R> {
     /// Part of a request head has arrived.
     Head,
     Body(Pending<R>),
+    /// The request is complete and the application will answer it later.
+    Waiting(Pending<R>),
 }
 
 pub struct Conn<R> {
@@ -274,6 +294,8 @@ impl<R: Copy> Conn<R> {
             return;
         }
         match self.machine.phase {
+            // The request is whole; the application bounds its own wait.
+            Phase::Waiting(_) => return,
             Phase::Idle => self.machine.closing = true,
             Phase::Head => self
                 .machine
@@ -291,7 +313,8 @@ impl<R: Copy> Conn<R> {
         let m = &mut self.machine;
         // Once the peer stopped sending and nothing buffered can make progress, the
         // rest (a partial request at most) will never complete.
-        if m.peer_closed && m.out.len() < io.limits.max_pending_output {
+        let waiting = matches!(m.phase, Phase::Waiting(_));
+        if m.peer_closed && !waiting && m.out.len() < io.limits.max_pending_output {
             m.closing = true;
         }
         if m.closing {
@@ -341,7 +364,31 @@ impl<R: Copy> Conn<R> {
     /// Whether reading more from the socket is useful now.
     pub fn wants_read(&self, limits: &Limits) -> bool {
         let m = &self.machine;
-        !m.closing && !m.peer_closed && m.out.len() < limits.max_pending_output
+        !m.closing
+            && !m.peer_closed
+            && !matches!(m.phase, Phase::Waiting(_))
+            && m.out.len() < limits.max_pending_output
+    }
+
+    /// A request's answer was deferred and is still owed.
+    pub fn is_waiting(&self) -> bool {
+        matches!(self.machine.phase, Phase::Waiting(_)) && !self.machine.closing
+    }
+
+    /// Writes the deferred answer, then goes on with requests buffered behind it.
+    pub fn answer_waiting<H: Handler<Route = R>>(
+        &mut self,
+        answer: Response<'_>,
+        io: &mut Io<'_, H>,
+    ) {
+        let Phase::Waiting(pending) = self.machine.phase else {
+            return;
+        };
+        if self.machine.closing {
+            return;
+        }
+        self.machine.write_answer(&pending, answer, io);
+        self.resume(io);
     }
 
     /// Buffered requests wait because the output is over its limit: once the output
@@ -366,19 +413,21 @@ impl<R: Copy> Conn<R> {
         self.inbuf.capacity() + self.machine.out.capacity() + self.machine.body.capacity()
     }
 
-    /// When this connection times out in its current phase.
-    pub fn deadline(&self, limits: &Limits) -> Instant {
+    /// When this connection times out in its current phase; `None` while its answer
+    /// is deferred (the application bounds that wait).
+    pub fn deadline(&self, limits: &Limits) -> Option<Instant> {
         let m = &self.machine;
         if !m.out.is_empty() {
             // Waiting for the peer to read what we owe it.
-            return m.output_since + limits.idle_timeout;
+            return Some(m.output_since + limits.idle_timeout);
         }
         let allowed = match m.phase {
             Phase::Idle if m.served_any => limits.idle_timeout,
             Phase::Idle | Phase::Head => limits.header_timeout,
             Phase::Body(_) => limits.body_timeout,
+            Phase::Waiting(_) => return None,
         };
-        m.since + allowed
+        Some(m.since + allowed)
     }
 }
 
@@ -426,6 +475,7 @@ impl<R: Copy> Machine<R> {
                         HeadOutcome::Failed => break,
                     }
                 }
+                Phase::Waiting(_) => break,
                 Phase::Body(mut pending) => {
                     let step = match &mut pending.framing {
                         Framing::Length(length) => {
@@ -586,6 +636,7 @@ impl<R: Copy> Machine<R> {
             persistence,
             framing,
             started: io.now,
+            waiting_since: None,
         };
         if head.expect_continue && http11 && has_body {
             self.begin_output(io);
@@ -615,11 +666,15 @@ impl<R: Copy> Machine<R> {
 
     /// Makes the output buffer ready for a response.
     fn begin_output<H: Handler<Route = R>>(&mut self, io: &mut Io<'_, H>) {
+        self.begin_output_at(io.now, io.pool);
+    }
+
+    fn begin_output_at(&mut self, now: Instant, pool: &mut BufferPool) {
         if self.out.capacity() == 0 {
-            self.out = io.pool.take();
+            self.out = pool.take();
         }
         if self.out.is_empty() {
-            self.output_since = io.now;
+            self.output_since = now;
         }
     }
 
@@ -629,14 +684,48 @@ impl<R: Copy> Machine<R> {
         body: &[u8],
         io: &mut Io<'_, H>,
     ) {
-        self.begin_output(io);
-        let answer = io.handler.respond(pending.route, body);
+        match io.handler.respond(pending.route, body) {
+            Reply::Now(answer) => {
+                // `answer` borrows the handler; write it before anything else uses it.
+                let status = answer.status;
+                let close = answer.close;
+                self.begin_output_at(io.now, io.pool);
+                let persistence = if close {
+                    Persistence::Close
+                } else {
+                    pending.persistence
+                };
+                response::write(
+                    &mut self.out,
+                    &answer,
+                    pending.head_only,
+                    persistence,
+                    io.date,
+                );
+                self.finish_exchange(pending, status, persistence, io);
+            }
+            Reply::Later => {
+                self.phase = Phase::Waiting(Pending {
+                    waiting_since: Some(io.now),
+                    ..*pending
+                });
+            }
+        }
+    }
+
+    /// Writes the answer to a request whose answer was deferred.
+    fn write_answer<H: Handler<Route = R>>(
+        &mut self,
+        pending: &Pending<R>,
+        answer: Response<'_>,
+        io: &mut Io<'_, H>,
+    ) {
+        self.begin_output_at(io.now, io.pool);
         let persistence = if answer.close {
             Persistence::Close
         } else {
             pending.persistence
         };
-        let status = answer.status;
         response::write(
             &mut self.out,
             &answer,
@@ -644,6 +733,16 @@ impl<R: Copy> Machine<R> {
             persistence,
             io.date,
         );
+        self.finish_exchange(pending, answer.status, persistence, io);
+    }
+
+    fn finish_exchange<H: Handler<Route = R>>(
+        &mut self,
+        pending: &Pending<R>,
+        status: u16,
+        persistence: Persistence,
+        io: &mut Io<'_, H>,
+    ) {
         self.log(pending, status, io);
         self.closing |= persistence == Persistence::Close;
         self.phase = Phase::Idle;
@@ -658,6 +757,7 @@ impl<R: Copy> Machine<R> {
             path: pending.path.as_str(),
             status,
             started: pending.started,
+            waited: pending.waiting_since.map(|since| io.now - since),
         });
     }
 
@@ -705,6 +805,7 @@ impl<R: Copy> Machine<R> {
             path,
             status,
             started,
+            waited: None,
         });
         self.closing = true;
         self.phase = Phase::Idle;

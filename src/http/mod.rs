@@ -4,5 +4,5 @@ pub mod chunked;
 pub mod conn;
 pub mod response;
 
-pub use conn::{BufferPool, Conn, Exchange, Handler, Io, Limits, Method};
+pub use conn::{BufferPool, Conn, Exchange, Handler, Io, Limits, Method, Reply};
 pub use response::Response;

@@ -1,19 +1,22 @@
 //! The delivery pipeline: accepted records on their way to the worker and back, and
 //! the shutdown lifecycle that decides when the service stops.
 //!
-//! It is plain state driven by the poll loop: records in (`push`), the next batch out
+//! It is plain state driven by the poll loop: records in (`offer`), the next batch out
 //! (`next_batch`), the worker's outcome in (`delivered`, `failed`), signals in, and a
 //! `Stop` out once the service must end, naming the records the dead-letter file
-//! must take. It touches no socket, thread or file, so every decision below is unit
+//! must take. A record that finds the ring full waits with its request (as the Go
+//! reference's handler waits on its channel) until room frees (`admit_waiter`) or
+//! `--queue-wait` runs out (`expire_waiter`). It touches no socket, thread or file, so every decision below is unit
 //! tested; the loop does the I/O each answer asks for.
 //!
 //! Each fact has one owner here: the batch in flight (`in_flight`), the lifecycle,
-//! the replayed records, and the ring's capacity, which counts the batch in flight so
-//! that the ring's size bounds every accepted record in memory.
+//! the replayed records, the waiting requests, and the ring's capacity, which counts
+//! the batch in flight so that the ring's size bounds every accepted record in memory.
 
 mod lifecycle;
 mod queue;
 
+use std::collections::VecDeque;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
@@ -21,6 +24,7 @@ pub use lifecycle::{Exit, Lifecycle, SignalEffect};
 use queue::Queue;
 
 use crate::deadletter::Replay;
+pub use crate::metrics::Totals;
 use crate::record::Record;
 
 /// The batch the worker holds.
@@ -33,13 +37,31 @@ struct InFlight {
     from_replay: bool,
 }
 
-/// Delivery totals, for metrics and the last log line.
-#[derive(Debug, Default, Clone, Copy)]
-pub struct Totals {
-    pub accepted: u64,
-    pub delivered: u64,
-    pub batches_delivered: u64,
-    pub batches_failed: u64,
+/// Which request waits for room: its connection's slot, and a serial that tells a
+/// reused slot from the connection that asked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Ticket {
+    pub slot: usize,
+    pub serial: u64,
+}
+
+/// A decoded record whose request waits for room in the ring.
+struct Waiter {
+    ticket: Ticket,
+    record: Record,
+    since: Instant,
+}
+
+/// What became of a record offered by a request.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Offer {
+    /// In the ring: answer 201.
+    Accepted,
+    /// No room: the request waits, unanswered, until `admit_waiter` or `expire_waiter`
+    /// names its ticket.
+    Waiting,
+    /// No room and no waiting allowed (`--queue-wait 0`): answer 503.
+    Full,
 }
 
 /// The service must end: the records to dead-letter, and why.
@@ -48,6 +70,9 @@ pub struct Stop {
     pub exit: Exit,
     /// Accepted and not delivered, oldest first.
     pub undelivered: Vec<Record>,
+    /// Requests still waiting for room: they get 503, never 201, and their records
+    /// are dropped, as refused records must be.
+    pub refused: Vec<Ticket>,
     /// A replay file whose records were not all delivered: it stays in place.
     pub replay_left: Option<(PathBuf, usize)>,
 }
@@ -66,6 +91,11 @@ pub struct Pipeline {
     lifecycle: Lifecycle,
     /// The emptied vector of the last delivered batch, reused for the next.
     spare_batch: Vec<Record>,
+    /// Requests that found no room, oldest first. At most one per connection, since
+    /// a connection reads nothing more while its request waits.
+    waiters: VecDeque<Waiter>,
+    /// `--queue-wait`: how long a request may wait for room before its 503.
+    queue_wait: Duration,
     totals: Totals,
 }
 
@@ -75,6 +105,7 @@ impl Pipeline {
         capacity: usize,
         batch_size: usize,
         interval: Option<Duration>,
+        queue_wait: Duration,
         replay: Option<Replay>,
     ) -> Pipeline {
         Pipeline {
@@ -83,6 +114,8 @@ impl Pipeline {
             in_flight: None,
             lifecycle: Lifecycle::Serving,
             spare_batch: Vec::new(),
+            waiters: VecDeque::new(),
+            queue_wait,
             totals: Totals::default(),
         }
     }
@@ -94,18 +127,94 @@ impl Pipeline {
             .map_or(0, |b| b.records)
     }
 
-    pub fn has_room(&self) -> bool {
+    fn ring_has_room(&self) -> bool {
         self.queue.waiting() + self.ring_records_in_flight() < self.queue.capacity()
     }
 
-    /// Accepts a record; hands it back when there is no room.
-    pub fn push(&mut self, record: Record, now: Instant) -> Result<(), Record> {
-        if !self.has_room() {
-            return Err(record);
+    /// A new record would be accepted at once. Room that frees up goes to the
+    /// requests already waiting first, so a newcomer never overtakes them.
+    pub fn has_room(&self) -> bool {
+        self.waiters.is_empty() && self.ring_has_room()
+    }
+
+    /// A request that would wait rather than be refused when there is no room.
+    pub fn may_wait(&self) -> bool {
+        !self.queue_wait.is_zero()
+    }
+
+    /// A decoded record from `ticket`'s request.
+    pub fn offer(&mut self, record: Record, ticket: Ticket, now: Instant) -> Offer {
+        if self.has_room() {
+            return match self.queue.push(record, now) {
+                Ok(()) => {
+                    self.totals.accepted += 1;
+                    Offer::Accepted
+                }
+                Err(_) => Offer::Full,
+            };
         }
-        self.queue.push(record, now)?;
-        self.totals.accepted += 1;
-        Ok(())
+        if !self.may_wait() {
+            return Offer::Full;
+        }
+        self.totals.waited += 1;
+        self.waiters.push_back(Waiter {
+            ticket,
+            record,
+            since: now,
+        });
+        Offer::Waiting
+    }
+
+    /// Requests waiting for room now.
+    pub fn waiting_requests(&self) -> usize {
+        self.waiters.len()
+    }
+
+    /// Moves the oldest waiting request's record into the ring if there is room, and
+    /// names the request so it can be answered 201. Waiters whose connection is gone
+    /// (`is_alive` says no) are dropped on the way: nobody was told their record was
+    /// accepted.
+    pub fn admit_waiter(
+        &mut self,
+        now: Instant,
+        is_alive: impl Fn(Ticket) -> bool,
+    ) -> Option<Ticket> {
+        while let Some(front) = self.waiters.front() {
+            if !is_alive(front.ticket) {
+                self.waiters.pop_front();
+                continue;
+            }
+            if !self.ring_has_room() {
+                return None;
+            }
+            let waiter = self.waiters.pop_front()?;
+            self.totals.wait.observe(now - waiter.since);
+            if self.queue.push(waiter.record, now).is_err() {
+                // ring_has_room() said there was a slot; never reached.
+                return None;
+            }
+            self.totals.accepted += 1;
+            return Some(waiter.ticket);
+        }
+        None
+    }
+
+    /// The oldest waiting request once it has waited `--queue-wait`: it gets 503 and
+    /// its record is dropped.
+    pub fn expire_waiter(&mut self, now: Instant) -> Option<Ticket> {
+        let front = self.waiters.front()?;
+        if now < front.since + self.queue_wait {
+            return None;
+        }
+        let waiter = self.waiters.pop_front()?;
+        self.totals.gave_up += 1;
+        self.totals.wait.observe(now - waiter.since);
+        Some(waiter.ticket)
+    }
+
+    /// When the oldest waiting request gives up.
+    pub fn wait_deadline(&self) -> Option<Instant> {
+        Some(self.waiters.front()?.since + self.queue_wait)
     }
 
     pub fn waiting(&self) -> usize {
@@ -235,6 +344,7 @@ impl Pipeline {
             Lifecycle::Draining => {
                 let done = self.in_flight.is_none()
                     && self.queue.waiting() == 0
+                    && self.waiters.is_empty()
                     && self.replay.is_none()
                     && !requests_under_way;
                 done.then(|| self.stop(Exit::Drained, Vec::new()))
@@ -248,9 +358,11 @@ impl Pipeline {
             .replay
             .as_ref()
             .map(|r| (r.path.clone(), r.records.len()));
+        let refused = self.waiters.drain(..).map(|w| w.ticket).collect();
         Stop {
             exit,
             undelivered,
+            refused,
             replay_left,
         }
     }

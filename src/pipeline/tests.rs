@@ -16,14 +16,21 @@ fn ids(records: &[Record]) -> Vec<i64> {
 
 const SECOND: Duration = Duration::from_secs(1);
 
-/// Batch size 3, ring 6, interval 1 s.
+/// Batch size 3, ring 6, interval 1 s, no waiting for room.
 fn pipeline() -> Pipeline {
-    Pipeline::new(6, 3, Some(SECOND), None)
+    Pipeline::new(6, 3, Some(SECOND), Duration::ZERO, None)
+}
+
+fn ticket(slot: usize) -> Ticket {
+    Ticket {
+        slot,
+        serial: slot as u64,
+    }
 }
 
 fn fill(p: &mut Pipeline, ids: std::ops::Range<i64>, now: Instant) {
     for id in ids {
-        p.push(rec(id), now).expect("room");
+        assert_eq!(p.offer(rec(id), ticket(0), now), Offer::Accepted);
     }
 }
 
@@ -69,7 +76,7 @@ fn the_oldest_record_makes_its_batch_due_after_the_interval() {
 #[test]
 fn batch_size_zero_sends_everything_by_age_only() {
     let t0 = Instant::now();
-    let mut p = Pipeline::new(100, 0, Some(SECOND), None);
+    let mut p = Pipeline::new(100, 0, Some(SECOND), Duration::ZERO, None);
     fill(&mut p, 1..51, t0);
     assert!(p.next_batch(t0).is_none(), "no size trigger");
     let batch = p.next_batch(t0 + SECOND).expect("due by age");
@@ -79,7 +86,7 @@ fn batch_size_zero_sends_everything_by_age_only() {
 #[test]
 fn no_interval_means_no_age_trigger() {
     let t0 = Instant::now();
-    let mut p = Pipeline::new(6, 3, None, None);
+    let mut p = Pipeline::new(6, 3, None, Duration::ZERO, None);
     fill(&mut p, 1..3, t0);
     assert_eq!(p.due(t0), None);
     assert!(p.next_batch(t0 + Duration::from_secs(3600)).is_none());
@@ -93,7 +100,7 @@ fn records_in_flight_count_against_capacity() {
     let batch = p.next_batch(t0).expect("due");
     fill(&mut p, 4..7, t0);
     assert!(!p.has_room(), "3 in flight + 3 waiting fill a ring of 6");
-    assert!(p.push(rec(7), t0).is_err());
+    assert_eq!(p.offer(rec(7), ticket(1), t0), Offer::Full);
     assert!(p.next_batch(t0).is_none(), "one batch in flight at a time");
     assert!(p.delivered(batch).is_none());
     assert!(p.has_room());
@@ -184,7 +191,7 @@ fn a_worker_that_vanished_still_fails_the_drain() {
 #[test]
 fn replayed_records_go_first_then_the_ring() {
     let t0 = Instant::now();
-    let mut p = Pipeline::new(6, 3, Some(SECOND), Some(replay(100..105)));
+    let mut p = Pipeline::new(6, 3, Some(SECOND), Duration::ZERO, Some(replay(100..105)));
     fill(&mut p, 1..4, t0);
     let first = p.next_batch(t0).expect("replay is due at once");
     assert_eq!(ids(&first), [100, 101, 102]);
@@ -206,14 +213,14 @@ fn replayed_records_go_first_then_the_ring() {
 
 #[test]
 fn an_empty_replay_file_is_retired_at_once() {
-    let mut p = Pipeline::new(6, 3, Some(SECOND), Some(replay(0..0)));
+    let mut p = Pipeline::new(6, 3, Some(SECOND), Duration::ZERO, Some(replay(0..0)));
     assert_eq!(p.take_finished_replay().expect("done").records, 0);
 }
 
 #[test]
 fn a_failed_replay_batch_stays_in_its_file_not_in_the_dead_letters() {
     let t0 = Instant::now();
-    let mut p = Pipeline::new(6, 3, Some(SECOND), Some(replay(100..105)));
+    let mut p = Pipeline::new(6, 3, Some(SECOND), Duration::ZERO, Some(replay(100..105)));
     fill(&mut p, 1..3, t0);
     let batch = p.next_batch(t0).expect("replay first");
     let stop = p.failed(batch);
@@ -226,11 +233,106 @@ fn a_failed_replay_batch_stays_in_its_file_not_in_the_dead_letters() {
 #[test]
 fn a_drain_waits_for_the_replay_to_finish() {
     let t0 = Instant::now();
-    let mut p = Pipeline::new(6, 3, Some(SECOND), Some(replay(100..102)));
+    let mut p = Pipeline::new(6, 3, Some(SECOND), Duration::ZERO, Some(replay(100..102)));
     p.on_signal();
     let batch = p.next_batch(t0).expect("replay");
     p.delivered(batch);
     assert!(p.tick(false).is_none(), "the replay is not retired yet");
     assert!(p.take_finished_replay().is_some());
     assert_eq!(p.tick(false).expect("done").exit, Exit::Drained);
+}
+
+/// Batch size 2, ring 4, interval 1 s, requests wait up to 5 s for room.
+fn waiting_pipeline() -> Pipeline {
+    Pipeline::new(4, 2, Some(SECOND), 5 * SECOND, None)
+}
+
+#[test]
+fn a_full_ring_makes_requests_wait_and_frees_room_oldest_first() {
+    let t0 = Instant::now();
+    let mut p = waiting_pipeline();
+    fill(&mut p, 1..3, t0);
+    let batch = p.next_batch(t0).expect("due");
+    fill(&mut p, 3..5, t0);
+    assert_eq!(p.offer(rec(5), ticket(5), t0), Offer::Waiting);
+    assert_eq!(p.offer(rec(6), ticket(6), t0), Offer::Waiting);
+    assert_eq!(p.waiting_requests(), 2);
+    assert!(p.admit_waiter(t0, |_| true).is_none(), "no room yet");
+    p.delivered(batch);
+    assert!(
+        !p.has_room(),
+        "freed room goes to the waiters, not to newcomers"
+    );
+    let later = t0 + Duration::from_millis(300);
+    assert_eq!(p.admit_waiter(later, |_| true), Some(ticket(5)));
+    assert_eq!(p.admit_waiter(later, |_| true), Some(ticket(6)));
+    assert_eq!(p.admit_waiter(later, |_| true), None);
+    assert_eq!(p.totals().accepted, 6);
+    assert_eq!(p.totals().waited, 2);
+    assert_eq!(ids(&p.next_batch(later).expect("full")), [3, 4]);
+}
+
+#[test]
+fn a_request_that_waits_too_long_is_refused_and_its_record_dropped() {
+    let t0 = Instant::now();
+    let mut p = waiting_pipeline();
+    fill(&mut p, 1..5, t0);
+    assert_eq!(p.offer(rec(5), ticket(5), t0), Offer::Waiting);
+    assert_eq!(p.wait_deadline(), Some(t0 + 5 * SECOND));
+    assert!(p.expire_waiter(t0 + 4 * SECOND).is_none());
+    assert_eq!(p.expire_waiter(t0 + 5 * SECOND), Some(ticket(5)));
+    assert_eq!(p.totals().gave_up, 1);
+    assert_eq!(
+        p.totals().accepted,
+        4,
+        "the refused record was never accepted"
+    );
+    assert!(p.has_room() || p.waiting_requests() == 0);
+}
+
+#[test]
+fn a_waiter_whose_connection_closed_is_skipped() {
+    let t0 = Instant::now();
+    let mut p = waiting_pipeline();
+    fill(&mut p, 1..3, t0);
+    let batch = p.next_batch(t0).expect("due");
+    fill(&mut p, 3..5, t0);
+    p.offer(rec(5), ticket(5), t0);
+    p.offer(rec(6), ticket(6), t0);
+    p.delivered(batch);
+    assert_eq!(p.admit_waiter(t0, |t| t != ticket(5)), Some(ticket(6)));
+    assert_eq!(p.totals().accepted, 5);
+}
+
+#[test]
+fn a_drain_admits_waiters_before_it_ends() {
+    let t0 = Instant::now();
+    let mut p = waiting_pipeline();
+    fill(&mut p, 1..5, t0);
+    p.offer(rec(5), ticket(5), t0);
+    p.on_signal();
+    let batch = p.next_batch(t0).expect("draining");
+    p.delivered(batch);
+    assert!(p.tick(false).is_none(), "a request still waits");
+    assert_eq!(p.admit_waiter(t0, |_| true), Some(ticket(5)));
+    while let Some(batch) = p.next_batch(t0) {
+        p.delivered(batch);
+    }
+    assert_eq!(p.tick(false).expect("drained").exit, Exit::Drained);
+    assert_eq!(p.totals().delivered, 5);
+}
+
+#[test]
+fn a_failure_refuses_every_waiter_and_dead_letters_only_the_accepted() {
+    let t0 = Instant::now();
+    let mut p = waiting_pipeline();
+    fill(&mut p, 1..3, t0);
+    let batch = p.next_batch(t0).expect("due");
+    fill(&mut p, 3..5, t0);
+    p.offer(rec(5), ticket(5), t0);
+    p.offer(rec(6), ticket(6), t0);
+    let stop = p.failed(batch);
+    assert_eq!(stop.exit, Exit::DeliveryFailed);
+    assert_eq!(ids(&stop.undelivered), [1, 2, 3, 4]);
+    assert_eq!(stop.refused, [ticket(5), ticket(6)]);
 }

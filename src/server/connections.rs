@@ -14,8 +14,8 @@ use mio::net::{TcpListener, TcpStream};
 use mio::{Interest, Registry, Token};
 
 use crate::http::{BufferPool, Conn, Io, Limits};
-use crate::pipeline::Pipeline;
-use crate::service::{ConnectionGauges, Peer, Route, Service};
+use crate::pipeline::{Pipeline, Ticket};
+use crate::service::{ConnectionGauges, Peer, Route, Service, WaitOutcome};
 
 /// One socket read; also the most a connection can add to its input in one go.
 const READ_CHUNK: usize = 64 * 1024;
@@ -44,6 +44,8 @@ enum Accepting {
 /// A client connection and its socket.
 struct Client {
     stream: TcpStream,
+    /// Tells this connection from a later one in the same slot (see `Ticket`).
+    serial: u64,
     /// The peer's address, formatted once for every log line it will appear in.
     remote: PeerName,
     conn: Conn<Route>,
@@ -224,6 +226,7 @@ impl Connections {
         let _ = stream.set_nodelay(true);
         let client = Client {
             stream,
+            serial: self.accepted_total,
             remote: PeerName::new(remote),
             conn: Conn::new(now),
             wants_writable: false,
@@ -242,8 +245,10 @@ impl Connections {
         self.note_deadline(deadline);
     }
 
-    fn note_deadline(&mut self, deadline: Instant) {
-        if self.next_sweep.is_none_or(|at| deadline < at) {
+    fn note_deadline(&mut self, deadline: Option<Instant>) {
+        if let Some(deadline) = deadline
+            && self.next_sweep.is_none_or(|at| deadline < at)
+        {
             self.next_sweep = Some(deadline);
         }
     }
@@ -340,6 +345,10 @@ impl Connections {
         let mut peer = Peer {
             service: app.service,
             pipeline: app.pipeline,
+            ticket: Ticket {
+                slot,
+                serial: client.serial,
+            },
             remote: client.remote.as_str(),
             connections: gauges,
         };
@@ -400,7 +409,7 @@ impl Connections {
         }
         let until = Instant::now() + LINGER;
         client.linger_until = Some(until);
-        self.note_deadline(until);
+        self.note_deadline(Some(until));
     }
 
     fn close(&mut self, slot: usize) {
@@ -426,9 +435,12 @@ impl Connections {
         let mut next: Option<Instant> = None;
         for (slot, entry) in self.slots.iter().enumerate() {
             let Some(client) = entry else { continue };
-            let deadline = client
+            let Some(deadline) = client
                 .linger_until
-                .unwrap_or_else(|| client.conn.deadline(&self.limits));
+                .or_else(|| client.conn.deadline(&self.limits))
+            else {
+                continue;
+            };
             if deadline <= now {
                 expired.push(slot);
             } else if next.is_none_or(|n| deadline < n) {
@@ -453,6 +465,10 @@ impl Connections {
             let mut peer = Peer {
                 service: app.service,
                 pipeline: app.pipeline,
+                ticket: Ticket {
+                    slot,
+                    serial: client.serial,
+                },
                 remote: client.remote.as_str(),
                 connections: gauges,
             };
@@ -466,6 +482,49 @@ impl Connections {
             client.conn.timed_out(&mut io);
             self.serve(registry, slot, app);
         }
+    }
+
+    /// The connection `ticket` names is open and its request still waits for room.
+    pub fn is_waiting(&self, ticket: Ticket) -> bool {
+        matches!(self.slots.get(ticket.slot), Some(Some(c)) if c.serial == ticket.serial && c.conn.is_waiting())
+    }
+
+    /// Gives the request that waited for room its answer, then serves what the
+    /// connection buffered behind it.
+    pub fn answer_waiting(
+        &mut self,
+        registry: &Registry,
+        ticket: Ticket,
+        outcome: WaitOutcome,
+        app: &mut App<'_>,
+    ) {
+        if !self.is_waiting(ticket) {
+            return;
+        }
+        let gauges = self.gauges();
+        let now = app.service.now;
+        let Some(Some(client)) = self.slots.get_mut(ticket.slot) else {
+            return;
+        };
+        let mut peer = Peer {
+            service: app.service,
+            pipeline: app.pipeline,
+            ticket,
+            remote: client.remote.as_str(),
+            connections: gauges,
+        };
+        let answer = peer.after_wait(outcome);
+        let mut io = Io {
+            handler: &mut peer,
+            limits: &self.limits,
+            pool: &mut self.pool,
+            now,
+            date: self.date.value(),
+        };
+        client.conn.answer_waiting(answer, &mut io);
+        // Input buffered behind it may now be answered, and the socket read again.
+        client.read_drained = false;
+        self.serve(registry, ticket.slot, app);
     }
 
     /// Shutdown began: refuse new connections at once (instead of leaving them in the

@@ -27,7 +27,7 @@ use crate::config::Config;
 use crate::deadletter::{self, Replay};
 use crate::metrics::WorkerStats;
 use crate::pipeline::{Exit, Pipeline, SignalEffect, Stop};
-use crate::service::Service;
+use crate::service::{Service, WaitOutcome};
 use crate::worker::{Outcome, Worker};
 use connections::{App, Connections};
 
@@ -77,6 +77,7 @@ impl Server {
                 config.ring_capacity(),
                 config.batch_size,
                 config.batch_interval,
+                config.queue_wait,
                 replay,
             ),
             worker,
@@ -132,6 +133,7 @@ impl Server {
                     return self.finish(stop);
                 }
             }
+            self.settle_waiting_requests(now);
             let mut app = App {
                 service: &mut self.service,
                 pipeline: &mut self.pipeline,
@@ -167,6 +169,7 @@ impl Server {
         }
         let deadline = [
             self.pipeline.due(now),
+            self.pipeline.wait_deadline(),
             self.connections.deadline(),
             self.log_due,
         ]
@@ -214,6 +217,35 @@ impl Server {
         }
     }
 
+    /// Answers the requests that waited for room: 201 for each one room was found
+    /// for, oldest first, and 503 for each one whose `--queue-wait` ran out.
+    fn settle_waiting_requests(&mut self, now: Instant) {
+        let registry = self.poll.registry();
+        loop {
+            let connections = &self.connections;
+            let Some(ticket) = self
+                .pipeline
+                .admit_waiter(now, |t| connections.is_waiting(t))
+            else {
+                break;
+            };
+            let mut app = App {
+                service: &mut self.service,
+                pipeline: &mut self.pipeline,
+            };
+            self.connections
+                .answer_waiting(registry, ticket, WaitOutcome::Admitted, &mut app);
+        }
+        while let Some(ticket) = self.pipeline.expire_waiter(now) {
+            let mut app = App {
+                service: &mut self.service,
+                pipeline: &mut self.pipeline,
+            };
+            self.connections
+                .answer_waiting(registry, ticket, WaitOutcome::GaveUp, &mut app);
+        }
+    }
+
     fn retire_finished_replay(&mut self) {
         let Some(done) = self.pipeline.take_finished_replay() else {
             return;
@@ -250,6 +282,19 @@ impl Server {
     /// Writes what the pipeline could not deliver to the dead-letter file, logs the
     /// summary, and says why the loop ended.
     fn finish(&mut self, stop: Stop) -> Exit {
+        // Requests still waiting for room are refused, never accepted, before we go.
+        for &ticket in &stop.refused {
+            let mut app = App {
+                service: &mut self.service,
+                pipeline: &mut self.pipeline,
+            };
+            self.connections.answer_waiting(
+                self.poll.registry(),
+                ticket,
+                WaitOutcome::Stopping,
+                &mut app,
+            );
+        }
         let written = deadletter::write_records(&self.dead_letter, &stop.undelivered).count();
         self.service.metrics.dead_lettered += written as u64;
         if let Some((path, left)) = &stop.replay_left {

@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 
 use crate::duration::{format_go_duration, parse_go_duration};
 use crate::http::chunked::{ChunkError, ChunkedDecoder, MAX_LINE_EXTRA, MAX_TRAILER_BYTES};
-use crate::http::{BufferPool, Conn, Exchange, Handler, Io, Limits, Method, Response};
+use crate::http::{BufferPool, Conn, Exchange, Handler, Io, Limits, Method, Reply, Response};
 use crate::record::{self, Rejection};
 use crate::testing::check::{ParsedResponse, split_responses};
 
@@ -194,7 +194,7 @@ impl Handler for App {
         Some(response)
     }
 
-    fn respond(&mut self, route: Route, body: &[u8]) -> Response<'_> {
+    fn respond(&mut self, route: Route, body: &[u8]) -> Reply<'_> {
         assert!(
             body.len() <= self.max_body,
             "the application got a {} byte body over the {} byte limit",
@@ -220,7 +220,7 @@ impl Handler for App {
             Route::NotFound => Response::text(404, b"not found"),
         };
         answered(&mut self.events, &response, false);
-        response
+        response.into()
     }
 
     fn exchanged(&mut self, exchange: &Exchange<'_, Route>) {

@@ -6,10 +6,13 @@ enum Route {
     Health,
     Log,
     Full,
+    /// Answered later, through `Conn::answer_waiting`.
+    Wait,
     NotFound,
 }
 
-/// A tiny application: /healthz, /log (echoes the body length), /full (always 503).
+/// A tiny application: /healthz, /log (echoes the body length), /full (always 503),
+/// /wait (answer deferred).
 #[derive(Default)]
 struct App {
     bodies: Vec<Vec<u8>>,
@@ -24,6 +27,7 @@ impl Handler for App {
             (Method::Get | Method::Head, "/healthz") => Route::Health,
             (_, "/log") => Route::Log,
             (_, "/full") => Route::Full,
+            (_, "/wait") => Route::Wait,
             _ => Route::NotFound,
         }
     }
@@ -34,16 +38,20 @@ impl Handler for App {
             _ => None,
         }
     }
-    fn respond(&mut self, route: Route, body: &[u8]) -> Response<'_> {
+    fn respond(&mut self, route: Route, body: &[u8]) -> Reply<'_> {
         match route {
-            Route::Health => Response::text(200, b"OK"),
+            Route::Health => Response::text(200, b"OK").into(),
             Route::Log => {
                 self.bodies.push(body.to_vec());
                 self.scratch = format!("got {}", body.len()).into_bytes();
-                Response::text(201, &self.scratch)
+                Response::text(201, &self.scratch).into()
             }
-            Route::Full => Response::text(503, b"full"),
-            Route::NotFound => Response::text(404, b"nope"),
+            Route::Wait => {
+                self.bodies.push(body.to_vec());
+                Reply::Later
+            }
+            Route::Full => Response::text(503, b"full").into(),
+            Route::NotFound => Response::text(404, b"nope").into(),
         }
     }
     fn exchanged(&mut self, e: &Exchange<'_, Route>) {
@@ -437,15 +445,21 @@ fn timeouts_follow_the_phase() {
     let limits = Limits::default();
     let mut h = Harness::new();
     let start = h.now;
-    assert_eq!(h.conn.deadline(&limits), start + limits.header_timeout);
+    assert_eq!(
+        h.conn.deadline(&limits),
+        Some(start + limits.header_timeout)
+    );
     h.now = start + Duration::from_secs(1);
     h.feed(b"POST /log HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\nab");
-    assert_eq!(h.conn.deadline(&limits), h.now + limits.body_timeout);
+    assert_eq!(h.conn.deadline(&limits), Some(h.now + limits.body_timeout));
     h.feed(b"cde");
-    assert_eq!(h.conn.deadline(&limits), h.now + limits.idle_timeout);
+    assert_eq!(h.conn.deadline(&limits), Some(h.now + limits.idle_timeout));
     h.now += Duration::from_secs(2);
     h.feed(b"GET /hea");
-    assert_eq!(h.conn.deadline(&limits), h.now + limits.header_timeout);
+    assert_eq!(
+        h.conn.deadline(&limits),
+        Some(h.now + limits.header_timeout)
+    );
     let (conn, mut io) = h.io();
     conn.timed_out(&mut io);
     h.drain();
@@ -575,11 +589,14 @@ fn a_request_held_up_by_our_back_pressure_does_not_time_out() {
     conn.feed(&input, &mut io);
     assert!(!h.conn.wants_read(&limits));
     // While we owe output, the clock that runs is the peer's reading, not its sending.
-    assert_eq!(h.conn.deadline(&limits), start + limits.idle_timeout);
+    assert_eq!(h.conn.deadline(&limits), Some(start + limits.idle_timeout));
     h.now = start + limits.header_timeout * 3;
     h.drain();
     // Reading resumed just now: the partial head gets a full header timeout from here.
-    assert_eq!(h.conn.deadline(&limits), h.now + limits.header_timeout);
+    assert_eq!(
+        h.conn.deadline(&limits),
+        Some(h.now + limits.header_timeout)
+    );
     assert_eq!(h.responses().len(), 20);
 }
 
@@ -630,4 +647,68 @@ fn a_body_timeout_answers_for_the_request_it_cuts_short() {
     assert_eq!(r[0].status, 408);
     assert!(r[0].body.is_empty());
     assert_eq!(h.app.log, vec![("HEAD".into(), "/healthz".into(), 408)]);
+}
+
+const WAIT: &[u8] = b"POST /wait HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\n{}";
+
+#[test]
+fn a_deferred_answer_holds_the_connection_until_it_is_given() {
+    let mut h = Harness::new();
+    let pipelined = [WAIT, b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n"].concat();
+    h.feed(&pipelined);
+    assert!(
+        h.written.is_empty(),
+        "nothing is answered while the first waits"
+    );
+    assert!(h.conn.is_waiting());
+    assert!(!h.conn.wants_read(&h.limits), "nothing more is read");
+    assert!(!h.conn.is_idle());
+    assert_eq!(
+        h.conn.deadline(&h.limits),
+        None,
+        "the application bounds the wait"
+    );
+    // A deadline sweep leaves a waiting request alone.
+    let (conn, mut io) = h.io();
+    conn.timed_out(&mut io);
+    assert!(h.conn.is_waiting() && !h.conn.is_closing());
+
+    h.now += Duration::from_millis(250);
+    let (conn, mut io) = h.io();
+    conn.answer_waiting(Response::text(201, b"accepted"), &mut io);
+    h.drain();
+    let statuses: Vec<u16> = h.responses().iter().map(|r| r.status).collect();
+    assert_eq!(
+        statuses,
+        [201, 200],
+        "answered in order, then the pipelined one"
+    );
+    assert!(!h.conn.is_waiting());
+    assert!(h.conn.wants_read(&h.limits));
+    assert_eq!(h.app.bodies, [b"{}".to_vec()]);
+}
+
+#[test]
+fn a_deferred_answer_can_close_the_connection() {
+    let mut h = Harness::new();
+    h.feed(&[WAIT, b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n"].concat());
+    let mut refusal = Response::text(503, b"stopping");
+    refusal.close = true;
+    let (conn, mut io) = h.io();
+    conn.answer_waiting(refusal, &mut io);
+    h.drain();
+    let r = h.only_response();
+    assert_eq!(r.status, 503);
+    assert!(r.closes());
+    assert!(h.conn.is_closing());
+}
+
+#[test]
+fn answering_a_connection_that_does_not_wait_does_nothing() {
+    let mut h = Harness::new();
+    h.feed(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n");
+    let (conn, mut io) = h.io();
+    conn.answer_waiting(Response::text(201, b"accepted"), &mut io);
+    h.drain();
+    assert_eq!(h.responses().len(), 1);
 }
