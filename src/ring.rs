@@ -1,7 +1,8 @@
 //! A fixed-capacity FIFO whose storage is allocated once, when the service starts.
 //!
 //! The queue's memory is decided by configuration, not by traffic: a full ring
-//! refuses the next item (the caller answers 503) instead of growing.
+//! hands the next item back (its request waits for room, or is refused) instead of
+//! growing.
 
 pub struct Ring<T> {
     slots: Box<[Option<T>]>,
