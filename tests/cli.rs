@@ -1,4 +1,5 @@
-//! Command-line behaviour outside the service proper: the probe's own flags.
+//! Command-line behaviour outside the service proper: the probe's own flags and
+//! the bundled receiver's version.
 
 use std::net::TcpListener;
 use std::process::{Command, Output};
@@ -68,4 +69,28 @@ fn a_failed_probe_says_which_address_and_where_it_came_from() {
     let out = forwarder(&["probe", "-http=127.0.0.1:9"], ":1");
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("from the probe's --http"), "{stderr}");
+}
+
+#[test]
+fn the_receiver_prints_its_version_and_help() {
+    let sink = |arg: &str| {
+        Command::new(env!("CARGO_BIN_EXE_webhook-sink"))
+            .arg(arg)
+            .output()
+            .unwrap()
+    };
+    let out = sink("--version");
+    assert_eq!(out.status.code(), Some(0));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        format!("webhook-sink {}\n", env!("CARGO_PKG_VERSION"))
+    );
+    for help in ["--help", "-h"] {
+        let out = sink(help);
+        assert_eq!(out.status.code(), Some(0));
+        assert!(String::from_utf8_lossy(&out.stdout).starts_with("Usage: webhook-sink"));
+    }
+    let out = sink("--no-such-flag");
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--no-such-flag"));
 }
