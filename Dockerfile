@@ -9,11 +9,16 @@ COPY build/docker/webhook-forwarder /webhook-forwarder
 COPY --chown=65534:65534 build/docker/data /data
 USER 65534:65534
 WORKDIR /data
+# Replaying the dead-letter file at startup makes a restart (docker --restart, a
+# Kubernetes pod coming back) resend what the last run could not deliver. A missing
+# file means nothing to replay; a delivered one is renamed, so nothing goes twice.
 ENV WEBHOOK_HTTP=:8080 \
-    WEBHOOK_DEAD_LETTER=/data/dead-letter.ndjson
+    WEBHOOK_DEAD_LETTER=/data/dead-letter.ndjson \
+    WEBHOOK_REPLAY=/data/dead-letter.ndjson
 VOLUME ["/data"]
 EXPOSE 8080
 STOPSIGNAL SIGTERM
+# The probe follows the service's --http or WEBHOOK_HTTP, read from PID 1.
 HEALTHCHECK --interval=10s --timeout=3s --start-period=2s --retries=3 \
     CMD ["/webhook-forwarder", "probe"]
 ENTRYPOINT ["/webhook-forwarder"]

@@ -75,11 +75,26 @@ fn main() -> ExitCode {
 
 /// `webhook-forwarder probe [--http ADDR]`: exit 0 when `/healthz` answers 200.
 fn probe(args: &[String]) -> ExitCode {
-    let listen = webhook_forwarder::probe::listen_from(args, std::env::var("WEBHOOK_HTTP").ok());
-    match webhook_forwarder::probe::target(&listen).and_then(webhook_forwarder::probe::check) {
+    use webhook_forwarder::probe;
+    let http = match probe::parse_args(args) {
+        Ok(probe::Command::Help) => {
+            print!("{}", probe::USAGE);
+            return ExitCode::SUCCESS;
+        }
+        Ok(probe::Command::Check { http }) => http,
+        Err(why) => {
+            eprintln!("webhook-forwarder probe: {why} (see webhook-forwarder probe --help)");
+            return ExitCode::from(EXIT_USAGE);
+        }
+    };
+    let listen = probe::listen_address(http);
+    match probe::target(&listen.addr).and_then(probe::check) {
         Ok(()) => ExitCode::SUCCESS,
         Err(why) => {
-            eprintln!("webhook-forwarder probe: {why}");
+            eprintln!(
+                "webhook-forwarder probe: {why} (address {:?} from {})",
+                listen.addr, listen.from
+            );
             ExitCode::from(EXIT_RUNTIME)
         }
     }

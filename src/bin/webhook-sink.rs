@@ -43,6 +43,9 @@ struct Flags {
     /// print only the count of each batch, not its records
     #[argh(switch)]
     quiet: bool,
+    /// print the version and exit
+    #[argh(switch)]
+    version: bool,
 }
 
 struct Behaviour {
@@ -170,7 +173,27 @@ fn serve(mut stream: TcpStream, behaviour: Arc<Behaviour>) {
 }
 
 fn main() -> std::process::ExitCode {
-    let flags: Flags = argh::from_env();
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    // argh knows only --help; -h is what people type first.
+    let args: Vec<&str> = args
+        .iter()
+        .map(|arg| if arg == "-h" { "--help" } else { arg.as_str() })
+        .collect();
+    let flags = match Flags::from_args(&["webhook-sink"], &args) {
+        Ok(flags) => flags,
+        Err(exit) if exit.status.is_ok() => {
+            print!("{}", exit.output);
+            return std::process::ExitCode::SUCCESS;
+        }
+        Err(exit) => {
+            eprintln!("{}", exit.output.trim_end());
+            return std::process::ExitCode::from(2);
+        }
+    };
+    if flags.version {
+        println!("webhook-sink {}", webhook_forwarder::VERSION);
+        return std::process::ExitCode::SUCCESS;
+    }
     let delay = match flags.delay.as_deref().map(parse_go_duration) {
         None => Duration::ZERO,
         Some(Ok(nanos)) if nanos >= 0 => Duration::from_nanos(nanos as u64),

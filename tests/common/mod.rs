@@ -608,3 +608,9 @@ pub fn post_log(body: &str) -> String {
         body.len()
     )
 }
+
+/// Under CI (`CI=true`), a test whose tool is missing must fail, not skip: a green run
+/// that checked nothing would hide the missing install step.
+pub fn in_ci() -> bool {
+    std::env::var("CI").is_ok_and(|v| !v.is_empty() && v != "false" && v != "0")
+}
