@@ -14,14 +14,16 @@ use crate::http::response::push_decimal;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Endpoint {
     Health,
+    Ready,
     Log,
     Metrics,
     Unknown,
 }
 
 impl Endpoint {
-    const ALL: [Endpoint; 4] = [
+    const ALL: [Endpoint; 5] = [
         Endpoint::Health,
+        Endpoint::Ready,
         Endpoint::Log,
         Endpoint::Metrics,
         Endpoint::Unknown,
@@ -30,6 +32,7 @@ impl Endpoint {
     pub fn label(self) -> &'static str {
         match self {
             Endpoint::Health => "/healthz",
+            Endpoint::Ready => "/readyz",
             Endpoint::Log => "/log",
             Endpoint::Metrics => "/metrics",
             Endpoint::Unknown => "other",

@@ -186,8 +186,11 @@ pub fn resolve(
     }
 }
 
-/// The service's default, as `webhook-forwarder --help` gives it.
-const DEFAULT_LISTEN: &str = ":8080";
+/// The service's default, from its settings table.
+const DEFAULT_LISTEN: &str = match crate::config::settings::HTTP.default {
+    Some(default) => default,
+    None => ":8080",
+};
 
 /// The service's arguments from a `/proc/PID/cmdline` (NUL-separated words): those
 /// after the first word naming webhook-forwarder, so the service found behind an

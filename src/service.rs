@@ -104,6 +104,9 @@ impl Peer<'_> {
         } else {
             match route.endpoint {
                 Endpoint::Health => Response::text(200, b"OK"),
+                // Readiness: a load balancer stops sending once the drain begins.
+                Endpoint::Ready if draining => Response::text(503, b"draining"),
+                Endpoint::Ready => Response::text(200, b"OK"),
                 Endpoint::Log if !route.admitted => self.shutting_down(),
                 // Asked before the body (Expect: 100-continue) with no room and no
                 // waiting allowed.
@@ -200,13 +203,16 @@ impl Handler for Peer<'_> {
     fn route(&mut self, method: Method, path: &str) -> Route {
         let endpoint = match path {
             "/healthz" => Endpoint::Health,
+            "/readyz" => Endpoint::Ready,
             "/log" => Endpoint::Log,
             "/metrics" => Endpoint::Metrics,
             _ => Endpoint::Unknown,
         };
         let method_allowed = match endpoint {
             Endpoint::Log => method == Method::Post,
-            Endpoint::Health | Endpoint::Metrics => matches!(method, Method::Get | Method::Head),
+            Endpoint::Health | Endpoint::Ready | Endpoint::Metrics => {
+                matches!(method, Method::Get | Method::Head)
+            }
             Endpoint::Unknown => true,
         };
         Route {
@@ -222,7 +228,7 @@ impl Handler for Peer<'_> {
             && match route.endpoint {
                 // A request that may wait for room is read while it waits.
                 Endpoint::Log => self.pipeline.has_room() || self.pipeline.may_wait(),
-                Endpoint::Health => true,
+                Endpoint::Health | Endpoint::Ready => true,
                 Endpoint::Metrics | Endpoint::Unknown => false,
             };
         if wants_body {

@@ -452,3 +452,25 @@ fn every_request_is_logged() {
     assert!(field(&line, "ts").ends_with('Z'));
     assert_eq!(fwd.proc.count("msg=request"), 2);
 }
+
+#[test]
+fn readyz_is_200_while_serving_and_503_once_draining() {
+    let sink = Sink::start(&["--delay", "1s"]);
+    let mut fwd = Forwarder::to(&sink, &["--batch-size", "1"]);
+    let r = fwd.get("/readyz");
+    assert_eq!((r.status, r.body.as_str()), (200, "OK"));
+    // A batch in flight keeps the drain going while we ask again.
+    assert_eq!(fwd.post(&record(1)).status, 201);
+    // A request under way when the signal comes is still answered.
+    let mut c = RawClient::connect(fwd.addr);
+    c.send("GET /readyz HTTP/1.1\r\n");
+    std::thread::sleep(Duration::from_millis(100));
+    fwd.proc.signal("TERM");
+    fwd.proc.wait_line("draining", SOON);
+    c.send("Host: t\r\n\r\n");
+    let r = c.response(false);
+    assert_eq!(r.status, 503);
+    assert_eq!(r.body, b"draining");
+    assert!(r.closes());
+    assert_eq!(fwd.proc.wait_exit(SOON).code(), Some(0));
+}

@@ -9,7 +9,7 @@
 
 mod flags;
 mod outbound;
-mod settings;
+pub mod settings;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
