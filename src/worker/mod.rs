@@ -13,9 +13,12 @@ use std::time::Instant;
 
 use log::{error, info, warn};
 
+mod resolver;
+
 use crate::config::Outbound;
 use crate::metrics::WorkerStats;
 use crate::record::Record;
+use resolver::CachingResolver;
 use std::sync::atomic::Ordering;
 
 /// Retries after the first attempt fails.
@@ -105,6 +108,8 @@ impl Drop for Worker {
 struct Poster {
     settings: Outbound,
     agent: ureq::Agent,
+    /// The endpoint's address, kept between requests; forgotten when a connection fails.
+    resolver: CachingResolver,
     /// The serialized batch, reused from one batch to the next.
     body: Vec<u8>,
     stats: Arc<WorkerStats>,
@@ -136,10 +141,16 @@ impl Poster {
             .root_certs(trusted_roots(&settings.extra_roots))
             .build();
         config = config.tls_config(tls);
-        let agent: ureq::Agent = config.build().into();
+        let resolver = CachingResolver::default();
+        let agent = ureq::Agent::with_parts(
+            config.build(),
+            ureq::unversioned::transport::DefaultConnector::new(),
+            resolver.clone(),
+        );
         Poster {
             settings,
             agent,
+            resolver,
             body: Vec::with_capacity(16 * 1024),
             stats,
         }
@@ -243,7 +254,11 @@ impl Poster {
                     .read_to_vec();
                 Attempt::Status(status)
             }
-            Err(e) => Attempt::Error(e.to_string()),
+            Err(e) => {
+                // The endpoint may have moved: look its name up again next time.
+                self.resolver.forget();
+                Attempt::Error(e.to_string())
+            }
         }
     }
 }
