@@ -690,3 +690,21 @@ fn keep_alive_connections_close_when_their_last_answer_is_out_during_a_drain() {
     assert!(c.closed_within(SOON), "kept open during the drain");
     assert_eq!(fwd.proc.wait_exit(SOON).code(), Some(0));
 }
+
+#[test]
+fn a_header_line_ended_by_a_bare_lf_is_400_and_closes() {
+    // Issue 14: a proxy that ends lines only at CRLF sees one header `Foo`; we must not
+    // see a second one that frames the body.
+    let (_sink, fwd) = service(&[]);
+    let body = record(1);
+    let mut c = RawClient::connect(fwd.addr);
+    c.send(format!(
+        "POST /log HTTP/1.1\r\nHost: t\r\nFoo: bar\nTransfer-Encoding: chunked\r\n\r\n{:x}\r\n{body}\r\n0\r\n\r\n",
+        body.len()
+    ));
+    let r = c.response(false);
+    assert_eq!(r.status, 400, "{:?}", String::from_utf8_lossy(&r.body));
+    assert!(r.closes());
+    assert!(c.closed_within(SOON));
+    assert_eq!(metric(fwd.addr, "webhook_records_accepted_total"), 0.0);
+}

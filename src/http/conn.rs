@@ -502,6 +502,17 @@ impl<R: Copy> Machine<R> {
                 self.fail(431, "request head too large", io, None);
                 HeadOutcome::Failed
             }
+            Ok(httparse::Status::Complete(n)) if has_bare_lf(&window[..n]) => {
+                // httparse ends a line at a bare LF; a proxy in front may not, and would
+                // read a different set of headers (RFC 9112 2.2 lets us refuse).
+                self.fail(
+                    400,
+                    "bare LF in the request head, lines must end in CRLF",
+                    io,
+                    None,
+                );
+                HeadOutcome::Failed
+            }
             Ok(httparse::Status::Complete(n)) => {
                 if self.start_request(&request, io) {
                     HeadOutcome::Consumed(n)
@@ -781,6 +792,12 @@ impl HeadFields {
         }
         Ok(fields)
     }
+}
+
+/// Whether a line of a complete head ends in LF without CR. One pass over the head,
+/// once per request.
+fn has_bare_lf(head: &[u8]) -> bool {
+    head.first() == Some(&b'\n') || head.windows(2).any(|w| w[1] == b'\n' && w[0] != b'\r')
 }
 
 /// Digits only: no sign, no spaces inside, no list (`5, 5`); overflow is invalid.

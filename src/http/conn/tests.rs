@@ -631,3 +631,29 @@ fn a_body_timeout_answers_for_the_request_it_cuts_short() {
     assert!(r[0].body.is_empty());
     assert_eq!(h.app.log, vec![("HEAD".into(), "/healthz".into(), 408)]);
 }
+
+#[test]
+fn a_bare_lf_in_the_head_is_400_and_closes() {
+    // httparse ends a line at a bare LF, so `Foo: bar\nTransfer-Encoding: chunked`
+    // would frame the body by a header that a proxy in front reads as part of `Foo`.
+    for head in [
+        &b"POST /log HTTP/1.1\r\nHost: x\r\nFoo: bar\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n"
+            [..],
+        b"GET /healthz HTTP/1.1\nHost: x\r\n\r\n",
+        b"GET /healthz HTTP/1.1\r\nHost: x\n\r\n",
+        b"GET /healthz HTTP/1.1\r\nHost: x\r\n\n",
+        b"\nGET /healthz HTTP/1.1\r\nHost: x\r\n\r\n",
+    ] {
+        let h = rejected(head, 400);
+        // Refused before routing: nothing of the request is trusted.
+        assert_eq!(h.app.log, vec![("-".into(), "-".into(), 400)]);
+    }
+    // A request before it on the same connection is still answered.
+    let mut h = Harness::new();
+    h.feed(
+        b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\nGET /healthz HTTP/1.1\r\nHost: x\nA: b\r\n\r\n",
+    );
+    let statuses: Vec<u16> = h.responses().iter().map(|r| r.status).collect();
+    assert_eq!(statuses, vec![200, 400]);
+    assert!(h.conn.is_closing());
+}
