@@ -708,3 +708,33 @@ fn a_header_line_ended_by_a_bare_lf_is_400_and_closes() {
     assert!(c.closed_within(SOON));
     assert_eq!(metric(fwd.addr, "webhook_records_accepted_total"), 0.0);
 }
+
+#[test]
+fn chunk_extensions_cannot_keep_one_request_going() {
+    // Issue 14: `1;eeee…\r\nx\r\n` repeated made the service parse extensions until the
+    // body timeout. The size lines of one body now share the head limit (16 KiB).
+    let (_sink, fwd) = service(&[]);
+    let mut c = RawClient::connect(fwd.addr);
+    c.send("POST /log HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n");
+    let mut line = b"1;".to_vec();
+    line.extend(std::iter::repeat_n(b'e', 4000));
+    line.extend_from_slice(b"\r\nx\r\n");
+    for _ in 0..5 {
+        c.send(&line);
+    }
+    let r = c.response(false);
+    assert_eq!(r.status, 400, "{:?}", String::from_utf8_lossy(&r.body));
+    assert!(r.closes());
+    assert!(c.closed_within(SOON));
+    // Many small chunks stay a body like any other.
+    let body = record(2);
+    let mut chunked = String::new();
+    for ch in body.chars() {
+        chunked.push_str(&format!("1\r\n{ch}\r\n"));
+    }
+    let mut c = RawClient::connect(fwd.addr);
+    c.send(format!(
+        "POST /log HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n{chunked}0\r\n\r\n"
+    ));
+    assert_eq!(c.response(false).status, 201);
+}

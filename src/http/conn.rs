@@ -475,6 +475,14 @@ impl<R: Copy> Machine<R> {
                         BodyStep::Broken(ChunkError::TooLarge) => {
                             self.fail(413, "request body too large", io, Some(&pending));
                         }
+                        // 400, not 431 or 413: these are neither header fields nor
+                        // content, and RFC 9112 7.1.1 asks only for a fitting 4xx.
+                        BodyStep::Broken(ChunkError::LinesTooLong) => self.fail(
+                            400,
+                            "chunk-size lines and extensions too long for one body",
+                            io,
+                            Some(&pending),
+                        ),
                     }
                 }
             }
@@ -565,7 +573,9 @@ impl<R: Copy> Machine<R> {
             return refuse(self, 400, "exactly one Host header is required", io);
         }
         let framing = if head.chunked {
-            Framing::Chunked(ChunkedDecoder::default())
+            // Chunk-size lines may cost as much as a head, once per body: past that a
+            // peer would make us parse framing rather than data.
+            Framing::Chunked(ChunkedDecoder::new(io.limits.max_head_bytes))
         } else {
             match head.content_length {
                 Some(n) if n > io.limits.max_body_bytes as u64 => {

@@ -657,3 +657,43 @@ fn a_bare_lf_in_the_head_is_400_and_closes() {
     assert_eq!(statuses, vec![200, 400]);
     assert!(h.conn.is_closing());
 }
+
+#[test]
+fn chunk_size_lines_are_bounded_per_request_by_the_head_limit() {
+    let limits = Limits {
+        max_head_bytes: 256,
+        ..Limits::default()
+    };
+    let head = b"POST /log HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n";
+    // Three lines of 104 bytes, each far under the per-line limit: 312 > 256.
+    let mut input = head.to_vec();
+    for _ in 0..3 {
+        input.extend_from_slice(b"1;");
+        input.extend(std::iter::repeat_n(b'e', 100));
+        input.extend_from_slice(b"\r\nx\r\n");
+    }
+    let mut h = Harness::with_limits(limits.clone());
+    h.feed(&input);
+    let r = h.only_response();
+    assert_eq!(r.status, 400);
+    assert!(r.closes());
+    assert!(h.conn.is_closing());
+    assert!(h.app.bodies.is_empty());
+    assert_eq!(h.app.log, vec![("POST".into(), "/log".into(), 400)]);
+
+    // Many small chunks within the budget are a body like any other; the budget is
+    // the next request's again.
+    let mut input = Vec::new();
+    for _ in 0..2 {
+        input.extend_from_slice(head);
+        for _ in 0..50 {
+            input.extend_from_slice(b"1\r\nx\r\n");
+        }
+        input.extend_from_slice(b"0\r\n\r\n");
+    }
+    let mut h = Harness::with_limits(limits);
+    h.feed(&input);
+    let statuses: Vec<u16> = h.responses().iter().map(|r| r.status).collect();
+    assert_eq!(statuses, vec![201, 201]);
+    assert_eq!(h.app.bodies, vec![vec![b'x'; 50], vec![b'x'; 50]]);
+}
