@@ -72,7 +72,8 @@ impl<'de> Deserialize<'de> for Timestamp {
             Ok(Timestamp(text))
         } else {
             Err(serde::de::Error::custom(format_args!(
-                "{text:?} is not an RFC 3339 timestamp (e.g. 2020-08-08T01:52:50Z)"
+                "{} is not an RFC 3339 timestamp (e.g. 2020-08-08T01:52:50Z)",
+                Quote(&text)
             )))
         }
     }
@@ -124,7 +125,7 @@ fn explain(body: &[u8], plain: serde_json::Error) -> Rejection {
         plain.classify(),
         Category::Syntax | Category::Eof | Category::Io
     ) {
-        return Rejection::Malformed(format!("malformed JSON: {plain}"));
+        return Rejection::Malformed(bounded(&format!("malformed JSON: {plain}")));
     }
     let mut de = serde_json::Deserializer::from_slice(body);
     match serde_path_to_error::deserialize::<_, Record>(&mut de) {
@@ -132,14 +133,107 @@ fn explain(body: &[u8], plain: serde_json::Error) -> Rejection {
             let path = err.path().to_string();
             let inner = strip_position(&err.inner().to_string());
             if path == "." || path.is_empty() {
-                Rejection::Invalid(inner)
+                Rejection::Invalid(bounded(&inner))
             } else {
-                Rejection::Invalid(format!("{path}: {inner}"))
+                Rejection::Invalid(bounded(&format!("{path}: {inner}")))
             }
         }
         // Both decoders see the same bytes; fall back to the plain message if they disagree.
-        Ok(_) => Rejection::Invalid(strip_position(&plain.to_string())),
+        Ok(_) => Rejection::Invalid(bounded(&strip_position(&plain.to_string()))),
     }
+}
+
+/// Most bytes of client input a rejection quotes: enough to recognise the value, too
+/// little for the answer to grow with the input.
+pub const MAX_QUOTE: usize = 64;
+/// Longest rejection message. Quotes are cut to `MAX_QUOTE`, so only a message nobody
+/// foresaw gets this far, and it is cut too.
+pub const MAX_MESSAGE: usize = 512;
+
+/// Displays client text escaped as `{:?}` does, cut to `MAX_QUOTE` bytes (`…` after).
+struct Quote<'a>(&'a str);
+
+impl std::fmt::Display for Quote<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let text = self.0;
+        let mut end = text.len().min(MAX_QUOTE);
+        while !text.is_char_boundary(end) {
+            end -= 1;
+        }
+        write!(f, "{:?}", &text[..end])?;
+        if end < text.len() {
+            f.write_str("\u{2026}")?;
+        }
+        Ok(())
+    }
+}
+
+/// A rejection message fit to send: serde quotes a mistyped string whole
+/// (`invalid type: string "…", expected i64`), so each such quote is cut to `MAX_QUOTE`
+/// bytes of the input, and the message to `MAX_MESSAGE`.
+fn bounded(message: &str) -> String {
+    let mut out = shorten_quotes(message);
+    if out.len() > MAX_MESSAGE {
+        let mut end = MAX_MESSAGE - '\u{2026}'.len_utf8();
+        while !out.is_char_boundary(end) {
+            end -= 1;
+        }
+        out.truncate(end);
+        out.push('\u{2026}');
+    }
+    out
+}
+
+/// Cuts the `{:?}`-escaped text after each `string "` to the tokens that stand for
+/// `MAX_QUOTE` bytes of input, ending the kept part with `…` when something was cut.
+fn shorten_quotes(message: &str) -> String {
+    const MARK: &str = "string \"";
+    let mut out = String::with_capacity(message.len().min(MAX_MESSAGE));
+    let mut rest = message;
+    while let Some(at) = rest.find(MARK) {
+        let start = at + MARK.len();
+        out.push_str(&rest[..start]);
+        let quoted = &rest[start..];
+        let mut chars = quoted.char_indices().peekable();
+        let (mut input, mut kept, mut cut) = (0, 0, false);
+        let end = loop {
+            let Some((i, c)) = chars.next() else {
+                break quoted.len();
+            };
+            let input_len = match c {
+                '"' => break i,
+                '\\' => match chars.next() {
+                    // `\u{hex}` stands for one character of the input.
+                    Some((_, 'u')) => {
+                        let mut value = 0u32;
+                        for (_, h) in chars.by_ref() {
+                            if h == '}' {
+                                break;
+                            }
+                            value = value.saturating_mul(16) | h.to_digit(16).unwrap_or(0);
+                        }
+                        char::from_u32(value).map_or(1, char::len_utf8)
+                    }
+                    _ => 1,
+                },
+                c => c.len_utf8(),
+            };
+            let token_end = chars.peek().map_or(quoted.len(), |&(j, _)| j);
+            if !cut && input + input_len <= MAX_QUOTE {
+                input += input_len;
+                kept = token_end;
+            } else {
+                cut = true;
+            }
+        };
+        out.push_str(&quoted[..kept]);
+        if cut {
+            out.push('\u{2026}');
+        }
+        rest = &quoted[end..];
+    }
+    out.push_str(rest);
+    out
 }
 
 /// serde_json appends " at line L column C"; with a field path it only adds noise.
@@ -279,5 +373,106 @@ mod tests {
         let mut body = String::from(r#"{"user_id": 1, "x": "#);
         body.push_str(&"[".repeat(100_000));
         assert!(decode(body.as_bytes()).is_err());
+    }
+
+    /// The error body the service sends for `body`.
+    fn error_body(body: &[u8]) -> (String, Vec<u8>) {
+        let err = decode(body).expect_err("refused");
+        let mut out = Vec::new();
+        crate::http::response::write_json_message(&mut out, err.message());
+        (err.message().to_owned(), out)
+    }
+
+    fn assert_short(body: &[u8]) -> String {
+        let (message, out) = error_body(body);
+        assert!(
+            message.len() <= MAX_MESSAGE,
+            "{} byte message",
+            message.len()
+        );
+        assert!(out.len() <= 1024, "{} byte error body", out.len());
+        message
+    }
+
+    #[test]
+    fn a_huge_timestamp_gets_a_short_answer() {
+        // Issue 14: 1 MiB of U+0300 made a 4 MB answer, each character escaped whole.
+        let time = "\u{300}".repeat(512 * 1024);
+        let body = format!(r#"{{"user_id": 1, "meta": {{"logins": [{{"time": "{time}"}}]}}}}"#);
+        let message = assert_short(body.as_bytes());
+        let quoted = format!("{:?}", &time[..MAX_QUOTE]);
+        assert_eq!(
+            message,
+            format!(
+                "meta.logins[0].time: {quoted}\u{2026} is not an RFC 3339 timestamp (e.g. 2020-08-08T01:52:50Z)"
+            )
+        );
+    }
+
+    #[test]
+    fn mistyped_strings_are_quoted_short() {
+        for unit in ["x", "\u{300}", "\"", "\\", "\u{1}", "\u{1f600}", "\u{7f}"] {
+            let text = unit.repeat(16 * 1024);
+            let json = serde_json::to_string(&text).unwrap();
+            for field in ["user_id", "total", "completed", "meta"] {
+                let body = match field {
+                    "user_id" => format!(r#"{{"user_id": {json}}}"#),
+                    _ => format!(r#"{{"user_id": 1, "{field}": {json}}}"#),
+                };
+                let message = assert_short(body.as_bytes());
+                let mut cut = 0;
+                while cut + unit.len() <= MAX_QUOTE {
+                    cut += unit.len();
+                }
+                let prefix = format!("{field}: invalid type: string {:?}", &text[..cut]);
+                let prefix = prefix.strip_suffix('"').unwrap();
+                assert!(
+                    message.starts_with(prefix) && message.contains("\u{2026}\", expected "),
+                    "{message}"
+                );
+            }
+        }
+        // Short strings are quoted whole, as before.
+        let (message, _) = error_body(br#"{"user_id": "a\"b\u0001"}"#);
+        assert_eq!(
+            message,
+            r#"user_id: invalid type: string "a\"b\u{1}", expected i64"#
+        );
+    }
+
+    #[test]
+    fn long_field_names_and_malformed_json_get_short_answers() {
+        let name = "n\u{300}\"".repeat(100_000);
+        let name = serde_json::to_string(&name).unwrap();
+        for body in [
+            format!(r#"{{{name}: 1}}"#),
+            format!(r#"{{"user_id": 1, {name}: [1, 2,]}}"#),
+            format!(r#"{{"user_id": 1, "meta": {{{name}: 1, "logins": {name}}}}}"#),
+            format!(r#"{{"user_id": 1, {name}"#),
+            format!(r#"{{"user_id": 1, "title": "{}"#, "x".repeat(1024 * 1024)),
+            format!(r#"{{"user_id": 1, "x": {}}}"#, "[".repeat(1024 * 1024)),
+            "\u{300}".repeat(512 * 1024),
+            format!(r#"{{"user_id": 1}}{}"#, "\u{300}".repeat(512 * 1024)),
+        ] {
+            assert_short(body.as_bytes());
+        }
+    }
+
+    #[test]
+    fn shortening_survives_any_text_after_the_mark() {
+        for message in [
+            "string \"",
+            "string \"\\",
+            "string \"\\u{",
+            "string \"\\u{zzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzz}\"",
+            "string \"\u{300}\\",
+            "string \"abc\" and string \"def",
+        ] {
+            assert!(bounded(message).len() <= MAX_MESSAGE, "{message:?}");
+        }
+        assert_eq!(
+            bounded("string \"abc\" and string \"def\""),
+            "string \"abc\" and string \"def\""
+        );
     }
 }

@@ -442,3 +442,22 @@ fn every_request_is_logged() {
     assert!(field(&line, "ts").ends_with('Z'));
     assert_eq!(fwd.proc.count("msg=request"), 2);
 }
+
+#[test]
+fn an_answer_never_echoes_much_of_the_input() {
+    // Issue 14: a 1 MiB timestamp of U+0300 came back as a 4 MB error body.
+    let sink = Sink::start(&[]);
+    let fwd = Forwarder::to(&sink, &[]);
+    let time = "\u{300}".repeat(524_000);
+    let r = fwd.post(&format!(
+        r#"{{"user_id": 1, "meta": {{"logins": [{{"time": "{time}"}}]}}}}"#
+    ));
+    assert_eq!(r.status, 400);
+    assert!(r.body.len() <= 1024, "{} byte error body", r.body.len());
+    assert!(
+        r.message()
+            .starts_with("meta.logins[0].time: \"\\u{300}\\u{300}"),
+        "{}",
+        r.message()
+    );
+}
