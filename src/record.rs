@@ -2,47 +2,42 @@
 //!
 //! Field rules follow the Go reference so its clients keep working: every field may
 //! be absent (or `null`) and takes its zero value, except `user_id`, which must be a
-//! non-zero integer. Unknown fields are ignored. Login times must be RFC 3339, as
-//! Go's `time.Time` demands. What is accepted is forwarded with every field present,
-//! as Go's encoder writes a struct.
+//! non-zero integer. Unknown fields are ignored. The record, `meta`, each login and
+//! `phone_numbers` must be JSON objects, as Go's decoder demands of a struct. Login
+//! times must be RFC 3339, as Go's `time.Time` demands, with any number of fractional
+//! digits. What is accepted is forwarded with every field present, as Go's encoder
+//! writes a struct.
 
+use serde::de::{self, DeserializeSeed, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde::{Deserialize, Deserializer, Serialize};
 
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+// Deserialize is written out rather than derived: a derived struct also reads a JSON
+// array (`[7]` as user_id 7), which Go refuses.
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
 pub struct Record {
-    #[serde(default, deserialize_with = "null_as_default")]
     pub user_id: i64,
-    #[serde(default, deserialize_with = "null_as_default")]
     pub total: f64,
-    #[serde(default, deserialize_with = "null_as_default")]
     pub title: String,
-    #[serde(default, deserialize_with = "null_as_default")]
     pub meta: Meta,
-    #[serde(default, deserialize_with = "null_as_default")]
     pub completed: bool,
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
 pub struct Meta {
-    #[serde(default, deserialize_with = "null_as_default")]
     pub logins: Vec<Login>,
-    #[serde(default, deserialize_with = "null_as_default")]
     pub phone_numbers: PhoneNumbers,
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
 pub struct Login {
-    #[serde(default, deserialize_with = "null_as_default")]
     pub time: Timestamp,
-    #[serde(default, deserialize_with = "null_as_default")]
     pub ip: String,
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
 pub struct PhoneNumbers {
-    #[serde(default, deserialize_with = "null_as_default")]
     pub home: String,
-    #[serde(default, deserialize_with = "null_as_default")]
     pub mobile: String,
 }
 
@@ -68,10 +63,10 @@ impl Default for Timestamp {
 impl<'de> Deserialize<'de> for Timestamp {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
         let text = String::deserialize(deserializer)?;
-        if crate::clock::is_rfc3339(&text) {
+        if is_timestamp(&text) {
             Ok(Timestamp(text))
         } else {
-            Err(serde::de::Error::custom(format_args!(
+            Err(de::Error::custom(format_args!(
                 "{} is not an RFC 3339 timestamp (e.g. 2020-08-08T01:52:50Z)",
                 Quote(&text)
             )))
@@ -79,13 +74,245 @@ impl<'de> Deserialize<'de> for Timestamp {
     }
 }
 
+/// RFC 3339 as Go reads it: like `clock::is_rfc3339`, but with any number of
+/// fractional digits (Go keeps nine and ignores the rest; RFC 3339 sets no limit).
+pub fn is_timestamp(text: &str) -> bool {
+    const FRACTION: usize = "2020-08-08T01:52:50.".len();
+    const KEPT: usize = FRACTION + 9;
+    let b = text.as_bytes();
+    if b.get(FRACTION - 1) == Some(&b'.') {
+        let digits = b[FRACTION..]
+            .iter()
+            .take_while(|d| d.is_ascii_digit())
+            .count();
+        if digits > 9 {
+            // The same text with the fraction cut to nine digits, on the stack.
+            let zone = &b[FRACTION + digits..];
+            let mut cut = [0u8; KEPT + "+00:00".len()];
+            let Some(slot) = cut.get_mut(KEPT..KEPT + zone.len()) else {
+                return false;
+            };
+            slot.copy_from_slice(zone);
+            cut[..KEPT].copy_from_slice(&b[..KEPT]);
+            return std::str::from_utf8(&cut[..KEPT + zone.len()])
+                .is_ok_and(crate::clock::is_rfc3339);
+        }
+    }
+    crate::clock::is_rfc3339(text)
+}
+
 /// Go's decoder leaves a field at its zero value when the JSON says `null`.
-fn null_as_default<'de, D, T>(deserializer: D) -> Result<T, D::Error>
+fn nullable<'de, T, A>(map: &mut A) -> Result<T, A::Error>
 where
-    D: Deserializer<'de>,
     T: Deserialize<'de> + Default,
+    A: MapAccess<'de>,
 {
-    Ok(Option::<T>::deserialize(deserializer)?.unwrap_or_default())
+    Ok(map.next_value::<Option<T>>()?.unwrap_or_default())
+}
+
+/// Which of the names a key is, `None` for one to ignore.
+struct Key(&'static [&'static str]);
+
+impl<'de> DeserializeSeed<'de> for Key {
+    type Value = Option<usize>;
+    fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<Self::Value, D::Error> {
+        deserializer.deserialize_identifier(self)
+    }
+}
+
+impl<'de> Visitor<'de> for Key {
+    type Value = Option<usize>;
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a field name")
+    }
+    fn visit_str<E: de::Error>(self, key: &str) -> Result<Self::Value, E> {
+        Ok(self.0.iter().position(|name| *name == key))
+    }
+}
+
+/// The keys of one object: which to read, and a refusal of repeats as serde's derive did.
+struct Keys {
+    names: &'static [&'static str],
+    seen: u8,
+}
+
+impl Keys {
+    fn new(names: &'static [&'static str]) -> Keys {
+        Keys { names, seen: 0 }
+    }
+
+    /// The next known key's index; unknown keys' values are skipped.
+    fn next<'de, A: MapAccess<'de>>(&mut self, map: &mut A) -> Result<Option<usize>, A::Error> {
+        while let Some(key) = map.next_key_seed(Key(self.names))? {
+            let Some(index) = key else {
+                map.next_value::<IgnoredAny>()?;
+                continue;
+            };
+            if self.seen & (1 << index) != 0 {
+                return Err(de::Error::duplicate_field(self.names[index]));
+            }
+            self.seen |= 1 << index;
+            return Ok(Some(index));
+        }
+        Ok(None)
+    }
+}
+
+const AN_OBJECT: &str = "a JSON object";
+
+impl<'de> Deserialize<'de> for Record {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer.deserialize_map(RecordVisitor)
+    }
+}
+
+struct RecordVisitor;
+
+impl<'de> Visitor<'de> for RecordVisitor {
+    type Value = Record;
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(AN_OBJECT)
+    }
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Record, A::Error> {
+        let mut keys = Keys::new(&["user_id", "total", "title", "meta", "completed"]);
+        let mut record = Record::default();
+        while let Some(index) = keys.next(&mut map)? {
+            match index {
+                0 => record.user_id = nullable(&mut map)?,
+                1 => record.total = nullable(&mut map)?,
+                2 => record.title = nullable(&mut map)?,
+                3 => record.meta = map.next_value_seed(MetaVisitor)?,
+                _ => record.completed = nullable(&mut map)?,
+            }
+        }
+        Ok(record)
+    }
+}
+
+/// `meta`: an object, or `null` for the zero value.
+struct MetaVisitor;
+
+impl<'de> DeserializeSeed<'de> for MetaVisitor {
+    type Value = Meta;
+    fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<Meta, D::Error> {
+        deserializer.deserialize_option(self)
+    }
+}
+
+impl<'de> Visitor<'de> for MetaVisitor {
+    type Value = Meta;
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(AN_OBJECT)
+    }
+    fn visit_none<E: de::Error>(self) -> Result<Meta, E> {
+        Ok(Meta::default())
+    }
+    fn visit_some<D: Deserializer<'de>>(self, deserializer: D) -> Result<Meta, D::Error> {
+        deserializer.deserialize_map(self)
+    }
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Meta, A::Error> {
+        let mut keys = Keys::new(&["logins", "phone_numbers"]);
+        let mut meta = Meta::default();
+        while let Some(index) = keys.next(&mut map)? {
+            match index {
+                0 => meta.logins = map.next_value_seed(LoginsVisitor)?,
+                _ => meta.phone_numbers = map.next_value_seed(PhoneNumbersVisitor)?,
+            }
+        }
+        Ok(meta)
+    }
+}
+
+/// `meta.logins`: an array of objects, or `null` for none.
+struct LoginsVisitor;
+
+impl<'de> DeserializeSeed<'de> for LoginsVisitor {
+    type Value = Vec<Login>;
+    fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<Vec<Login>, D::Error> {
+        deserializer.deserialize_option(self)
+    }
+}
+
+impl<'de> Visitor<'de> for LoginsVisitor {
+    type Value = Vec<Login>;
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("an array of objects")
+    }
+    fn visit_none<E: de::Error>(self) -> Result<Vec<Login>, E> {
+        Ok(Vec::new())
+    }
+    fn visit_some<D: Deserializer<'de>>(self, deserializer: D) -> Result<Vec<Login>, D::Error> {
+        deserializer.deserialize_seq(self)
+    }
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Vec<Login>, A::Error> {
+        let mut logins = Vec::new();
+        while let Some(login) = seq.next_element_seed(LoginVisitor)? {
+            logins.push(login);
+        }
+        Ok(logins)
+    }
+}
+
+/// One login: an object (a `null` in the array is refused, as before).
+struct LoginVisitor;
+
+impl<'de> DeserializeSeed<'de> for LoginVisitor {
+    type Value = Login;
+    fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<Login, D::Error> {
+        deserializer.deserialize_map(self)
+    }
+}
+
+impl<'de> Visitor<'de> for LoginVisitor {
+    type Value = Login;
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(AN_OBJECT)
+    }
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Login, A::Error> {
+        let mut keys = Keys::new(&["time", "ip"]);
+        let mut login = Login::default();
+        while let Some(index) = keys.next(&mut map)? {
+            match index {
+                0 => login.time = nullable(&mut map)?,
+                _ => login.ip = nullable(&mut map)?,
+            }
+        }
+        Ok(login)
+    }
+}
+
+/// `meta.phone_numbers`: an object, or `null` for the zero value.
+struct PhoneNumbersVisitor;
+
+impl<'de> DeserializeSeed<'de> for PhoneNumbersVisitor {
+    type Value = PhoneNumbers;
+    fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<PhoneNumbers, D::Error> {
+        deserializer.deserialize_option(self)
+    }
+}
+
+impl<'de> Visitor<'de> for PhoneNumbersVisitor {
+    type Value = PhoneNumbers;
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(AN_OBJECT)
+    }
+    fn visit_none<E: de::Error>(self) -> Result<PhoneNumbers, E> {
+        Ok(PhoneNumbers::default())
+    }
+    fn visit_some<D: Deserializer<'de>>(self, deserializer: D) -> Result<PhoneNumbers, D::Error> {
+        deserializer.deserialize_map(self)
+    }
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<PhoneNumbers, A::Error> {
+        let mut keys = Keys::new(&["home", "mobile"]);
+        let mut numbers = PhoneNumbers::default();
+        while let Some(index) = keys.next(&mut map)? {
+            match index {
+                0 => numbers.home = nullable(&mut map)?,
+                _ => numbers.mobile = nullable(&mut map)?,
+            }
+        }
+        Ok(numbers)
+    }
 }
 
 /// Why a body was not accepted; the message is what the client reads.
@@ -474,5 +701,88 @@ mod tests {
             bounded("string \"abc\" and string \"def\""),
             "string \"abc\" and string \"def\""
         );
+    }
+
+    #[test]
+    fn the_record_and_its_objects_must_be_objects() {
+        // Issue 14: serde's derive read a struct from an array, so `[7]` was user_id 7.
+        let cases: [(&[u8], &str); 7] = [
+            (b"[7]", "invalid type: sequence, expected a JSON object"),
+            (
+                b"[7, 1.5, \"t\", null, true]",
+                "invalid type: sequence, expected a JSON object",
+            ),
+            (
+                br#"{"user_id": 1, "meta": []}"#,
+                "meta: invalid type: sequence, expected a JSON object",
+            ),
+            (
+                br#"{"user_id": 1, "meta": [[], null]}"#,
+                "meta: invalid type: sequence, expected a JSON object",
+            ),
+            (
+                br#"{"user_id": 1, "meta": {"logins": [{}, ["2020-08-08T01:52:50Z", "1.2.3.4"]]}}"#,
+                "meta.logins[1]: invalid type: sequence, expected a JSON object",
+            ),
+            (
+                br#"{"user_id": 1, "meta": {"phone_numbers": ["555", "123"]}}"#,
+                "meta.phone_numbers: invalid type: sequence, expected a JSON object",
+            ),
+            (
+                br#"{"user_id": 1, "meta": {"logins": {"time": "2020-08-08T01:52:50Z"}}}"#,
+                "meta.logins: invalid type: map, expected an array of objects",
+            ),
+        ];
+        for (body, want) in cases {
+            let err = decode(body).unwrap_err();
+            assert!(matches!(err, Rejection::Invalid(_)), "{err:?}");
+            assert_eq!(err.message(), want);
+        }
+        // Objects, nulls and unknown fields read as before; repeats are still refused.
+        let r = decode(br#"{"user_id": 2, "meta": {"logins": null, "phone_numbers": null, "x": [1]}, "y": [{}]}"#)
+            .unwrap();
+        assert_eq!((r.user_id, r.meta), (2, Meta::default()));
+        let err = decode(br#"{"user_id": 1, "meta": {"logins": [], "logins": []}}"#).unwrap_err();
+        assert_eq!(err.message(), "meta: duplicate field `logins`");
+    }
+
+    #[test]
+    fn timestamps_take_any_number_of_fractional_digits() {
+        for time in [
+            "2020-08-08T01:52:50.1234567890Z",
+            "2020-08-08T01:52:50.12345678901234567890123456789Z",
+            "2020-08-08T01:52:50.1234567890+02:00",
+            "2020-08-08T01:52:50.0000000000-23:59",
+        ] {
+            assert!(is_timestamp(time), "{time}");
+            let body = format!(r#"{{"user_id": 1, "meta": {{"logins": [{{"time": "{time}"}}]}}}}"#);
+            let r = decode(body.as_bytes()).unwrap_or_else(|e| panic!("{time}: {e:?}"));
+            // Forwarded as sent, every digit kept.
+            assert_eq!(r.meta.logins[0].time.as_str(), time);
+        }
+        for time in [
+            "2020-08-08T01:52:50.1234567890",
+            "2020-08-08T01:52:50.1234567890z",
+            "2020-08-08T01:52:50.1234567890Z ",
+            "2020-08-08T01:52:50.1234567890+02:00:00",
+            "2020-08-08T01:52:50.1234567890+24:00",
+            "2020-13-08T01:52:50.1234567890Z",
+            "2020-08-08T01:52:50.1234567890\u{e9}",
+            "\u{e9}020-08-08T01:52:50.1234567890Z",
+            "2020-08-08T01:52:50.Z",
+        ] {
+            assert!(!is_timestamp(time), "{time}");
+        }
+        // Up to nine digits, exactly the clock's reading.
+        for time in [
+            "2020-08-08T01:52:50.123456789Z",
+            "2020-08-08T01:52:50Z",
+            "2020-08-08T01:52:50.1+01:00",
+        ] {
+            assert!(
+                is_timestamp(time) && crate::clock::is_rfc3339(time),
+                "{time}"
+            );
+        }
     }
 }

@@ -461,3 +461,35 @@ fn an_answer_never_echoes_much_of_the_input() {
         r.message()
     );
 }
+
+#[test]
+fn arrays_in_place_of_objects_are_refused_and_long_fractions_accepted() {
+    // Issue 14: as Go does. `[7]` was accepted as user_id 7; a time with more than
+    // nine fractional digits was refused.
+    let sink = Sink::start(&[]);
+    let fwd = Forwarder::to(&sink, &["--batch-size", "1"]);
+    for (body, message) in [
+        ("[7]", "invalid type: sequence, expected a JSON object"),
+        (
+            r#"{"user_id": 7, "meta": [[{"time": "2020-08-08T01:52:50Z"}]]}"#,
+            "meta: invalid type: sequence, expected a JSON object",
+        ),
+        (
+            r#"{"user_id": 7, "meta": {"logins": [["2020-08-08T01:52:50Z"]]}}"#,
+            "meta.logins[0]: invalid type: sequence, expected a JSON object",
+        ),
+        (
+            r#"{"user_id": 7, "meta": {"phone_numbers": ["555-1212"]}}"#,
+            "meta.phone_numbers: invalid type: sequence, expected a JSON object",
+        ),
+    ] {
+        let r = fwd.post(body);
+        assert_eq!((r.status, r.message()), (400, message.to_owned()), "{body}");
+    }
+    let time = "2020-08-08T01:52:50.123456789012Z";
+    let body = format!(r#"{{"user_id": 8, "meta": {{"logins": [{{"time": "{time}"}}]}}}}"#);
+    assert_eq!(fwd.post(&body).status, 201);
+    let records = sink.wait_delivered_records(1, SOON);
+    assert_eq!(records[0]["user_id"], 8);
+    assert_eq!(records[0]["meta"]["logins"][0]["time"], time);
+}
