@@ -7,9 +7,14 @@
 //! times must be RFC 3339, as Go's `time.Time` demands, with any number of fractional
 //! digits. What is accepted is forwarded with every field present, as Go's encoder
 //! writes a struct.
+//!
+//! Writing absent fields out makes a record grow: `{}` in `logins` is forwarded as 39
+//! bytes. `decode_within` counts the forwarded size while it decodes and refuses a
+//! record that would pass a limit, before the rest of it is built.
 
 use serde::de::{self, DeserializeSeed, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde::{Deserialize, Deserializer, Serialize};
+use std::borrow::Cow;
 
 // Deserialize is written out rather than derived: a derived struct also reads a JSON
 // array (`[7]` as user_id 7), which Go refuses.
@@ -43,9 +48,10 @@ pub struct PhoneNumbers {
 
 /// An RFC 3339 timestamp, kept as the text the client sent once it has been checked.
 /// Keeping the text avoids a date type on the hot path and forwards exactly what came in.
+/// Borrowed for the zero time, so a defaulted login allocates nothing for it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(transparent)]
-pub struct Timestamp(String);
+pub struct Timestamp(Cow<'static, str>);
 
 impl Timestamp {
     pub fn as_str(&self) -> &str {
@@ -56,7 +62,7 @@ impl Timestamp {
 impl Default for Timestamp {
     /// Go's zero `time.Time`, which the reference forwards for a missing time.
     fn default() -> Self {
-        Timestamp("0001-01-01T00:00:00Z".to_owned())
+        Timestamp(Cow::Borrowed(ZERO_TIME))
     }
 }
 
@@ -64,7 +70,7 @@ impl<'de> Deserialize<'de> for Timestamp {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
         let text = String::deserialize(deserializer)?;
         if is_timestamp(&text) {
-            Ok(Timestamp(text))
+            Ok(Timestamp(Cow::Owned(text)))
         } else {
             Err(de::Error::custom(format_args!(
                 "{} is not an RFC 3339 timestamp (e.g. 2020-08-08T01:52:50Z)",
@@ -110,130 +116,283 @@ where
     Ok(map.next_value::<Option<T>>()?.unwrap_or_default())
 }
 
-/// Which of the names a key is, `None` for one to ignore.
-struct Key(&'static [&'static str]);
+/// A key's index among an object's fields, `None` for one to ignore. The matcher is a
+/// `match` on literals, as serde's derive writes it: this runs for every key.
+struct Key<F>(F);
 
-impl<'de> DeserializeSeed<'de> for Key {
+impl<'de, F: FnOnce(&str) -> Option<usize>> DeserializeSeed<'de> for Key<F> {
     type Value = Option<usize>;
     fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<Self::Value, D::Error> {
         deserializer.deserialize_identifier(self)
     }
 }
 
-impl<'de> Visitor<'de> for Key {
+impl<'de, F: FnOnce(&str) -> Option<usize>> Visitor<'de> for Key<F> {
     type Value = Option<usize>;
     fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("a field name")
     }
     fn visit_str<E: de::Error>(self, key: &str) -> Result<Self::Value, E> {
-        Ok(self.0.iter().position(|name| *name == key))
+        Ok((self.0)(key))
     }
 }
 
 /// The keys of one object: which to read, and a refusal of repeats as serde's derive did.
-struct Keys {
+struct Keys<F> {
+    index_of: F,
     names: &'static [&'static str],
     seen: u8,
 }
 
-impl Keys {
-    fn new(names: &'static [&'static str]) -> Keys {
-        Keys { names, seen: 0 }
+impl<F: Fn(&str) -> Option<usize> + Copy> Keys<F> {
+    fn new(names: &'static [&'static str], index_of: F) -> Keys<F> {
+        Keys {
+            index_of,
+            names,
+            seen: 0,
+        }
     }
 
     /// The next known key's index; unknown keys' values are skipped.
     fn next<'de, A: MapAccess<'de>>(&mut self, map: &mut A) -> Result<Option<usize>, A::Error> {
-        while let Some(key) = map.next_key_seed(Key(self.names))? {
+        while let Some(key) = map.next_key_seed(Key(self.index_of))? {
             let Some(index) = key else {
                 map.next_value::<IgnoredAny>()?;
                 continue;
             };
             if self.seen & (1 << index) != 0 {
-                return Err(de::Error::duplicate_field(self.names[index]));
+                let name = self.names.get(index).copied().unwrap_or("?");
+                return Err(de::Error::duplicate_field(name));
             }
             self.seen |= 1 << index;
             return Ok(Some(index));
         }
         Ok(None)
     }
-}
 
-const AN_OBJECT: &str = "a JSON object";
-
-impl<'de> Deserialize<'de> for Record {
-    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        deserializer.deserialize_map(RecordVisitor)
+    fn saw(&self, index: usize) -> bool {
+        self.seen & (1 << index) != 0
     }
 }
 
-struct RecordVisitor;
+const AN_OBJECT: &str = "a JSON object";
+// Field names by index, for the matchers below and the messages about repeats.
+const RECORD_FIELDS: &[&str] = &["user_id", "total", "title", "meta", "completed"];
+const META_FIELDS: &[&str] = &["logins", "phone_numbers"];
+const LOGIN_FIELDS: &[&str] = &["time", "ip"];
+const PHONE_FIELDS: &[&str] = &["home", "mobile"];
 
-impl<'de> Visitor<'de> for RecordVisitor {
+/// What the record being decoded will take when forwarded, counted as its parts are
+/// read: a record past `max` stops decoding at once, before the rest is built.
+struct Size {
+    bytes: usize,
+    max: usize,
+}
+
+impl Size {
+    fn unlimited() -> Size {
+        Size {
+            bytes: 0,
+            max: usize::MAX,
+        }
+    }
+
+    fn add<E: de::Error>(&mut self, bytes: usize) -> Result<(), E> {
+        self.bytes = self.bytes.saturating_add(bytes);
+        if self.bytes > self.max {
+            return Err(E::custom("the record is too large to forward"));
+        }
+        Ok(())
+    }
+
+    /// The last count of a decode: a float. Its exact length needs it formatted, so
+    /// its longest form is counted first, and only near the limit the exact one.
+    fn add_last_float<E: de::Error>(&mut self, x: f64) -> Result<(), E> {
+        if self.bytes.saturating_add(MAX_FLOAT_LEN) <= self.max {
+            return Ok(());
+        }
+        self.add(float_len(x))
+    }
+
+    fn is_over(&self) -> bool {
+        self.bytes > self.max
+    }
+}
+
+// What serde_json writes for each object apart from its values.
+const RECORD_FRAME: usize = r#"{"user_id":,"total":,"title":,"meta":,"completed":}"#.len();
+const META_FRAME: usize = r#"{"logins":[],"phone_numbers":}"#.len();
+const LOGIN_FRAME: usize = r#"{"time":,"ip":}"#.len();
+const PHONE_FRAME: usize = r#"{"home":,"mobile":}"#.len();
+const ZERO_TIME: &str = "0001-01-01T00:00:00Z";
+const ZERO_PHONE: usize = r#"{"home":"","mobile":""}"#.len();
+const ZERO_META: usize = r#"{"logins":[],"phone_numbers":{"home":"","mobile":""}}"#.len();
+
+fn int_len(n: i64) -> usize {
+    usize::from(n < 0)
+        + n.unsigned_abs()
+            .checked_ilog10()
+            .map_or(1, |d| d as usize + 1)
+}
+
+/// More than serde_json writes for any f64 (`-2.2250738585072014e-308` is 24).
+const MAX_FLOAT_LEN: usize = 32;
+
+/// Formats the number as serialization will, on the stack.
+fn float_len(x: f64) -> usize {
+    let mut buf = [0u8; MAX_FLOAT_LEN];
+    let mut rest = &mut buf[..];
+    // Were it ever cut short, counting the whole buffer still bounds it.
+    let _ = serde_json::to_writer(&mut rest, &x);
+    MAX_FLOAT_LEN - rest.len()
+}
+
+fn bool_len(b: bool) -> usize {
+    if b { "true".len() } else { "false".len() }
+}
+
+/// A string's length in JSON, quotes and serde_json's escapes included.
+fn str_len(s: &str) -> usize {
+    s.len()
+        + 2
+        + s.bytes()
+            .map(|b| usize::from(ESCAPE_EXTRA[usize::from(b)]))
+            .sum::<usize>()
+}
+
+/// Bytes an escape adds to a byte: `\n`-style escapes 1, `\u00XX` 5.
+const ESCAPE_EXTRA: [u8; 256] = {
+    let mut extra = [0u8; 256];
+    let mut b = 0;
+    while b < 0x20 {
+        extra[b] = 5;
+        b += 1;
+    }
+    let mut short = [0x08, 0x09, 0x0a, 0x0c, 0x0d, b'"', b'\\'].as_slice();
+    while let [first, rest @ ..] = short {
+        extra[*first as usize] = 1;
+        short = rest;
+    }
+    extra
+};
+
+impl<'de> Deserialize<'de> for Record {
+    /// With no limit on the forwarded size; `decode_within` sets one.
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        RecordVisitor {
+            size: &mut Size::unlimited(),
+        }
+        .deserialize(deserializer)
+    }
+}
+
+struct RecordVisitor<'a> {
+    size: &'a mut Size,
+}
+
+impl<'de> DeserializeSeed<'de> for RecordVisitor<'_> {
+    type Value = Record;
+    fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<Record, D::Error> {
+        deserializer.deserialize_map(self)
+    }
+}
+
+impl<'de> Visitor<'de> for RecordVisitor<'_> {
     type Value = Record;
     fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(AN_OBJECT)
     }
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Record, A::Error> {
-        let mut keys = Keys::new(&["user_id", "total", "title", "meta", "completed"]);
+        let mut keys = Keys::new(RECORD_FIELDS, |key| match key {
+            "user_id" => Some(0),
+            "total" => Some(1),
+            "title" => Some(2),
+            "meta" => Some(3),
+            "completed" => Some(4),
+            _ => None,
+        });
         let mut record = Record::default();
         while let Some(index) = keys.next(&mut map)? {
             match index {
                 0 => record.user_id = nullable(&mut map)?,
                 1 => record.total = nullable(&mut map)?,
                 2 => record.title = nullable(&mut map)?,
-                3 => record.meta = map.next_value_seed(MetaVisitor)?,
+                3 => record.meta = map.next_value_seed(MetaVisitor { size: self.size })?,
                 _ => record.completed = nullable(&mut map)?,
             }
         }
+        let meta = if keys.saw(3) { 0 } else { ZERO_META };
+        self.size.add(
+            RECORD_FRAME
+                + int_len(record.user_id)
+                + str_len(&record.title)
+                + meta
+                + bool_len(record.completed),
+        )?;
+        self.size.add_last_float(record.total)?;
         Ok(record)
     }
 }
 
 /// `meta`: an object, or `null` for the zero value.
-struct MetaVisitor;
+struct MetaVisitor<'a> {
+    size: &'a mut Size,
+}
 
-impl<'de> DeserializeSeed<'de> for MetaVisitor {
+impl<'de> DeserializeSeed<'de> for MetaVisitor<'_> {
     type Value = Meta;
     fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<Meta, D::Error> {
         deserializer.deserialize_option(self)
     }
 }
 
-impl<'de> Visitor<'de> for MetaVisitor {
+impl<'de> Visitor<'de> for MetaVisitor<'_> {
     type Value = Meta;
     fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(AN_OBJECT)
     }
     fn visit_none<E: de::Error>(self) -> Result<Meta, E> {
+        self.size.add(ZERO_META)?;
         Ok(Meta::default())
     }
     fn visit_some<D: Deserializer<'de>>(self, deserializer: D) -> Result<Meta, D::Error> {
         deserializer.deserialize_map(self)
     }
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Meta, A::Error> {
-        let mut keys = Keys::new(&["logins", "phone_numbers"]);
+        let mut keys = Keys::new(META_FIELDS, |key| match key {
+            "logins" => Some(0),
+            "phone_numbers" => Some(1),
+            _ => None,
+        });
         let mut meta = Meta::default();
         while let Some(index) = keys.next(&mut map)? {
             match index {
-                0 => meta.logins = map.next_value_seed(LoginsVisitor)?,
-                _ => meta.phone_numbers = map.next_value_seed(PhoneNumbersVisitor)?,
+                0 => meta.logins = map.next_value_seed(LoginsVisitor { size: self.size })?,
+                _ => {
+                    meta.phone_numbers =
+                        map.next_value_seed(PhoneNumbersVisitor { size: self.size })?
+                }
             }
         }
+        let phone_numbers = if keys.saw(1) { 0 } else { ZERO_PHONE };
+        self.size.add(META_FRAME + phone_numbers)?;
         Ok(meta)
     }
 }
 
 /// `meta.logins`: an array of objects, or `null` for none.
-struct LoginsVisitor;
+struct LoginsVisitor<'a> {
+    size: &'a mut Size,
+}
 
-impl<'de> DeserializeSeed<'de> for LoginsVisitor {
+impl<'de> DeserializeSeed<'de> for LoginsVisitor<'_> {
     type Value = Vec<Login>;
     fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<Vec<Login>, D::Error> {
         deserializer.deserialize_option(self)
     }
 }
 
-impl<'de> Visitor<'de> for LoginsVisitor {
+impl<'de> Visitor<'de> for LoginsVisitor<'_> {
     type Value = Vec<Login>;
     fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("an array of objects")
@@ -246,7 +405,11 @@ impl<'de> Visitor<'de> for LoginsVisitor {
     }
     fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Vec<Login>, A::Error> {
         let mut logins = Vec::new();
-        while let Some(login) = seq.next_element_seed(LoginVisitor)? {
+        // Each login is counted as it is read: `[{},{},…]` stops at the limit.
+        while let Some(login) = seq.next_element_seed(LoginVisitor { size: self.size })? {
+            if !logins.is_empty() {
+                self.size.add(",".len())?;
+            }
             logins.push(login);
         }
         Ok(logins)
@@ -254,22 +417,28 @@ impl<'de> Visitor<'de> for LoginsVisitor {
 }
 
 /// One login: an object (a `null` in the array is refused, as before).
-struct LoginVisitor;
+struct LoginVisitor<'a> {
+    size: &'a mut Size,
+}
 
-impl<'de> DeserializeSeed<'de> for LoginVisitor {
+impl<'de> DeserializeSeed<'de> for LoginVisitor<'_> {
     type Value = Login;
     fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<Login, D::Error> {
         deserializer.deserialize_map(self)
     }
 }
 
-impl<'de> Visitor<'de> for LoginVisitor {
+impl<'de> Visitor<'de> for LoginVisitor<'_> {
     type Value = Login;
     fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(AN_OBJECT)
     }
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Login, A::Error> {
-        let mut keys = Keys::new(&["time", "ip"]);
+        let mut keys = Keys::new(LOGIN_FIELDS, |key| match key {
+            "time" => Some(0),
+            "ip" => Some(1),
+            _ => None,
+        });
         let mut login = Login::default();
         while let Some(index) = keys.next(&mut map)? {
             match index {
@@ -277,33 +446,42 @@ impl<'de> Visitor<'de> for LoginVisitor {
                 _ => login.ip = nullable(&mut map)?,
             }
         }
+        self.size
+            .add(LOGIN_FRAME + str_len(login.time.as_str()) + str_len(&login.ip))?;
         Ok(login)
     }
 }
 
 /// `meta.phone_numbers`: an object, or `null` for the zero value.
-struct PhoneNumbersVisitor;
+struct PhoneNumbersVisitor<'a> {
+    size: &'a mut Size,
+}
 
-impl<'de> DeserializeSeed<'de> for PhoneNumbersVisitor {
+impl<'de> DeserializeSeed<'de> for PhoneNumbersVisitor<'_> {
     type Value = PhoneNumbers;
     fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<PhoneNumbers, D::Error> {
         deserializer.deserialize_option(self)
     }
 }
 
-impl<'de> Visitor<'de> for PhoneNumbersVisitor {
+impl<'de> Visitor<'de> for PhoneNumbersVisitor<'_> {
     type Value = PhoneNumbers;
     fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(AN_OBJECT)
     }
     fn visit_none<E: de::Error>(self) -> Result<PhoneNumbers, E> {
+        self.size.add(ZERO_PHONE)?;
         Ok(PhoneNumbers::default())
     }
     fn visit_some<D: Deserializer<'de>>(self, deserializer: D) -> Result<PhoneNumbers, D::Error> {
         deserializer.deserialize_map(self)
     }
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<PhoneNumbers, A::Error> {
-        let mut keys = Keys::new(&["home", "mobile"]);
+        let mut keys = Keys::new(PHONE_FIELDS, |key| match key {
+            "home" => Some(0),
+            "mobile" => Some(1),
+            _ => None,
+        });
         let mut numbers = PhoneNumbers::default();
         while let Some(index) = keys.next(&mut map)? {
             match index {
@@ -311,6 +489,8 @@ impl<'de> Visitor<'de> for PhoneNumbersVisitor {
                 _ => numbers.mobile = nullable(&mut map)?,
             }
         }
+        self.size
+            .add(PHONE_FRAME + str_len(&numbers.home) + str_len(&numbers.mobile))?;
         Ok(numbers)
     }
 }
@@ -322,26 +502,48 @@ pub enum Rejection {
     Malformed(String),
     /// JSON, but a field has the wrong type or value.
     Invalid(String),
+    /// Its forwarded JSON, absent fields written out, would pass the limit (413).
+    TooLarge(String),
 }
 
 impl Rejection {
     pub fn message(&self) -> &str {
         match self {
-            Rejection::Malformed(m) | Rejection::Invalid(m) => m,
+            Rejection::Malformed(m) | Rejection::Invalid(m) | Rejection::TooLarge(m) => m,
         }
     }
 }
 
-/// Decodes and validates one record.
+/// Decodes and validates one record, with no limit on its forwarded size: for records
+/// read back from the dead-letter file, which were accepted once already.
+pub fn decode(body: &[u8]) -> Result<Record, Rejection> {
+    decode_within(body, usize::MAX)
+}
+
+/// Decodes and validates one record, and refuses it (`TooLarge`) when its forwarded
+/// JSON would take more than `max_forwarded` bytes, so a record costs no more memory
+/// and wire than the body limit allows whatever defaults it asks for.
 ///
 /// The fast path is a plain `serde_json` decode. Only when it fails is the body decoded
 /// again with path tracking, so the error can name the field without slowing success.
-pub fn decode(body: &[u8]) -> Result<Record, Rejection> {
-    match serde_json::from_slice::<Record>(body) {
+pub fn decode_within(body: &[u8], max_forwarded: usize) -> Result<Record, Rejection> {
+    let mut size = Size {
+        bytes: 0,
+        max: max_forwarded,
+    };
+    let mut de = serde_json::Deserializer::from_slice(body);
+    let decoded = RecordVisitor { size: &mut size }
+        .deserialize(&mut de)
+        .and_then(|record| de.end().map(|()| record));
+    match decoded {
         Ok(record) if record.user_id == 0 => Err(Rejection::Invalid(
             "user_id: required, must be a non-zero integer".to_owned(),
         )),
         Ok(record) => Ok(record),
+        Err(_) if size.is_over() => Err(Rejection::TooLarge(format!(
+            "record too large: forwarded with every absent field written out, it would \
+             take more than {max_forwarded} bytes"
+        ))),
         Err(plain) => Err(explain(body, plain)),
     }
 }
@@ -590,6 +792,7 @@ mod tests {
             match decode(body) {
                 Err(Rejection::Malformed(m)) => assert!(m.starts_with("malformed JSON"), "{m}"),
                 Err(Rejection::Invalid(m)) => assert!(body == b"[1,2]x" || !m.is_empty()),
+                Err(Rejection::TooLarge(m)) => panic!("{body:?} refused as too large: {m}"),
                 Ok(r) => panic!("{body:?} accepted as {r:?}"),
             }
         }
@@ -783,6 +986,128 @@ mod tests {
                 is_timestamp(time) && crate::clock::is_rfc3339(time),
                 "{time}"
             );
+        }
+    }
+
+    /// The bytes serde_json forwards `body`'s record as.
+    fn forwarded_len(body: &[u8]) -> usize {
+        serde_json::to_vec(&decode(body).unwrap()).unwrap().len()
+    }
+
+    #[test]
+    fn the_forwarded_size_is_counted_exactly() {
+        let bodies: Vec<String> = vec![
+            SAMPLE.to_owned(),
+            r#"{"user_id": 1}"#.to_owned(),
+            r#"{"user_id": -9223372036854775808, "total": -0.0, "completed": true}"#.to_owned(),
+            r#"{"user_id": 9223372036854775807, "total": 1e300, "title": null, "meta": null, "completed": null}"#.to_owned(),
+            r#"{"user_id": 10, "total": 5, "meta": {"logins": null, "phone_numbers": null}}"#.to_owned(),
+            r#"{"user_id": 99, "total": 2.2250738585072014e-308, "meta": {"phone_numbers": {}}}"#.to_owned(),
+            r#"{"user_id": 100, "total": 0.1, "meta": {"logins": [{}, {"time": null, "ip": null}, {"ip": "::1"}]}}"#.to_owned(),
+            r#"{"user_id": 7, "title": "a\"\\\/\b\f\n\r\t\u0000\u0001\u000b\u001f\u007f \u00e9 é 😀 \ud83d\ude00 \u2028"}"#.to_owned(),
+            r#"{"user_id": 7, "meta": {"logins": [{"time": "2020-08-08T01:52:50.1234567890123+02:00", "ip": "\u0009"}], "phone_numbers": {"home": "\"", "mobile": "\\"}}}"#.to_owned(),
+            format!(r#"{{"user_id": 8, "unknown": [1, 2], "meta": {{"logins": [{}]}}}}"#, vec!["{}"; 100].join(",")),
+        ];
+        for body in &bodies {
+            let exact = forwarded_len(body.as_bytes());
+            assert!(decode_within(body.as_bytes(), exact).is_ok(), "{body}");
+            match decode_within(body.as_bytes(), exact - 1) {
+                Err(Rejection::TooLarge(m)) => {
+                    assert!(m.contains(&(exact - 1).to_string()), "{m}")
+                }
+                other => panic!("{body}: {other:?} under a limit of {}", exact - 1),
+            }
+        }
+    }
+
+    #[test]
+    fn empty_logins_cannot_amplify_a_record() {
+        // Issue 14: 1 MiB of `{}` logins was accepted and forwarded about 20 times larger.
+        const LIMIT: usize = 1024 * 1024;
+        let mut body = String::from(r#"{"user_id":1,"meta":{"logins":["#);
+        while body.len() < LIMIT - 16 {
+            body.push_str("{},");
+        }
+        body.push_str("{}]}}");
+        assert!(body.len() <= LIMIT);
+        match decode_within(body.as_bytes(), LIMIT) {
+            Err(Rejection::TooLarge(m)) => assert_eq!(
+                m,
+                "record too large: forwarded with every absent field written out, it would take more than 1048576 bytes"
+            ),
+            other => panic!("{:?}", other.map(|r| r.meta.logins.len())),
+        }
+        // The same logins fit under a limit that allows them, and nothing else does.
+        let count = body.matches("{}").count();
+        let login = r#"{"time":"0001-01-01T00:00:00Z","ip":""}"#.len();
+        let exact = forwarded_len(body.as_bytes());
+        assert!(exact > count * login && exact < count * (login + 1) + 200);
+        assert_eq!(
+            decode_within(body.as_bytes(), exact)
+                .unwrap()
+                .meta
+                .logins
+                .len(),
+            count
+        );
+        // A too-large record is a body problem first: it is refused even without a user_id.
+        let no_id = body.replacen(r#""user_id":1,"#, "", 1);
+        assert!(matches!(
+            decode_within(no_id.as_bytes(), LIMIT),
+            Err(Rejection::TooLarge(_))
+        ));
+    }
+
+    #[test]
+    fn the_zero_time_is_not_allocated() {
+        assert!(matches!(Timestamp::default().0, Cow::Borrowed(_)));
+        let r = decode(br#"{"user_id": 1, "meta": {"logins": [{}, {"time": null}]}}"#).unwrap();
+        assert!(
+            r.meta
+                .logins
+                .iter()
+                .all(|l| matches!(l.time.0, Cow::Borrowed(_)))
+        );
+        assert_eq!(r.meta.logins[0].time.as_str(), "0001-01-01T00:00:00Z");
+    }
+
+    #[test]
+    fn repeated_fields_are_named() {
+        for (body, want) in [
+            (
+                &br#"{"user_id": 1, "completed": true, "completed": false}"#[..],
+                "duplicate field `completed`",
+            ),
+            (
+                br#"{"user_id": 1, "meta": {"logins": [{"ip": "a", "ip": "b"}]}}"#,
+                "meta.logins[0]: duplicate field `ip`",
+            ),
+            (
+                br#"{"user_id": 1, "meta": {"phone_numbers": {"mobile": "", "mobile": ""}}}"#,
+                "meta.phone_numbers: duplicate field `mobile`",
+            ),
+        ] {
+            assert_eq!(decode(body).unwrap_err().message(), want);
+        }
+    }
+
+    #[test]
+    fn float_lengths_are_serde_jsons() {
+        for x in [
+            0.0,
+            -0.0,
+            1.0,
+            0.1 + 0.2,
+            5e-324,
+            -2.2250738585072014e-308,
+            f64::MIN,
+            f64::MAX,
+            f64::EPSILON,
+            -123456789.12345679,
+        ] {
+            let json = serde_json::to_string(&x).unwrap();
+            assert_eq!(float_len(x), json.len(), "{json}");
+            assert!(json.len() < MAX_FLOAT_LEN, "{json}");
         }
     }
 }

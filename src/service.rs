@@ -172,7 +172,8 @@ impl App {
         if !self.queue.has_room() {
             return self.queue_full();
         }
-        match record::decode(body) {
+        // TODO(issue14): pass limits.max_body_bytes; the default stands in until then.
+        match record::decode_within(body, crate::http::Limits::default().max_body_bytes) {
             Ok(record) => {
                 let queued = Queued {
                     record,
@@ -189,6 +190,8 @@ impl App {
                 let reason = match rejection {
                     Rejection::Malformed(_) => Rejected::Malformed,
                     Rejection::Invalid(_) => Rejected::Invalid,
+                    // `exchanged` counts every 413 on /log as too large.
+                    Rejection::TooLarge(_) => return self.error(413, rejection.message()),
                 };
                 self.metrics.count_rejected(reason);
                 self.error(400, rejection.message())

@@ -493,3 +493,38 @@ fn arrays_in_place_of_objects_are_refused_and_long_fractions_accepted() {
     assert_eq!(records[0]["user_id"], 8);
     assert_eq!(records[0]["meta"]["logins"][0]["time"], time);
 }
+
+#[test]
+fn a_record_that_would_be_forwarded_larger_than_the_body_limit_is_413() {
+    // Issue 14: 1 MiB of `{}` logins was accepted, each forwarded as a full login, and
+    // ten such records made a 140 MB POST.
+    let sink = Sink::start(&[]);
+    let fwd = Forwarder::to(&sink, &["--batch-size", "1"]);
+    let mut body = String::from(r#"{"user_id":1,"meta":{"logins":["#);
+    while body.len() < 1024 * 1024 - 16 {
+        body.push_str("{},");
+    }
+    body.push_str("{}]}}");
+    let r = fwd.post(&body);
+    assert_eq!(r.status, 413, "{}", r.body);
+    assert_eq!(
+        r.message(),
+        "record too large: forwarded with every absent field written out, it would take more than 1048576 bytes"
+    );
+    assert_eq!(
+        metric(
+            fwd.addr,
+            "webhook_records_rejected_total{reason=\"too_large\"}"
+        ),
+        1.0
+    );
+    // Amplified but within the limit, and ordinary records, are accepted.
+    let logins = vec!["{}"; 1000].join(",");
+    fwd.post_accepted(&format!(
+        r#"{{"user_id":2,"meta":{{"logins":[{logins}]}}}}"#
+    ));
+    fwd.post_accepted(&record(3));
+    let records = sink.wait_delivered_records(2, SOON);
+    assert_eq!(user_ids(&records), vec![2, 3]);
+    assert_eq!(records[0]["meta"]["logins"].as_array().unwrap().len(), 1000);
+}
