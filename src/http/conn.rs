@@ -525,6 +525,14 @@ impl<R: Copy> Machine<R> {
                         BodyStep::Broken(ChunkError::TooLarge) => {
                             self.fail(413, "request body too large", io, Some(&pending));
                         }
+                        // 400, not 431 or 413: these are neither header fields nor
+                        // content, and RFC 9112 7.1.1 asks only for a fitting 4xx.
+                        BodyStep::Broken(ChunkError::LinesTooLong) => self.fail(
+                            400,
+                            "chunk-size lines and extensions too long for one body",
+                            io,
+                            Some(&pending),
+                        ),
                     }
                 }
             }
@@ -550,6 +558,17 @@ impl<R: Copy> Machine<R> {
             Ok(httparse::Status::Partial) => HeadOutcome::Partial,
             Ok(httparse::Status::Complete(n)) if n > io.limits.max_head_bytes => {
                 self.fail(431, "request head too large", io, None);
+                HeadOutcome::Failed
+            }
+            Ok(httparse::Status::Complete(n)) if has_bare_lf(&window[..n]) => {
+                // httparse ends a line at a bare LF; a proxy in front may not, and would
+                // read a different set of headers (RFC 9112 2.2 lets us refuse).
+                self.fail(
+                    400,
+                    "bare LF in the request head, lines must end in CRLF",
+                    io,
+                    None,
+                );
                 HeadOutcome::Failed
             }
             Ok(httparse::Status::Complete(n)) => {
@@ -604,7 +623,9 @@ impl<R: Copy> Machine<R> {
             return refuse(self, 400, "exactly one Host header is required", io);
         }
         let framing = if head.chunked {
-            Framing::Chunked(ChunkedDecoder::default())
+            // Chunk-size lines may cost as much as a head, once per body: past that a
+            // peer would make us parse framing rather than data.
+            Framing::Chunked(ChunkedDecoder::new(io.limits.max_head_bytes))
         } else {
             match head.content_length {
                 Some(n) if n > io.limits.max_body_bytes as u64 => {
@@ -882,6 +903,12 @@ impl HeadFields {
         }
         Ok(fields)
     }
+}
+
+/// Whether a line of a complete head ends in LF without CR. One pass over the head,
+/// once per request.
+fn has_bare_lf(head: &[u8]) -> bool {
+    head.first() == Some(&b'\n') || head.windows(2).any(|w| w[1] == b'\n' && w[0] != b'\r')
 }
 
 /// Digits only: no sign, no spaces inside, no list (`5, 5`); overflow is invalid.
