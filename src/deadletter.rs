@@ -32,16 +32,22 @@ pub fn write_records<'a>(
     if count == 0 {
         return Destination::Nothing;
     }
-    match append_synced(path, &lines) {
+    match append_whole(path, &lines) {
         Ok(()) => {
             info!(records = count, path:% = path.display(); "records written to the dead-letter file");
             Destination::File(count)
         }
-        Err(e) => {
+        Err(Failed::Nothing(e)) => {
             error!(records = count, path:% = path.display(), error:% = e; "cannot write the dead-letter file; writing the records to stderr as NDJSON");
-            crate::logging::flush();
-            let _ = io::stderr().lock().write_all(&lines);
-            Destination::Stderr(count)
+            to_stderr(&lines, count)
+        }
+        Err(Failed::RolledBack(e)) => {
+            error!(records = count, path:% = path.display(), error:% = e; "writing the dead-letter file failed part-way; it was cut back to its previous length, and the records go to stderr as NDJSON instead");
+            to_stderr(&lines, count)
+        }
+        Err(Failed::Torn { write, truncate }) => {
+            error!(records = count, path:% = path.display(), error:% = write, truncate_error:% = truncate; "writing the dead-letter file failed part-way and it could not be cut back: its last line may be torn, and some of these records may be in it as well as on stderr; writing them all to stderr as NDJSON");
+            to_stderr(&lines, count)
         }
     }
 }
@@ -59,6 +65,90 @@ impl Destination {
             Destination::Nothing => 0,
             Destination::File(n) | Destination::Stderr(n) => n,
         }
+    }
+}
+
+fn to_stderr(lines: &[u8], count: usize) -> Destination {
+    crate::logging::flush();
+    let _ = io::stderr().lock().write_all(lines);
+    Destination::Stderr(count)
+}
+
+/// Why an append did not land, and what it left in the file.
+#[derive(Debug)]
+enum Failed {
+    /// The file could not be opened or read: nothing was written.
+    Nothing(io::Error),
+    /// Writing or syncing failed and the file was cut back to where it was.
+    RolledBack(io::Error),
+    /// Writing failed and cutting back failed too: part of the batch may be there.
+    Torn {
+        write: io::Error,
+        truncate: io::Error,
+    },
+}
+
+/// Appends `bytes` as a whole or not at all: on a write or sync error (a full disk)
+/// the file is truncated back to its length before, so it never ends in a torn line
+/// and no record is both there and on stderr. The append starts on a line of its own,
+/// even after a torn last line left by an older version or a crash, so that line
+/// cannot swallow the first record.
+fn append_whole(path: &Path, bytes: &[u8]) -> Result<(), Failed> {
+    let mut file = OpenOptions::new()
+        .create(true)
+        .append(true)
+        .read(true)
+        .open(path)
+        .map_err(Failed::Nothing)?;
+    append_to(&mut file, bytes)
+}
+
+/// The file operations an append needs; a trait so that a test can fill the disk.
+trait AppendFile: Write {
+    fn length(&self) -> io::Result<u64>;
+    fn byte_at(&self, offset: u64) -> io::Result<u8>;
+    fn sync(&self) -> io::Result<()>;
+    fn cut_to(&self, length: u64) -> io::Result<()>;
+}
+
+impl AppendFile for File {
+    fn length(&self) -> io::Result<u64> {
+        Ok(self.metadata()?.len())
+    }
+
+    fn byte_at(&self, offset: u64) -> io::Result<u8> {
+        use std::os::unix::fs::FileExt;
+        let mut byte = [0u8; 1];
+        self.read_exact_at(&mut byte, offset)?;
+        Ok(byte[0])
+    }
+
+    fn sync(&self) -> io::Result<()> {
+        self.sync_all()
+    }
+
+    fn cut_to(&self, length: u64) -> io::Result<()> {
+        self.set_len(length)?;
+        self.sync_all()
+    }
+}
+
+fn append_to(file: &mut impl AppendFile, bytes: &[u8]) -> Result<(), Failed> {
+    let before = file.length().map_err(Failed::Nothing)?;
+    let needs_newline = before > 0 && file.byte_at(before - 1).map_err(Failed::Nothing)? != b'\n';
+    let mut written = || {
+        if needs_newline {
+            file.write_all(b"\n")?;
+        }
+        file.write_all(bytes)?;
+        file.sync()
+    };
+    let Err(write) = written() else {
+        return Ok(());
+    };
+    match file.cut_to(before) {
+        Ok(()) => Err(Failed::RolledBack(write)),
+        Err(truncate) => Err(Failed::Torn { write, truncate }),
     }
 }
 
@@ -187,6 +277,122 @@ mod tests {
         );
         let rejected = std::fs::read_to_string(dir.join("dl.ndjson.rejected")).unwrap();
         assert_eq!(rejected, "not json\n{\"user_id\":0}\n");
+    }
+
+    #[test]
+    fn an_append_after_a_torn_line_starts_on_a_new_line() {
+        let dir = temp_dir("torn");
+        let path = dir.join("dl.ndjson");
+        std::fs::write(
+            &path,
+            "{\"user_id\":1}\n{\"user_id\":27,\"total\":0.0,\"title",
+        )
+        .unwrap();
+        assert_eq!(write_records(&path, &[rec(2)]), Destination::File(1));
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert!(text.contains("\"title\n{\"user_id\":2,"), "{text}");
+        // Replay keeps the torn line aside and reads the next one.
+        let replay = load_replay(&path).unwrap().unwrap();
+        assert_eq!(
+            replay.records.iter().map(|r| r.user_id).collect::<Vec<_>>(),
+            vec![1, 2]
+        );
+        let rejected = std::fs::read_to_string(dir.join("dl.ndjson.rejected")).unwrap();
+        assert_eq!(rejected, "{\"user_id\":27,\"total\":0.0,\"title\n");
+        // A file that ends cleanly gets no blank line.
+        let clean = dir.join("clean.ndjson");
+        write_records(&clean, &[rec(1)]);
+        write_records(&clean, &[rec(2)]);
+        let text = std::fs::read_to_string(&clean).unwrap();
+        assert_eq!(text.lines().count(), 2, "{text}");
+        assert!(!text.contains("\n\n"));
+    }
+
+    /// A file on a disk with `room` bytes left.
+    struct Filling {
+        data: std::cell::RefCell<Vec<u8>>,
+        room: usize,
+        truncate_fails: bool,
+    }
+
+    impl Filling {
+        fn new(data: &[u8], room: usize, truncate_fails: bool) -> Filling {
+            Filling {
+                data: std::cell::RefCell::new(data.to_vec()),
+                room,
+                truncate_fails,
+            }
+        }
+    }
+
+    impl Write for Filling {
+        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+            if self.room == 0 {
+                return Err(io::Error::from_raw_os_error(libc::ENOSPC));
+            }
+            let n = buf.len().min(self.room);
+            self.data.borrow_mut().extend_from_slice(&buf[..n]);
+            self.room -= n;
+            Ok(n)
+        }
+
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    impl AppendFile for Filling {
+        fn length(&self) -> io::Result<u64> {
+            Ok(self.data.borrow().len() as u64)
+        }
+
+        fn byte_at(&self, offset: u64) -> io::Result<u8> {
+            Ok(self.data.borrow()[offset as usize])
+        }
+
+        fn sync(&self) -> io::Result<()> {
+            Ok(())
+        }
+
+        fn cut_to(&self, length: u64) -> io::Result<()> {
+            if self.truncate_fails {
+                return Err(io::Error::from_raw_os_error(libc::EIO));
+            }
+            self.data.borrow_mut().truncate(length as usize);
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn a_failed_append_is_cut_back_to_the_previous_length() {
+        let lines = b"{\"user_id\":1}\n{\"user_id\":2}\n";
+        let torn = b"{\"user_id\":0,\"ti";
+        // Room for the newline and part of the first record.
+        let mut file = Filling::new(torn, 8, false);
+        match append_to(&mut file, lines) {
+            Err(Failed::RolledBack(e)) => assert_eq!(e.raw_os_error(), Some(libc::ENOSPC)),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(&file.data.borrow()[..], torn);
+        // When cutting back fails too, the caller is told so.
+        let mut file = Filling::new(torn, 8, true);
+        assert!(matches!(
+            append_to(&mut file, lines),
+            Err(Failed::Torn { .. })
+        ));
+        // With room, the append lands whole, on a line of its own.
+        let mut file = Filling::new(torn, 1024, true);
+        append_to(&mut file, lines).unwrap();
+        assert_eq!(&file.data.borrow()[..], [&torn[..], b"\n", lines].concat());
+        let mut file = Filling::new(b"{\"user_id\":0}\n", 1024, true);
+        append_to(&mut file, lines).unwrap();
+        assert_eq!(
+            &file.data.borrow()[..],
+            [&b"{\"user_id\":0}\n"[..], lines].concat()
+        );
+        let mut file = Filling::new(b"", 1024, true);
+        append_to(&mut file, lines).unwrap();
+        assert_eq!(&file.data.borrow()[..], lines);
     }
 
     #[test]
