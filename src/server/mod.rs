@@ -19,9 +19,9 @@ use std::time::{Duration, Instant};
 
 use log::{error, info, warn};
 use mio::net::TcpListener;
+use mio::net::UnixStream;
 use mio::{Events, Interest, Poll, Token, Waker};
-use signal_hook::consts::{SIGINT, SIGTERM};
-use signal_hook_mio::v1_0::Signals;
+use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 
 use crate::config::Config;
 use crate::deadletter::{self, Replay};
@@ -37,7 +37,8 @@ const SIGNALS: Token = Token(usize::MAX - 3);
 
 pub struct Server {
     poll: Poll,
-    signals: Signals,
+    /// One byte arrives per signal delivery (see `watch_signals`).
+    signals: UnixStream,
     local_addr: SocketAddr,
     connections: Connections,
     service: Service,
@@ -55,7 +56,7 @@ impl Server {
         let local_addr = listener.local_addr()?;
         poll.registry()
             .register(&mut listener, LISTENER, Interest::READABLE)?;
-        let mut signals = Signals::new([SIGTERM, SIGINT])?;
+        let mut signals = watch_signals()?;
         poll.registry()
             .register(&mut signals, SIGNALS, Interest::READABLE)?;
         let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
@@ -261,7 +262,16 @@ impl Server {
     }
 
     fn on_signals(&mut self) {
-        let count = self.signals.pending().count();
+        let mut count = 0;
+        let mut bytes = [0u8; 64];
+        loop {
+            match io::Read::read(&mut self.signals, &mut bytes) {
+                Ok(0) => break,
+                Ok(n) => count += n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(_) => break,
+            }
+        }
         for _ in 0..count {
             match self.pipeline.on_signal() {
                 SignalEffect::BeginDrain => {
@@ -311,6 +321,21 @@ impl Server {
         crate::logging::flush();
         stop.exit
     }
+}
+
+/// SIGTERM, SIGINT and SIGHUP each write one byte to a socket the loop polls.
+///
+/// Every delivery counts: two signals sent back to back are two steps (drain, then
+/// force), where a pending flag per signal would fold them into one. The handler
+/// (signal-hook's) only `send`s a byte, which is async-signal-safe. SIGHUP drains like
+/// SIGTERM instead of killing the process when its terminal goes away.
+fn watch_signals() -> io::Result<UnixStream> {
+    let (read, write) = std::os::unix::net::UnixStream::pair()?;
+    read.set_nonblocking(true)?;
+    for signal in [SIGTERM, SIGINT, SIGHUP] {
+        signal_hook::low_level::pipe::register(signal, write.try_clone()?)?;
+    }
+    Ok(UnixStream::from_std(read))
 }
 
 fn bind_first(addrs: &[SocketAddr]) -> io::Result<TcpListener> {
