@@ -2,7 +2,7 @@
 
 use std::process::ExitCode;
 
-use log::{error, info};
+use log::{error, info, warn};
 use webhook_forwarder::config::{self, Stop};
 use webhook_forwarder::server::Server;
 use webhook_forwarder::{VERSION, deadletter, logging};
@@ -16,7 +16,8 @@ fn main() -> ExitCode {
     if args.first().map(String::as_str) == Some("probe") {
         return probe(&args[1..]);
     }
-    let config = match config::load("webhook-forwarder", &args, |name| std::env::var(name).ok()) {
+    let mut config = match config::load("webhook-forwarder", &args, |name| std::env::var(name).ok())
+    {
         Ok(config) => config,
         Err(Stop::Print(text)) => {
             print!("{text}");
@@ -30,6 +31,14 @@ fn main() -> ExitCode {
     if let Err(e) = logging::init(config.log_level, config.log_format) {
         eprintln!("webhook-forwarder: cannot set up logging: {e}");
         return ExitCode::from(EXIT_RUNTIME);
+    }
+    // Before anything opens a descriptor: client connections get what the reserve
+    // leaves, so the endpoint connection and the dead-letter file always have one.
+    let open_files = webhook_forwarder::os::raise_open_files_limit();
+    let asked = config.max_connections;
+    config.max_connections = config::connections_within(asked, open_files);
+    if config.max_connections < asked {
+        warn!(asked = asked, max_connections = config.max_connections, open_files_limit = open_files.unwrap_or(0), reserve = config::DESCRIPTOR_RESERVE; "fewer client connections than --max-connections: the descriptor limit leaves room for no more");
     }
     let replay = match config
         .replay
@@ -55,16 +64,18 @@ fn main() -> ExitCode {
     info!(
         version = VERSION,
         listen:% = server.local_addr(),
-        post_endpoint = config.outbound.endpoint.as_str(),
+        post_endpoint = config::redact_url(&config.outbound.endpoint).as_str(),
         batch_size = config.batch_size,
         batch_interval = config.describe_interval().as_str(),
         ring_capacity = config.ring_capacity(),
         post_timeout_ms = config.outbound.post_timeout.as_millis() as u64,
         retry_wait_ms = config.outbound.retry_wait.as_millis() as u64,
+        max_connections = config.max_connections,
+        open_files_limit = open_files.map_or("unknown".into(), |n| n.to_string()).as_str(),
         dead_letter:% = absolute(&config.dead_letter).display(),
         post_headers = header_names(&config.outbound.headers).as_str(),
         ca_file:% = config.outbound.ca_file.as_deref().map_or("-".into(), |p| p.display().to_string()),
-        proxy = config.outbound.proxy.as_deref().map_or("-".into(), config::without_credentials).as_str();
+        proxy = config.outbound.proxy.as_deref().map_or("-".into(), config::redact_url).as_str();
         "listening"
     );
     logging::flush();

@@ -48,3 +48,35 @@ pub fn is_resource_exhaustion(e: &io::Error) -> bool {
         Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM)
     )
 }
+
+/// Raises the soft limit on open descriptors to the hard limit and returns the soft
+/// limit now in force.
+///
+/// The soft limit is often 1024 while the hard one is far higher, and every client
+/// connection costs a descriptor; raising it is what an unprivileged process may do.
+/// When the raise is refused (a sandbox), the current soft limit is returned; when
+/// even reading the limit fails, `None`.
+pub fn raise_open_files_limit() -> Option<u64> {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit(2) writes one `rlimit` into the struct we own for the call.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
+        return None;
+    }
+    if limit.rlim_cur < limit.rlim_max {
+        let raised = libc::rlimit {
+            rlim_cur: limit.rlim_max,
+            rlim_max: limit.rlim_max,
+        };
+        // SAFETY: setrlimit(2) only reads the struct, which outlives the call.
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } == 0 {
+            limit.rlim_cur = limit.rlim_max;
+        } else {
+            log::debug!(error:% = io::Error::last_os_error(); "soft descriptor limit not raised");
+        }
+    }
+    // RLIM_INFINITY is u64::MAX: as good as no limit.
+    Some(limit.rlim_cur)
+}

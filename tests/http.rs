@@ -434,11 +434,13 @@ fn past_the_connection_limit_new_connections_wait_for_a_free_slot() {
 fn file_descriptor_exhaustion_pauses_accepting_without_spinning() {
     let sink = Sink::start(&["--quiet"]);
     let endpoint = sink.endpoint();
-    let fwd = Forwarder::start_limited(
+    // The service keeps descriptors in reserve below its limit; lowering the limit
+    // under it after start is how another shortage (ENFILE, a leak) looks.
+    let fwd = Forwarder::start(
         &["--post-endpoint", &endpoint, "--batch-interval", "1h"],
         &[],
-        Some(24),
     );
+    fwd.proc.limit_open_files(24);
     let mut clients: Vec<RawClient> = (0..40).map(|_| RawClient::connect(fwd.addr)).collect();
     fwd.proc.wait_line("out of resources", SOON);
     let before = fwd.proc.cpu_ticks();

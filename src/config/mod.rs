@@ -23,7 +23,7 @@ use crate::http::Limits;
 use crate::logging::LogFormat;
 use flags::Flags;
 pub use flags::normalize_go_flags;
-pub use outbound::{Outbound, proxy_for, without_credentials};
+pub use outbound::{Outbound, no_proxy_matches, proxy_for, redact_url, redact_urls_in};
 use settings::{Env, Setting, Source};
 
 #[derive(Debug, Clone)]
@@ -72,6 +72,27 @@ pub enum Stop {
 }
 
 pub const MAX_BATCH_SIZE: usize = 100_000;
+
+/// Descriptors kept back from client connections, so the endpoint connection and the
+/// dead-letter file can always be opened. Counted: stdin, stdout, stderr; the listener;
+/// epoll; the waker's eventfd; the signal socket pair and its three registered copies;
+/// the endpoint connection and its replacement while it reconnects; the resolver's
+/// socket and the files it reads (`/etc/hosts`, `/etc/resolv.conf`); the dead-letter,
+/// replay and `.rejected` files. That is about 20; 32 leaves room for the libraries.
+pub const DESCRIPTOR_RESERVE: usize = 32;
+
+/// The most client connections that fit in `open_files` descriptors (the soft
+/// limit; `None` when unknown) besides the reserve, and never more than asked for.
+/// At least one, so a very low limit still serves.
+pub fn connections_within(max_connections: usize, open_files: Option<u64>) -> usize {
+    let Some(limit) = open_files else {
+        return max_connections;
+    };
+    let room = usize::try_from(limit)
+        .unwrap_or(usize::MAX)
+        .saturating_sub(DESCRIPTOR_RESERVE);
+    max_connections.min(room).max(1)
+}
 
 /// Reads the settings from `args` (without the program name) and the environment.
 pub fn load(
@@ -378,6 +399,30 @@ mod tests {
             err.contains("not a proxy URL") && !err.contains("hunter2"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn connections_leave_the_descriptor_reserve_free() {
+        assert_eq!(
+            connections_within(10_000, Some(1024)),
+            1024 - DESCRIPTOR_RESERVE
+        );
+        assert_eq!(connections_within(100, Some(1024)), 100);
+        assert_eq!(
+            connections_within(10_000, Some(256)),
+            256 - DESCRIPTOR_RESERVE
+        );
+        assert_eq!(connections_within(10_000, Some(u64::MAX)), 10_000);
+        assert_eq!(connections_within(10_000, None), 10_000);
+        assert_eq!(connections_within(10_000, Some(8)), 1);
+    }
+
+    #[test]
+    fn endpoint_errors_never_show_its_secrets() {
+        let err = invalid(&["--post-endpoint", "ftp://u:secret@h/a/b?token=abc"], &[]);
+        assert!(err.starts_with("--post-endpoint=\"ftp://h/a/…\""), "{err}");
+        let err = invalid(&["--post-endpoint", "http://u:secret@/a b"], &[]);
+        assert!(!err.contains("secret"), "{err}");
     }
 
     #[test]

@@ -80,7 +80,7 @@ pub fn load<F: Fn(&str) -> Option<String>>(
     {
         return Err(Stop::Invalid(format!(
             "proxy {:?} (from HTTPS_PROXY, HTTP_PROXY or ALL_PROXY) is not a proxy URL (e.g. http://proxy:3128)",
-            without_credentials(url)
+            redact_url(url)
         )));
     }
     Ok(Outbound {
@@ -112,11 +112,34 @@ pub fn parse_header(setting: &Setting, line: &str) -> Result<(String, String), S
     if name.is_empty() || !name.chars().all(token) {
         return Err(invalid("has an invalid name"));
     }
+    if is_reserved_header(name) {
+        return Err(invalid(
+            "is set by the forwarder itself (framing, hop-by-hop or proxy header) and cannot be overridden",
+        ));
+    }
     let value = value.trim();
     if value.chars().any(|c| c.is_control() && c != '\t') {
         return Err(invalid("has a control character in its value"));
     }
     Ok((name.to_owned(), value.to_owned()))
+}
+
+/// Headers that frame the message or belong to one hop: an operator's value would
+/// break every POST (a wrong length), or speak for the connection or the proxy, so
+/// they are refused at start rather than fail at run time.
+fn is_reserved_header(name: &str) -> bool {
+    const RESERVED: &[&str] = &[
+        "content-length",
+        "transfer-encoding",
+        "host",
+        "connection",
+        "keep-alive",
+        "te",
+        "upgrade",
+        "trailer",
+    ];
+    let lower = name.to_ascii_lowercase();
+    RESERVED.contains(&lower.as_str()) || lower.starts_with("proxy-")
 }
 
 /// Reads every certificate of a PEM file; a file without one is an error.
@@ -139,14 +162,10 @@ pub fn load_pem_certificates(setting: &Setting) -> Result<Vec<Vec<u8>>, Stop> {
 
 /// The proxy curl and most tools would use for `endpoint`: `HTTPS_PROXY` for https,
 /// `HTTP_PROXY` for http, `ALL_PROXY` for either (lower-case names too), unless
-/// `NO_PROXY` names the host (`*`, a host, or a domain suffix like `.internal`).
+/// `NO_PROXY` names the host (see `no_proxy_matches`).
 pub fn proxy_for(endpoint: &str, env: impl Fn(&str) -> Option<String>) -> Option<String> {
     let uri: ureq::http::Uri = endpoint.parse().ok()?;
-    let host = uri
-        .host()?
-        .trim_start_matches('[')
-        .trim_end_matches(']')
-        .to_ascii_lowercase();
+    let host = uri.host()?;
     let names: &[&str] = if uri
         .scheme_str()
         .is_some_and(|s| s.eq_ignore_ascii_case("https"))
@@ -159,41 +178,161 @@ pub fn proxy_for(endpoint: &str, env: impl Fn(&str) -> Option<String>) -> Option
     let no_proxy = env("NO_PROXY")
         .or_else(|| env("no_proxy"))
         .unwrap_or_default();
-    let bypass = no_proxy
+    (!no_proxy_matches(host, &no_proxy)).then_some(proxy)
+}
+
+/// Whether a `NO_PROXY` list names `host`, as curl reads it: `*` is every host; a
+/// host name matches itself and its subdomains, at label boundaries only (a leading
+/// `.` or `*.` is ignored, so `.example.com` and `example.com` both match
+/// `api.example.com`, and `ample.com` matches neither); an IP address host is matched
+/// only by the same address or a CIDR range holding it (`10.0.0.0/8`, `fd00::/8`), never
+/// by a name suffix, so `.0.0.1` does not match `127.0.0.1`. A `:port` on an entry is
+/// ignored.
+pub fn no_proxy_matches(host: &str, no_proxy: &str) -> bool {
+    let host = host
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .trim_end_matches('.')
+        .to_ascii_lowercase();
+    let host_ip = host.parse::<std::net::IpAddr>().ok();
+    no_proxy
         .split(',')
         .map(str::trim)
         .filter(|e| !e.is_empty())
-        .any(|entry| {
-            let entry = entry
-                .rsplit_once(':')
-                .filter(|(h, _)| !h.contains(':') || h.ends_with(']'))
-                .map_or(entry, |(h, _)| h);
-            let entry = entry
-                .trim_start_matches("*.")
-                .trim_start_matches('.')
-                .trim_matches(['[', ']'])
-                .to_ascii_lowercase();
-            entry == "*" || host == entry || host.ends_with(&format!(".{entry}"))
-        });
-    (!bypass).then_some(proxy)
+        .any(|entry| match host_ip {
+            _ if entry == "*" => true,
+            Some(ip) => ip_entry_matches(ip, entry),
+            None => name_entry_matches(&host, entry),
+        })
 }
 
-/// `http://user:secret@proxy:3128` shown as `http://proxy:3128`.
-pub fn without_credentials(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
-        (Some(scheme_end), Some(at)) if at > scheme_end => {
-            format!("{}{}", &url[..scheme_end + 3], &url[at + 1..])
+/// `entry` is an address (`127.0.0.1`, `::1`, `[::1]:443`) equal to `ip`, or a CIDR
+/// range holding it.
+fn ip_entry_matches(ip: std::net::IpAddr, entry: &str) -> bool {
+    use std::net::IpAddr;
+    let (addr, bits) = match entry.split_once('/') {
+        Some((addr, bits)) => match bits.parse::<u32>() {
+            Ok(bits) => (addr, Some(bits)),
+            Err(_) => return false,
+        },
+        None => (entry, None),
+    };
+    let addr = if let Some(rest) = addr.strip_prefix('[') {
+        rest.split(']').next().unwrap_or(rest)
+    } else if addr.matches(':').count() == 1 {
+        // IPv4 with a port.
+        addr.split(':').next().unwrap_or(addr)
+    } else {
+        addr
+    };
+    let Ok(net) = addr.parse::<IpAddr>() else {
+        return false;
+    };
+    let prefix_equal = |a: u128, b: u128, width: u32| match bits.unwrap_or(width) {
+        0 => true,
+        n if n <= width => (a ^ b) >> (width - n) == 0,
+        _ => false,
+    };
+    match (ip, net) {
+        (IpAddr::V4(a), IpAddr::V4(b)) => {
+            prefix_equal(u128::from(u32::from(a)), u128::from(u32::from(b)), 32)
         }
-        _ => url.to_owned(),
+        (IpAddr::V6(a), IpAddr::V6(b)) => prefix_equal(u128::from(a), u128::from(b), 128),
+        _ => false,
     }
+}
+
+/// `entry` is `host` itself or one of its parent domains.
+fn name_entry_matches(host: &str, entry: &str) -> bool {
+    let entry = match entry.rsplit_once(':') {
+        Some((name, port)) if port.chars().all(|c| c.is_ascii_digit()) => name,
+        _ => entry,
+    };
+    let entry = entry
+        .trim_start_matches("*.")
+        .trim_start_matches('.')
+        .trim_end_matches('.')
+        .to_ascii_lowercase();
+    !entry.is_empty()
+        && (host == entry
+            || host
+                .strip_suffix(entry.as_str())
+                .is_some_and(|rest| rest.ends_with('.')))
+}
+
+/// A URL as it may appear in a log line: scheme, host and port, and the first path
+/// segment followed by `/…` when there is more. Webhook URLs carry their secret in
+/// the userinfo, the query or deeper in the path (`/services/T000/B000/XXXX`), so all
+/// of those are left out. Works without a scheme too (`user:pw@proxy:3128` →
+/// `proxy:3128`), for proxies as the environment gives them.
+pub fn redact_url(url: &str) -> String {
+    let url = url.trim();
+    let (scheme, rest) = match url.find("://") {
+        Some(i) => url.split_at(i + 3),
+        None => ("", url),
+    };
+    // Userinfo ends at the last `@` before the query: a password may hold a raw `/`
+    // (malformed, but it must not leak), and a path rarely holds an `@`.
+    let query = rest.find(['?', '#']).unwrap_or(rest.len());
+    let rest = rest[..query].rfind('@').map_or(rest, |at| &rest[at + 1..]);
+    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let (host, tail) = rest.split_at(authority_end);
+    let mut out = format!("{scheme}{host}");
+    let path_end = tail.find(['?', '#']).unwrap_or(tail.len());
+    let (path, after) = tail.split_at(path_end);
+    let mut cut = false;
+    if let Some(path) = path.strip_prefix('/') {
+        out.push('/');
+        match path.split_once('/') {
+            Some((first, more)) => {
+                out.push_str(first);
+                cut = !more.is_empty();
+                out.push_str(if cut { "/…" } else { "/" });
+            }
+            None => out.push_str(path),
+        }
+    }
+    if !after.is_empty() && !cut {
+        out.push_str(if after.starts_with('?') {
+            "?…"
+        } else {
+            "#…"
+        });
+    }
+    out
+}
+
+/// `text` with every `scheme://…` in it passed through `redact_url`: error messages
+/// of the HTTP stack may quote the URL they failed on.
+pub fn redact_urls_in(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(at) = rest.find("://") {
+        let start = rest[..at]
+            .rfind(|c: char| !(c.is_ascii_alphanumeric() || "+-.".contains(c)))
+            .map_or(0, |i| i + 1);
+        let end = rest[at..]
+            .find(|c: char| c.is_whitespace() || "\"'<>`".contains(c))
+            .map_or(rest.len(), |i| at + i);
+        out.push_str(&rest[..start]);
+        out.push_str(&redact_url(&rest[start..end]));
+        rest = &rest[end..];
+    }
+    out.push_str(rest);
+    out
 }
 
 pub fn parse_endpoint(setting: &Setting) -> Result<String, Stop> {
     let text = setting.value.trim();
-    let uri: ureq::http::Uri = text.parse().map_err(|_| setting.invalid("is not a URL"))?;
+    // The URL may hold a secret: errors show it as the log does.
+    let shown = Setting {
+        value: redact_url(text),
+        source: setting.source,
+    };
+    let uri: ureq::http::Uri = text.parse().map_err(|_| shown.invalid("is not a URL"))?;
     let scheme_ok = matches!(uri.scheme_str(), Some(s) if s.eq_ignore_ascii_case("http") || s.eq_ignore_ascii_case("https"));
     if !scheme_ok || uri.host().is_none_or(str::is_empty) {
-        return Err(setting.invalid("is not an absolute http:// or https:// URL"));
+        return Err(shown.invalid("is not an absolute http:// or https:// URL"));
     }
     Ok(text.to_owned())
 }
@@ -263,8 +402,117 @@ mod tests {
     }
 
     #[test]
-    fn credentials_are_cut_from_proxy_urls() {
-        assert_eq!(without_credentials("http://u:p@h:1"), "http://h:1");
-        assert_eq!(without_credentials("http://h:1"), "http://h:1");
+    fn no_proxy_matches_as_curl_does() {
+        let cases: &[(&str, &str, bool)] = &[
+            ("127.0.0.1", ".0.0.1", false),
+            ("127.0.0.1", "0.0.1", false),
+            ("127.0.0.1", "127.0.0.1", true),
+            ("127.0.0.1", "127.0.0.1:8080", true),
+            ("127.0.0.1", "127.0.0.0/8", true),
+            ("128.0.0.1", "127.0.0.0/8", false),
+            ("10.1.2.3", "10.1.0.0/16", true),
+            ("10.2.2.3", "10.1.0.0/16", false),
+            ("10.2.2.3", "0.0.0.0/0", true),
+            ("10.2.2.3", "10.0.0.0/33", false),
+            ("10.2.2.3", "10.0.0.0/x", false),
+            ("[::1]", "::1", true),
+            ("[::1]", "[::1]:443", true),
+            ("[::1]", "::/0", true),
+            ("[fd00::5]", "fd00::/8", true),
+            ("[fe80::5]", "fd00::/8", false),
+            ("[::1]", "127.0.0.1", false),
+            ("127.0.0.1", "localhost", false),
+            ("api.example.com", "example.com", true),
+            ("api.example.com", ".example.com", true),
+            ("api.example.com", "*.example.com", true),
+            ("api.example.com", "EXAMPLE.com.", true),
+            ("api.example.com", "example.com:443", true),
+            ("example.com", ".example.com", true),
+            ("api.example.com", "ample.com", false),
+            ("api.example.com", "api.example.com.evil", false),
+            ("api.example.com.", "example.com", true),
+            ("anything", "*", true),
+            ("anything", "", false),
+            ("anything", " , ,", false),
+            ("anything", "other, anything", true),
+        ];
+        for &(host, list, want) in cases {
+            assert_eq!(
+                no_proxy_matches(host, list),
+                want,
+                "{host} vs NO_PROXY={list}"
+            );
+        }
+    }
+
+    #[test]
+    fn redacted_urls_keep_host_port_and_first_segment() {
+        let cases: &[(&str, &str)] = &[
+            ("http://u:p@h:1", "http://h:1"),
+            ("http://h:1", "http://h:1"),
+            ("user:pw@host:3128", "host:3128"),
+            ("host:3128", "host:3128"),
+            (
+                "https://hooks.example.com/services/T000/B000/XXXX",
+                "https://hooks.example.com/services/…",
+            ),
+            (
+                "http://user:secret@127.0.0.1:9/services/T000/B000/XXXX?token=abc",
+                "http://127.0.0.1:9/services/…",
+            ),
+            ("http://h/in?token=abc", "http://h/in?…"),
+            ("http://h/in/", "http://h/in/"),
+            ("http://h/", "http://h/"),
+            ("http://h/#frag", "http://h/#…"),
+            ("http://u:p/w@h:1/x", "http://h:1/x"),
+            ("http://h/x?mail=a@b", "http://h/x?…"),
+            ("", ""),
+            ("://", "://"),
+            ("@", ""),
+        ];
+        for &(url, want) in cases {
+            assert_eq!(redact_url(url), want, "{url}");
+        }
+        assert_eq!(
+            redact_urls_in("bad uri: http://u:secret@h/a/b?k=v has no host; see \"https://x/y/z\""),
+            "bad uri: http://h/a/… has no host; see \"https://x/y/…\""
+        );
+        assert_eq!(redact_urls_in("no url here"), "no url here");
+        assert_eq!(redact_urls_in("://a/b/c ://"), "://a/b/… ://");
+    }
+
+    #[test]
+    fn framing_and_hop_by_hop_headers_are_refused() {
+        let setting = Setting {
+            value: String::new(),
+            source: Source::Flag("post-header"),
+        };
+        for name in [
+            "Content-Length",
+            "transfer-encoding",
+            "HOST",
+            "Connection",
+            "Keep-Alive",
+            "TE",
+            "Upgrade",
+            "Trailer",
+            "Proxy-Authorization",
+            "proxy-connection",
+        ] {
+            let line = format!("{name}: s3cret");
+            match parse_header(&setting, &line) {
+                Err(Stop::Invalid(message)) => {
+                    assert!(message.contains(name), "{message}");
+                    assert!(!message.contains("s3cret"), "{message}");
+                }
+                other => panic!("{name} accepted: {other:?}"),
+            }
+        }
+        for name in ["Content-Type", "Authorization", "X-Proxyish", "Tenant"] {
+            assert!(
+                parse_header(&setting, &format!("{name}: v")).is_ok(),
+                "{name}"
+            );
+        }
     }
 }

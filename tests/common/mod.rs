@@ -167,6 +167,19 @@ impl Proc {
         assert!(ok, "kill -{signal} failed");
     }
 
+    /// Lowers the running process's limit on open files (soft and hard), below what
+    /// it planned for at start: how a descriptor shortage looks from inside.
+    pub fn limit_open_files(&self, n: u32) {
+        let ok = Command::new("prlimit")
+            .arg("--pid")
+            .arg(self.pid().to_string())
+            .arg(format!("--nofile={n}:{n}"))
+            .status()
+            .expect("prlimit (util-linux) is installed")
+            .success();
+        assert!(ok, "prlimit --nofile={n} failed");
+    }
+
     /// CPU time (user + system) in clock ticks, from /proc.
     pub fn cpu_ticks(&self) -> u64 {
         let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.pid())).unwrap();
@@ -365,7 +378,8 @@ pub fn spawn_forwarder(args: &[&str], env: &[(&str, &str)]) -> Proc {
     spawn_forwarder_limited(args, env, None)
 }
 
-/// Starts the forwarder with a soft limit on open files, when given.
+/// Starts the forwarder with a limit on open files, when given: soft and hard alike,
+/// so the service cannot raise it.
 pub fn spawn_forwarder_limited(
     args: &[&str],
     env: &[(&str, &str)],
@@ -377,7 +391,7 @@ pub fn spawn_forwarder_limited(
             let mut sh = Command::new("sh");
             sh.args([
                 "-c",
-                &format!("ulimit -Sn {n} && exec \"$0\" \"$@\""),
+                &format!("ulimit -n {n} && exec \"$0\" \"$@\""),
                 env!("CARGO_BIN_EXE_webhook-forwarder"),
             ]);
             sh
