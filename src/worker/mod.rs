@@ -13,6 +13,7 @@ use std::time::Instant;
 
 use log::{error, info, warn};
 
+mod proxy;
 mod resolver;
 
 use crate::config::Outbound;
@@ -20,6 +21,7 @@ use crate::metrics::WorkerStats;
 use crate::record::Record;
 use resolver::CachingResolver;
 use std::sync::atomic::Ordering;
+use ureq::unversioned::transport::Connector;
 
 /// Retries after the first attempt fails.
 pub const RETRIES: u32 = 3;
@@ -123,30 +125,48 @@ enum Attempt {
 
 impl Poster {
     fn new(settings: Outbound, stats: Arc<WorkerStats>) -> Poster {
+        // Chosen by config::proxy_for, per the endpoint's scheme. An http:// endpoint
+        // behind an HTTP proxy gets absolute-form requests (see `proxy`), not ureq's
+        // CONNECT tunnel.
+        let proxy = settings
+            .proxy
+            .as_deref()
+            .and_then(|p| ureq::Proxy::new(p).ok());
+        let absolute = proxy
+            .as_ref()
+            .and_then(|p| proxy::AbsoluteForm::for_endpoint(&settings.endpoint, p));
         let mut config = ureq::Agent::config_builder()
             .timeout_global(Some(settings.post_timeout))
             .http_status_as_error(false)
+            // A redirect is a failed attempt like any non-2xx: following it would send
+            // the batch (or, after a 303, nothing) and the headers to another host.
+            .max_redirects(0)
             .user_agent(concat!("webhook-forwarder/", env!("CARGO_PKG_VERSION")))
             .max_idle_connections_per_host(1)
-            // Chosen by config::proxy_for, per the endpoint's scheme.
-            .proxy(
-                settings
-                    .proxy
-                    .as_deref()
-                    .and_then(|p| ureq::Proxy::new(p).ok()),
-            );
+            .proxy(if absolute.is_some() { None } else { proxy });
         // Always our own list: ureq's built-in one is compiled out, which keeps a second
         // copy of the same roots out of the binary.
         let tls = ureq::tls::TlsConfig::builder()
             .root_certs(trusted_roots(&settings.extra_roots))
             .build();
         config = config.tls_config(tls);
-        let resolver = CachingResolver::default();
-        let agent = ureq::Agent::with_parts(
-            config.build(),
-            ureq::unversioned::transport::DefaultConnector::new(),
-            resolver.clone(),
-        );
+        let connector = ureq::unversioned::transport::DefaultConnector::new();
+        let (resolver, agent) = match absolute {
+            Some((rewrite, proxy_uri)) => {
+                let resolver = CachingResolver::via(proxy_uri);
+                let agent = ureq::Agent::with_parts(
+                    config.build(),
+                    connector.chain(rewrite),
+                    resolver.clone(),
+                );
+                (resolver, agent)
+            }
+            None => {
+                let resolver = CachingResolver::default();
+                let agent = ureq::Agent::with_parts(config.build(), connector, resolver.clone());
+                (resolver, agent)
+            }
+        };
         Poster {
             settings,
             agent,
@@ -236,10 +256,16 @@ impl Poster {
     }
 
     fn post_once(&mut self) -> Attempt {
-        let mut request = self
-            .agent
-            .post(&self.settings.endpoint)
-            .header("Content-Type", "application/json");
+        let mut request = self.agent.post(&self.settings.endpoint);
+        // An operator's Content-Type replaces ours rather than going out twice.
+        let own_type = self
+            .settings
+            .headers
+            .iter()
+            .any(|(n, _)| n.eq_ignore_ascii_case("content-type"));
+        if !own_type {
+            request = request.header("Content-Type", "application/json");
+        }
         for (name, value) in &self.settings.headers {
             request = request.header(name, value);
         }
@@ -257,7 +283,8 @@ impl Poster {
             Err(e) => {
                 // The endpoint may have moved: look its name up again next time.
                 self.resolver.forget();
-                Attempt::Error(e.to_string())
+                // The message may quote the URL, userinfo and all.
+                Attempt::Error(crate::config::redact_urls_in(&e.to_string()))
             }
         }
     }

@@ -37,11 +37,22 @@ struct Cached {
 #[derive(Debug, Clone, Default)]
 pub struct CachingResolver {
     cache: Arc<Mutex<Cached>>,
+    /// Resolve this instead of the requested URI: the proxy that absolute-form
+    /// requests go to (see `proxy`).
+    via: Option<Uri>,
     /// Lookups made, for the tests and the bench.
     lookups: Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl CachingResolver {
+    /// Answers every lookup with the address of `proxy`.
+    pub fn via(proxy: Uri) -> CachingResolver {
+        CachingResolver {
+            via: Some(proxy),
+            ..CachingResolver::default()
+        }
+    }
+
     /// A connection failed: the next request looks the name up again.
     pub fn forget(&self) {
         if let Ok(mut cache) = self.cache.lock() {
@@ -85,6 +96,7 @@ impl Resolver for CachingResolver {
         _config: &Config,
         _timeout: NextTimeout,
     ) -> Result<ResolvedSocketAddrs, ureq::Error> {
+        let uri = self.via.as_ref().unwrap_or(uri);
         let bad = || ureq::Error::BadUri(format!("{uri} has no host"));
         let host = uri.host().ok_or_else(bad)?;
         let port = uri
