@@ -171,6 +171,15 @@ mod tests {
     }
 
     #[test]
+    fn via_a_proxy_every_lookup_answers_with_the_proxy() {
+        let r = CachingResolver::via("http://127.0.0.2:3128".parse().unwrap());
+        assert_eq!(
+            resolve(&r, "http://endpoint.invalid/x"),
+            ["127.0.0.2:3128".parse().unwrap()]
+        );
+    }
+
+    #[test]
     fn an_unknown_name_is_an_error_not_a_panic() {
         let r = CachingResolver::default();
         let uri: Uri = "http://no-such-host.invalid/x".parse().unwrap();

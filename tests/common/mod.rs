@@ -628,3 +628,128 @@ pub fn post_log(body: &str) -> String {
 pub fn in_ci() -> bool {
     std::env::var("CI").is_ok_and(|v| !v.is_empty() && v != "false" && v != "0")
 }
+
+/// One request as a `Catcher` saw it: the head as sent, and the body.
+#[derive(Clone, Debug)]
+pub struct Caught {
+    pub head: String,
+    pub body: Vec<u8>,
+}
+
+impl Caught {
+    pub fn request_line(&self) -> &str {
+        self.head.lines().next().unwrap_or("")
+    }
+
+    /// Every value of the header `name`, in order.
+    pub fn header_values(&self, name: &str) -> Vec<String> {
+        self.head
+            .lines()
+            .skip(1)
+            .filter_map(|l| l.split_once(':'))
+            .filter(|(n, _)| n.trim().eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.trim().to_owned())
+            .collect()
+    }
+}
+
+/// A raw HTTP/1.1 receiver on loopback that records each request head byte for byte
+/// and gives every request the same answer (keep-alive, unless the answer closes).
+pub struct Catcher {
+    pub addr: SocketAddr,
+    caught: Arc<Mutex<Vec<Caught>>>,
+    connections: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl Catcher {
+    pub fn start(answer: &str) -> Catcher {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let caught = Arc::new(Mutex::new(Vec::new()));
+        let connections = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let (record, count, answer) = (
+            Arc::clone(&caught),
+            Arc::clone(&connections),
+            answer.to_owned(),
+        );
+        std::thread::spawn(move || {
+            for stream in listener.incoming().flatten() {
+                count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                let (record, answer) = (Arc::clone(&record), answer.clone());
+                std::thread::spawn(move || Catcher::serve(stream, &record, &answer));
+            }
+        });
+        Catcher {
+            addr,
+            caught,
+            connections,
+        }
+    }
+
+    fn serve(stream: TcpStream, record: &Mutex<Vec<Caught>>, answer: &str) {
+        let mut reader = BufReader::new(stream);
+        loop {
+            let mut head = String::new();
+            loop {
+                let mut line = String::new();
+                if reader.read_line(&mut line).unwrap_or(0) == 0 {
+                    return;
+                }
+                head.push_str(&line);
+                if line == "\r\n" {
+                    break;
+                }
+            }
+            let length = head
+                .lines()
+                .filter_map(|l| l.split_once(':'))
+                .find(|(n, _)| n.trim().eq_ignore_ascii_case("content-length"))
+                .and_then(|(_, v)| v.trim().parse().ok())
+                .unwrap_or(0usize);
+            let mut body = vec![0u8; length];
+            if reader.read_exact(&mut body).is_err() {
+                return;
+            }
+            record.lock().unwrap().push(Caught { head, body });
+            if reader.get_mut().write_all(answer.as_bytes()).is_err() {
+                return;
+            }
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    pub fn caught(&self) -> Vec<Caught> {
+        self.caught.lock().unwrap().clone()
+    }
+
+    pub fn connections(&self) -> usize {
+        self.connections.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// Waits until `n` requests have come in.
+    pub fn wait_requests(&self, n: usize, timeout: Duration) -> Vec<Caught> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let caught = self.caught();
+            if caught.len() >= n {
+                return caught;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "timed out waiting for {n} requests; got {caught:?}"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+}
+
+pub const ANSWER_200: &str = "HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n";
+
+/// A loopback port with nothing listening on it.
+pub fn closed_port() -> u16 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.local_addr().unwrap().port()
+}
