@@ -93,6 +93,11 @@ pub fn normalize_go_flags(args: &[String]) -> Vec<String> {
             out.push(arg.clone());
             continue;
         }
+        // argh knows only --help; -h is what people type first.
+        if arg == "-h" {
+            out.push("--help".to_owned());
+            continue;
+        }
         let name = if let Some(long) = arg.strip_prefix("--") {
             long
         } else if let Some(short) = arg
@@ -135,7 +140,8 @@ mod tests {
                 "-batch-interval=1s",
                 "--http=:1",
                 "--version",
-                "-help"
+                "-help",
+                "-h"
             ])),
             args(&[
                 "--batch-size",
@@ -145,6 +151,7 @@ mod tests {
                 "--http",
                 ":1",
                 "--version",
+                "--help",
                 "--help"
             ])
         );

@@ -73,18 +73,34 @@ pub enum Stop {
 
 pub const MAX_BATCH_SIZE: usize = 100_000;
 
+/// The subcommands, which argh does not know about, appended to `--help`.
+const COMMANDS_HELP: &str = "
+Commands:
+  webhook-forwarder probe [--http ADDR]: exit 0 when /healthz answers 200 (the
+                 container's health check; probe --help tells more)
+  webhook-forwarder help: print this help
+";
+
 /// Reads the settings from `args` (without the program name) and the environment.
 pub fn load(
     program: &str,
     args: &[String],
     env: impl Fn(&str) -> Option<String>,
 ) -> Result<Config, Stop> {
+    // `webhook-forwarder help`, like `probe`, is a word rather than a flag.
+    let help = [String::from("--help")];
+    let args = match args.first().map(String::as_str) {
+        Some("help") if args.len() == 1 => &help[..],
+        _ => args,
+    };
     let normalized = normalize_go_flags(args);
     let refs: Vec<&str> = normalized.iter().map(String::as_str).collect();
     let flags = match Flags::from_args(&[program], &refs) {
         Ok(flags) => flags,
         Err(exit) if exit.status.is_ok() => {
-            return Err(Stop::Print(exit.output + &settings::help_table()));
+            return Err(Stop::Print(
+                exit.output + COMMANDS_HELP + &settings::help_table(),
+            ));
         }
         Err(exit) => return Err(Stop::Invalid(exit.output.trim_end().replace('\n', " "))),
     };
@@ -286,6 +302,16 @@ mod tests {
 
     #[test]
     fn help_and_version_print() {
+        for asks in [&["--help"][..], &["-help"], &["-h"], &["help"], &[EP, "-h"]] {
+            let Err(Stop::Print(text)) = load_with(asks, &[]) else {
+                panic!("{asks:?} prints the help");
+            };
+            assert!(text.starts_with("Usage: webhook-forwarder"), "{asks:?}");
+            assert!(
+                text.contains("webhook-forwarder probe [--http ADDR]"),
+                "{text}"
+            );
+        }
         match load_with(&["--help"], &[]) {
             Err(Stop::Print(text)) => {
                 for needle in [
