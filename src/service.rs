@@ -200,7 +200,7 @@ impl Peer<'_> {
 impl Handler for Peer<'_> {
     type Route = Route;
 
-    fn route(&mut self, method: Method, path: &str) -> Route {
+    fn route(&mut self, method: Method, path: &str, _authorization: Option<&[u8]>) -> Route {
         let endpoint = match path {
             "/healthz" => Endpoint::Health,
             "/readyz" => Endpoint::Ready,

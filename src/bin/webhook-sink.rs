@@ -67,7 +67,7 @@ struct Sink {
 impl Handler for Sink {
     type Route = bool;
 
-    fn route(&mut self, method: Method, _path: &str) -> bool {
+    fn route(&mut self, method: Method, _path: &str, _authorization: Option<&[u8]>) -> bool {
         method == Method::Post
     }
 

@@ -92,7 +92,9 @@ impl<const N: usize> Label<N> {
 pub trait Handler {
     /// A routing decision, kept while the body arrives.
     type Route: Copy;
-    fn route(&mut self, method: Method, path: &str) -> Self::Route;
+    /// `authorization` is the value of the request's one `Authorization` header
+    /// (`None` when absent or repeated), so that access is decided before the body.
+    fn route(&mut self, method: Method, path: &str, authorization: Option<&[u8]>) -> Self::Route;
     /// An answer known before the body is read (for `Expect: 100-continue`); `None`
     /// means the body is wanted.
     fn early_answer(&mut self, route: Self::Route) -> Option<Response<'_>>;
@@ -586,13 +588,15 @@ impl<R: Copy> Machine<R> {
         let http11 = request.version == Some(1);
         let method = Method::from_token(method_text);
         let path = route_path(target);
-        let route = io.handler.route(method, path);
+        let head = HeadFields::read(request.headers);
+        let authorization = head.as_ref().ok().and_then(HeadFields::authorization);
+        let route = io.handler.route(method, path, authorization);
         let refuse =
             |machine: &mut Self, status: u16, message: &'static str, io: &mut Io<'_, H>| {
                 machine.write_failure(status, message, io, Some(route), method_text, path, io.now);
                 false
             };
-        let head = match HeadFields::read(request.headers) {
+        let head = match head {
             Ok(head) => head,
             Err((status, message)) => return refuse(self, status, message, io),
         };
@@ -812,9 +816,9 @@ impl<R: Copy> Machine<R> {
     }
 }
 
-/// What the headers of one request say about framing and the connection.
+/// What the headers of one request say about framing, the connection and access.
 #[derive(Default)]
-struct HeadFields {
+struct HeadFields<'h> {
     content_length: Option<u64>,
     chunked: bool,
     close: bool,
@@ -822,10 +826,13 @@ struct HeadFields {
     expect_continue: bool,
     unknown_expectation: bool,
     hosts: usize,
+    /// Borrowed from the head: no copy of a credential is made.
+    authorization: Option<&'h [u8]>,
+    authorizations: usize,
 }
 
-impl HeadFields {
-    fn read(headers: &[httparse::Header<'_>]) -> Result<HeadFields, (u16, &'static str)> {
+impl<'h> HeadFields<'h> {
+    fn read(headers: &[httparse::Header<'h>]) -> Result<HeadFields<'h>, (u16, &'static str)> {
         let mut fields = HeadFields::default();
         let mut transfer_codings = 0usize;
         let mut chunked_codings = 0usize;
@@ -866,6 +873,9 @@ impl HeadFields {
                 }
             } else if name.eq_ignore_ascii_case("host") {
                 fields.hosts += 1;
+            } else if name.eq_ignore_ascii_case("authorization") {
+                fields.authorizations += 1;
+                fields.authorization = Some(value);
             }
         }
         if transfer_codings > 0 {
@@ -881,6 +891,11 @@ impl HeadFields {
             fields.chunked = true;
         }
         Ok(fields)
+    }
+
+    /// A repeated header is ambiguous, so it counts as none.
+    fn authorization(&self) -> Option<&'h [u8]> {
+        self.authorization.filter(|_| self.authorizations == 1)
     }
 }
 
