@@ -6,6 +6,7 @@
 //! tests, the fuzz targets and the bundled `webhook-sink` share the exact code the
 //! service runs.
 
+pub mod auth;
 pub mod clock;
 pub mod config;
 pub mod deadletter;

@@ -41,8 +41,8 @@ impl Endpoint {
 }
 
 /// Status codes the server can answer; anything else is counted as `other`.
-const CODES: [u16; 13] = [
-    200, 201, 400, 404, 405, 408, 413, 417, 431, 500, 501, 503, 505,
+const CODES: [u16; 14] = [
+    200, 201, 400, 401, 404, 405, 408, 413, 417, 431, 500, 501, 503, 505,
 ];
 
 #[derive(Debug, Clone, Copy)]
@@ -115,6 +115,8 @@ pub struct Totals {
 pub struct Metrics {
     requests: [[u64; CODES.len() + 1]; Endpoint::ALL.len()],
     rejected: [u64; 4],
+    /// 401s, by endpoint: a missing or wrong bearer token.
+    unauthorized: [u64; Endpoint::ALL.len()],
     pub dead_lettered: u64,
     start_time: SystemTime,
 }
@@ -136,6 +138,7 @@ impl Default for Metrics {
         Metrics {
             requests: [[0; CODES.len() + 1]; Endpoint::ALL.len()],
             rejected: [0; 4],
+            unauthorized: [0; Endpoint::ALL.len()],
             dead_lettered: 0,
             start_time: SystemTime::now(),
         }
@@ -153,6 +156,10 @@ impl Metrics {
 
     pub fn count_rejected(&mut self, why: Rejected) {
         self.rejected[why as usize] += 1;
+    }
+
+    pub fn count_unauthorized(&mut self, endpoint: Endpoint) {
+        self.unauthorized[endpoint as usize] += 1;
     }
 
     pub fn render(&self, out: &mut Vec<u8>, gauges: &Gauges, worker: &WorkerStats) {
@@ -201,6 +208,21 @@ impl Metrics {
                 "reason",
                 reason,
                 count,
+            );
+        }
+        header(
+            out,
+            "webhook_unauthorized_requests_total",
+            "counter",
+            "Requests answered 401 for a missing or wrong bearer token, by route.",
+        );
+        for endpoint in [Endpoint::Log, Endpoint::Metrics] {
+            labelled(
+                out,
+                "webhook_unauthorized_requests_total",
+                "route",
+                endpoint.label(),
+                self.unauthorized[endpoint as usize],
             );
         }
         counter(

@@ -10,6 +10,7 @@ use std::time::Instant;
 
 use log::info;
 
+use crate::auth::{Access, BearerToken};
 use crate::http::response::{self, Response};
 use crate::http::{Exchange, Handler, Method, Reply};
 use crate::metrics::{Endpoint, Gauges, Metrics, Rejected, WorkerStats};
@@ -24,9 +25,15 @@ pub struct Route {
     /// False for requests whose head arrived after shutdown began: they are refused,
     /// while requests already under way are still served.
     admitted: bool,
+    /// Decided from the head, so a refused request's body is never decoded.
+    access: Access,
 }
 
 impl Route {
+    fn granted(self) -> bool {
+        matches!(self.access, Access::Open | Access::Granted)
+    }
+
     fn allow(self) -> &'static str {
         match self.endpoint {
             Endpoint::Log => "POST",
@@ -43,6 +50,8 @@ pub struct Service {
     pub now: Instant,
     /// Error bodies and metrics are built here, reused from request to request.
     scratch: Vec<u8>,
+    /// The token `POST /log` and `GET /metrics` require, if any.
+    auth: Option<BearerToken>,
 }
 
 /// Connection figures the connection table owns, copied in for `/metrics`.
@@ -53,12 +62,13 @@ pub struct ConnectionGauges {
 }
 
 impl Service {
-    pub fn new(worker_stats: Arc<WorkerStats>, now: Instant) -> Service {
+    pub fn new(worker_stats: Arc<WorkerStats>, now: Instant, auth: Option<BearerToken>) -> Service {
         Service {
             metrics: Metrics::default(),
             worker_stats,
             now,
             scratch: Vec::with_capacity(256),
+            auth,
         }
     }
 }
@@ -86,6 +96,9 @@ pub enum WaitOutcome {
 
 const QUEUE_FULL: &[u8] = br#"{"message":"queue full, retry later"}"#;
 const SHUTTING_DOWN: &[u8] = br#"{"message":"shutting down"}"#;
+const TOKEN_MISSING: &[u8] =
+    br#"{"message":"a bearer token is required: Authorization: Bearer <token>"}"#;
+const TOKEN_WRONG: &[u8] = br#"{"message":"wrong bearer token"}"#;
 
 fn queue_full() -> Response<'static> {
     let mut r = Response::json(503, QUEUE_FULL);
@@ -97,7 +110,9 @@ impl Peer<'_> {
     /// Every answer but a record's: those are `accept_record`'s.
     fn answer_now(&mut self, route: Route) -> Response<'_> {
         let draining = self.pipeline.is_draining();
-        let mut answer = if !route.method_allowed {
+        let mut answer = if !route.granted() {
+            self.unauthorized(route)
+        } else if !route.method_allowed {
             let mut r = self.error(405, "method not allowed");
             r.allow = Some(route.allow());
             r
@@ -183,6 +198,18 @@ impl Peer<'_> {
         answer
     }
 
+    /// 401 before anything else is looked at: no hint of what the route would do.
+    fn unauthorized(&mut self, route: Route) -> Response<'static> {
+        self.service.metrics.count_unauthorized(route.endpoint);
+        let body = match route.access {
+            Access::Wrong => TOKEN_WRONG,
+            _ => TOKEN_MISSING,
+        };
+        let mut r = Response::json(401, body);
+        r.www_authenticate = Some("Bearer");
+        r
+    }
+
     fn shutting_down(&mut self) -> Response<'static> {
         let mut r = Response::json(503, SHUTTING_DOWN);
         r.close = true;
@@ -200,7 +227,7 @@ impl Peer<'_> {
 impl Handler for Peer<'_> {
     type Route = Route;
 
-    fn route(&mut self, method: Method, path: &str, _authorization: Option<&[u8]>) -> Route {
+    fn route(&mut self, method: Method, path: &str, authorization: Option<&[u8]>) -> Route {
         let endpoint = match path {
             "/healthz" => Endpoint::Health,
             "/readyz" => Endpoint::Ready,
@@ -215,16 +242,23 @@ impl Handler for Peer<'_> {
             }
             Endpoint::Unknown => true,
         };
+        // Only what carries records or tells about them is guarded; probes stay open.
+        let access = match (&self.service.auth, endpoint) {
+            (Some(token), Endpoint::Log | Endpoint::Metrics) => token.check(authorization),
+            _ => Access::Open,
+        };
         Route {
             endpoint,
             method_allowed,
             admitted: !self.pipeline.is_draining(),
+            access,
         }
     }
 
     fn early_answer(&mut self, route: Route) -> Option<Response<'_>> {
         let wants_body = route.method_allowed
             && route.admitted
+            && route.granted()
             && match route.endpoint {
                 // A request that may wait for room is read while it waits.
                 Endpoint::Log => self.pipeline.has_room() || self.pipeline.may_wait(),
@@ -239,7 +273,11 @@ impl Handler for Peer<'_> {
     }
 
     fn respond(&mut self, route: Route, body: &[u8]) -> Reply<'_> {
-        if route.endpoint == Endpoint::Log && route.method_allowed && route.admitted {
+        if route.endpoint == Endpoint::Log
+            && route.method_allowed
+            && route.admitted
+            && route.granted()
+        {
             self.accept_record(body)
         } else {
             Reply::Now(self.answer_now(route))

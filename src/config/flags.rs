@@ -68,6 +68,12 @@ pub struct Flags {
     /// PEM file of extra CA certificates trusted for an https:// endpoint, besides the bundled web PKI roots
     #[argh(option)]
     pub ca_file: Option<String>,
+    /// bearer token that POST /log and GET /metrics then require (Authorization: Bearer ...); a flag shows in ps, prefer --auth-token-file
+    #[argh(option)]
+    pub auth_token: Option<String>,
+    /// file holding the bearer token (a mounted secret); its trailing newline is dropped
+    #[argh(option)]
+    pub auth_token_file: Option<String>,
     /// print the version and exit
     #[argh(switch)]
     pub version: bool,

@@ -18,6 +18,7 @@ use std::time::Duration;
 use argh::FromArgs;
 use log::LevelFilter;
 
+use crate::auth::BearerToken;
 use crate::duration::format_go_duration;
 use crate::http::Limits;
 use crate::logging::LogFormat;
@@ -42,6 +43,8 @@ pub struct Config {
     pub log_format: LogFormat,
     pub dead_letter: PathBuf,
     pub replay: Option<PathBuf>,
+    /// The bearer token `POST /log` and `GET /metrics` require, if any.
+    pub auth: Option<BearerToken>,
     pub outbound: Outbound,
 }
 
@@ -162,6 +165,7 @@ pub fn load(
     let replay = env
         .given(&flags.replay, settings::REPLAY)
         .map(|s| PathBuf::from(s.value));
+    let auth = load_auth(&flags, &env)?;
     let outbound = outbound::load(&flags, &env, &with_default)?;
     Ok(Config {
         http: http.value,
@@ -175,8 +179,53 @@ pub fn load(
         log_format,
         dead_letter,
         replay,
+        auth,
         outbound,
     })
+}
+
+/// The inbound token, from the flag, the variable or a file. Errors never show the
+/// token: they name where it came from and what is wrong with it.
+fn load_auth<F: Fn(&str) -> Option<String>>(
+    flags: &Flags,
+    env: &Env<F>,
+) -> Result<Option<BearerToken>, Stop> {
+    let inline = env.given(&flags.auth_token, settings::AUTH_TOKEN);
+    let file = env.given(&flags.auth_token_file, settings::AUTH_TOKEN_FILE);
+    let name = |source: Source| match source {
+        Source::Flag(flag) | Source::Default(flag) => format!("--{flag}"),
+        Source::Env(var) => var.to_owned(),
+    };
+    let (token, from) = match (inline, file) {
+        (None, None) => return Ok(None),
+        (Some(a), Some(b)) => {
+            return Err(Stop::Invalid(format!(
+                "{} and {} are both set: give the token one way",
+                name(a.source),
+                name(b.source)
+            )));
+        }
+        (Some(setting), None) => (setting.value.into_bytes(), name(setting.source)),
+        (None, Some(setting)) => {
+            let mut bytes = std::fs::read(&setting.value)
+                .map_err(|e| setting.invalid(&format!("cannot be read: {e}")))?;
+            // Secrets are often written with a final newline; it is not part of the token.
+            while bytes.last().is_some_and(|&b| b == b'\n' || b == b'\r') {
+                bytes.pop();
+            }
+            (bytes, format!("the token in {}", name(setting.source)))
+        }
+    };
+    if token.is_empty() {
+        return Err(Stop::Invalid(format!("{from} is empty")));
+    }
+    // A header value cannot carry anything else, so such a token could never match.
+    if !token.iter().all(|b| b.is_ascii_graphic()) {
+        return Err(Stop::Invalid(format!(
+            "{from} holds a space, a control or a non-ASCII character (not shown)"
+        )));
+    }
+    Ok(Some(BearerToken::new(&token)))
 }
 
 #[cfg(test)]
@@ -404,6 +453,55 @@ mod tests {
             err.contains("not a proxy URL") && !err.contains("hunter2"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn the_auth_token_comes_one_way_and_is_never_echoed() {
+        use crate::auth::Access;
+        assert!(load_with(&[EP], &[]).unwrap().auth.is_none());
+        let c = load_with(&[EP, "--auth-token", "hunter22"], &[]).unwrap();
+        let auth = c.auth.expect("a token");
+        assert_eq!(auth.check(Some(b"Bearer hunter22")), Access::Granted);
+        assert!(!format!("{auth:?}").contains("hunter22"));
+        let c = load_with(&[EP], &[("WEBHOOK_AUTH_TOKEN", "hunter22")]).unwrap();
+        assert!(c.auth.is_some());
+
+        let path = std::env::temp_dir().join(format!("wf-token-test-{}", std::process::id()));
+        let file = path.to_str().unwrap();
+        std::fs::write(&path, "hunter22\n").unwrap();
+        for c in [
+            load_with(&[EP, "--auth-token-file", file], &[]).unwrap(),
+            load_with(&[EP], &[("WEBHOOK_AUTH_TOKEN_FILE", file)]).unwrap(),
+        ] {
+            let auth = c.auth.expect("a token from the file");
+            assert_eq!(auth.check(Some(b"Bearer hunter22")), Access::Granted);
+        }
+        let err = invalid(
+            &[EP, "--auth-token", "hunter22"],
+            &[("WEBHOOK_AUTH_TOKEN_FILE", file)],
+        );
+        assert_eq!(
+            err,
+            "--auth-token and WEBHOOK_AUTH_TOKEN_FILE are both set: give the token one way"
+        );
+        std::fs::write(&path, "\n").unwrap();
+        let err = invalid(&[EP, "--auth-token-file", file], &[]);
+        assert_eq!(err, "the token in --auth-token-file is empty");
+        std::fs::write(&path, "hunter22 with spaces\n").unwrap();
+        let err = invalid(&[EP, "--auth-token-file", file], &[]);
+        assert!(
+            err.contains("holds a space") && !err.contains("hunter22"),
+            "{err}"
+        );
+        let _ = std::fs::remove_file(&path);
+        let err = invalid(&[EP, "--auth-token-file", file], &[]);
+        assert!(err.contains("cannot be read"), "{err}");
+        assert_eq!(
+            invalid(&[EP, "--auth-token="], &[]),
+            "--auth-token is empty"
+        );
+        let err = invalid(&[EP, "--auth-token", "hunter\u{7f}22"], &[]);
+        assert!(!err.contains("hunter"), "{err}");
     }
 
     #[test]

@@ -49,6 +49,9 @@ pub const REPLAY: Spec = spec("replay", "WEBHOOK_REPLAY", None);
 /// The environment variable holds one header per line.
 pub const POST_HEADER: Spec = spec("post-header", "WEBHOOK_POST_HEADERS", None);
 pub const CA_FILE: Spec = spec("ca-file", "WEBHOOK_CA_FILE", None);
+/// The token clients must send; `AUTH_TOKEN_FILE` is the same from a mounted secret.
+pub const AUTH_TOKEN: Spec = spec("auth-token", "WEBHOOK_AUTH_TOKEN", None);
+pub const AUTH_TOKEN_FILE: Spec = spec("auth-token-file", "WEBHOOK_AUTH_TOKEN_FILE", None);
 
 /// Every setting, in the order `--help` lists them.
 pub const ALL: &[Spec] = &[
@@ -72,6 +75,8 @@ pub const ALL: &[Spec] = &[
     REPLAY,
     POST_HEADER,
     CA_FILE,
+    AUTH_TOKEN,
+    AUTH_TOKEN_FILE,
 ];
 
 /// The environment as the settings see it: an empty value counts as unset.

@@ -72,7 +72,7 @@ impl Server {
                 config.limits.clone(),
                 now,
             ),
-            service: Service::new(worker_stats, now),
+            service: Service::new(worker_stats, now, config.auth.clone()),
             pipeline: Pipeline::new(
                 config.ring_capacity(),
                 config.batch_size,
