@@ -352,6 +352,8 @@ fn sigterm_during_a_post_waits_for_it_then_sends_the_rest() {
     let stopped = fwd.proc.wait_line("msg=stopped", SOON).text;
     assert_eq!(field(&stopped, "delivered"), "9");
     assert_eq!(field(&stopped, "dead_lettered"), "0");
+    assert_eq!(field(&stopped, "exit_status"), "0");
+    assert_eq!(field(&stopped, "reason"), "drained");
 }
 
 #[test]
@@ -385,6 +387,9 @@ fn a_second_signal_abandons_the_drain_and_dead_letters_the_rest() {
         started.elapsed() < Duration::from_secs(3),
         "the retry wait was not cut short"
     );
+    let stopped = fwd.proc.wait_line("msg=stopped", SOON).text;
+    assert_eq!(field(&stopped, "exit_status"), "4");
+    assert_eq!(field(&stopped, "reason"), "second signal");
     let mut ids = dead_letter_ids(&dead);
     ids.sort();
     assert_eq!(ids, vec![1, 2, 3]);
@@ -406,6 +411,9 @@ fn an_unwritable_dead_letter_path_sends_records_to_stderr() {
     );
     assert_eq!(fwd.post(&record(77)).status, 201);
     assert_eq!(fwd.proc.wait_exit(SOON).code(), Some(3));
+    let stopped = fwd.proc.wait_line("msg=stopped", SOON).text;
+    assert_eq!(field(&stopped, "exit_status"), "3");
+    assert_eq!(field(&stopped, "reason"), "delivery failed after retries");
     let text = fwd.proc.text();
     assert!(text.contains("cannot write the dead-letter file"), "{text}");
     let line = text

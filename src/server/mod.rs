@@ -302,7 +302,8 @@ impl Server {
         }
         let totals = self.pipeline.totals();
         info!(
-            exit:? = stop.exit,
+            exit_status = stop.exit.status(),
+            reason = exit_reason(stop.exit),
             accepted = totals.accepted,
             delivered = totals.delivered,
             dead_lettered = self.service.metrics.dead_lettered;
@@ -310,6 +311,15 @@ impl Server {
         );
         crate::logging::flush();
         stop.exit
+    }
+}
+
+/// Why the run ended, in the words an operator reads in the last log line.
+fn exit_reason(exit: Exit) -> &'static str {
+    match exit {
+        Exit::Drained => "drained",
+        Exit::DeliveryFailed => "delivery failed after retries",
+        Exit::Forced => "second signal",
     }
 }
 
