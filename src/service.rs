@@ -52,6 +52,7 @@ pub struct Service {
     scratch: Vec<u8>,
     /// The token `POST /log` and `GET /metrics` require, if any.
     auth: Option<BearerToken>,
+    reason: Reason,
 }
 
 /// Connection figures the connection table owns, copied in for `/metrics`.
@@ -69,6 +70,7 @@ impl Service {
             now,
             scratch: Vec::with_capacity(256),
             auth,
+            reason: Reason::new(),
         }
     }
 }
@@ -94,16 +96,65 @@ pub enum WaitOutcome {
     Stopping,
 }
 
-const QUEUE_FULL: &[u8] = br#"{"message":"queue full, retry later"}"#;
-const SHUTTING_DOWN: &[u8] = br#"{"message":"shutting down"}"#;
-const TOKEN_MISSING: &[u8] =
-    br#"{"message":"a bearer token is required: Authorization: Bearer <token>"}"#;
-const TOKEN_WRONG: &[u8] = br#"{"message":"wrong bearer token"}"#;
+/// A fixed error answer: its JSON body, and the same words for the request log.
+struct Fixed {
+    json: &'static [u8],
+    words: &'static str,
+}
 
-fn queue_full() -> Response<'static> {
-    let mut r = Response::json(503, QUEUE_FULL);
-    r.retry_after = Some(1);
-    r
+/// The words must need no JSON escaping.
+macro_rules! fixed {
+    ($words:literal) => {
+        Fixed {
+            json: concat!("{\"message\":\"", $words, "\"}").as_bytes(),
+            words: $words,
+        }
+    };
+}
+
+const QUEUE_FULL: Fixed = fixed!("queue full, retry later");
+const SHUTTING_DOWN: Fixed = fixed!("shutting down");
+const TOKEN_MISSING: Fixed = fixed!("a bearer token is required: Authorization: Bearer <token>");
+const TOKEN_WRONG: Fixed = fixed!("wrong bearer token");
+
+/// Longest reason kept for a request log line.
+const REASON_MAX: usize = 100;
+
+/// The words of the error answer being written, for its request log line. Copied
+/// when the answer is built (into a fixed array: no allocation), logged and cleared
+/// by `exchanged`, which runs right after the answer is written.
+struct Reason {
+    bytes: [u8; REASON_MAX + 3],
+    len: usize,
+}
+
+impl Reason {
+    const fn new() -> Reason {
+        Reason {
+            bytes: [0; REASON_MAX + 3],
+            len: 0,
+        }
+    }
+
+    /// Keeps `text`, cut at a character boundary past `REASON_MAX` bytes, marked `...`.
+    fn set(&mut self, text: &str) {
+        let mut len = text.len().min(REASON_MAX);
+        while !text.is_char_boundary(len) {
+            len -= 1;
+        }
+        self.bytes[..len].copy_from_slice(&text.as_bytes()[..len]);
+        if len < text.len() {
+            self.bytes[len..len + 3].copy_from_slice(b"...");
+            len += 3;
+        }
+        self.len = len;
+    }
+
+    fn as_str(&self) -> Option<&str> {
+        std::str::from_utf8(&self.bytes[..self.len])
+            .ok()
+            .filter(|s| !s.is_empty())
+    }
 }
 
 impl Peer<'_> {
@@ -179,7 +230,14 @@ impl Peer<'_> {
 
     fn queue_full(&mut self) -> Response<'static> {
         self.service.metrics.count_rejected(Rejected::QueueFull);
-        queue_full()
+        let mut r = self.fixed(503, &QUEUE_FULL);
+        r.retry_after = Some(1);
+        r
+    }
+
+    fn fixed(&mut self, status: u16, answer: &Fixed) -> Response<'static> {
+        self.service.reason.set(answer.words);
+        Response::json(status, answer.json)
     }
 
     /// The deferred answer to a request that waited for room.
@@ -189,9 +247,7 @@ impl Peer<'_> {
             WaitOutcome::GaveUp => self.queue_full(),
             WaitOutcome::Stopping => {
                 self.service.metrics.count_rejected(Rejected::QueueFull);
-                let mut r = Response::json(503, SHUTTING_DOWN);
-                r.close = true;
-                r
+                self.shutting_down()
             }
         };
         answer.close |= self.pipeline.is_draining();
@@ -201,22 +257,23 @@ impl Peer<'_> {
     /// 401 before anything else is looked at: no hint of what the route would do.
     fn unauthorized(&mut self, route: Route) -> Response<'static> {
         self.service.metrics.count_unauthorized(route.endpoint);
-        let body = match route.access {
-            Access::Wrong => TOKEN_WRONG,
-            _ => TOKEN_MISSING,
+        let answer = match route.access {
+            Access::Wrong => &TOKEN_WRONG,
+            _ => &TOKEN_MISSING,
         };
-        let mut r = Response::json(401, body);
+        let mut r = self.fixed(401, answer);
         r.www_authenticate = Some("Bearer");
         r
     }
 
     fn shutting_down(&mut self) -> Response<'static> {
-        let mut r = Response::json(503, SHUTTING_DOWN);
+        let mut r = self.fixed(503, &SHUTTING_DOWN);
         r.close = true;
         r
     }
 
     fn error(&mut self, status: u16, message: &str) -> Response<'_> {
+        self.service.reason.set(message);
         let scratch = &mut self.service.scratch;
         scratch.clear();
         response::write_json_message(scratch, message);
@@ -293,8 +350,14 @@ impl Handler for Peer<'_> {
             self.service.metrics.count_rejected(Rejected::TooLarge);
         }
         let duration_us = exchange.started.elapsed().as_micros() as u64;
-        match exchange.waited {
-            None => info!(
+        // An error's line says why, in the words its answer gave.
+        let reason = match exchange.refused {
+            Some(refused) => Some(refused),
+            None => self.service.reason.as_str(),
+        }
+        .filter(|_| exchange.status >= 400);
+        match (exchange.waited, reason) {
+            (None, None) => info!(
                 method = exchange.method,
                 path = exchange.path,
                 status = exchange.status,
@@ -302,7 +365,16 @@ impl Handler for Peer<'_> {
                 remote = self.remote;
                 "request"
             ),
-            Some(waited) => info!(
+            (None, Some(reason)) => info!(
+                method = exchange.method,
+                path = exchange.path,
+                status = exchange.status,
+                duration_us = duration_us,
+                remote = self.remote,
+                reason = reason;
+                "request"
+            ),
+            (Some(waited), None) => info!(
                 method = exchange.method,
                 path = exchange.path,
                 status = exchange.status,
@@ -311,6 +383,35 @@ impl Handler for Peer<'_> {
                 remote = self.remote;
                 "request"
             ),
+            (Some(waited), Some(reason)) => info!(
+                method = exchange.method,
+                path = exchange.path,
+                status = exchange.status,
+                duration_us = duration_us,
+                waited_ms = waited.as_millis() as u64,
+                remote = self.remote,
+                reason = reason;
+                "request"
+            ),
         }
+        self.service.reason.len = 0;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reasons_are_cut_at_a_character_boundary_and_marked() {
+        let mut reason = Reason::new();
+        assert_eq!(reason.as_str(), None);
+        reason.set("user_id: missing");
+        assert_eq!(reason.as_str(), Some("user_id: missing"));
+        let long = format!("{}é{}", "a".repeat(REASON_MAX - 1), "b".repeat(50));
+        reason.set(&long);
+        let kept = reason.as_str().unwrap();
+        assert_eq!(kept, format!("{}...", "a".repeat(REASON_MAX - 1)));
+        assert_eq!(QUEUE_FULL.json, br#"{"message":"queue full, retry later"}"#);
     }
 }

@@ -187,6 +187,56 @@ fn json_logs_carry_the_same_keys() {
     assert!(v["ts"].as_str().unwrap().ends_with('Z'));
 }
 
+#[test]
+fn error_request_lines_say_why_in_the_words_of_the_answer() {
+    let sink = Sink::start(&[]);
+    let fwd = Forwarder::to(&sink, &["--max-body-bytes", "2000"]);
+    let bad = fwd.post(r#"{"user_id": "seven"}"#);
+    assert_eq!(bad.status, 400);
+    let long_time = "y".repeat(300);
+    let long = fwd.post(&format!(
+        r#"{{"user_id": 1, "meta": {{"logins": [{{"time": "{long_time}"}}]}}}}"#
+    ));
+    assert_eq!(long.status, 400);
+    assert_eq!(fwd.get("/nowhere").status, 404);
+    assert_eq!(fwd.post(&"x".repeat(3000)).status, 413);
+    assert_eq!(fwd.post(&record(1)).status, 201);
+    let lines = fwd.proc.wait_for("five request lines", SOON, |lines| {
+        let found: Vec<String> = lines
+            .iter()
+            .filter(|l| l.text.contains("msg=request"))
+            .map(|l| l.text.clone())
+            .collect();
+        (found.len() >= 5).then_some(found)
+    });
+    // The same words as the JSON message: quoted, escaped, after the usual keys.
+    assert!(
+        lines[0].ends_with(&format!(
+            " reason={}",
+            serde_json::to_string(&bad.message()).unwrap()
+        )),
+        "{}",
+        lines[0]
+    );
+    assert!(lines[0].contains("status=400 "), "{}", lines[0]);
+    // Quoted values may hold escaped quotes: read the last one as the JSON string it is.
+    let reason_of = |line: &str| -> String {
+        serde_json::from_str(line.rsplit_once(" reason=").expect("a reason").1).unwrap()
+    };
+    let cut = reason_of(&lines[1]);
+    assert!(cut.starts_with("meta.logins[0].time: \"yyy"), "{cut}");
+    assert!(cut.ends_with("y..."), "cut and marked: {cut}");
+    assert_eq!(cut.len(), 100 + 3, "{cut}");
+    assert_eq!(field(&lines[2], "reason"), "not found");
+    // A refusal by the HTTP layer carries its own words.
+    assert_eq!(field(&lines[3], "reason"), "request body too large");
+    assert!(
+        !lines[4].contains("reason="),
+        "a 201 has no reason: {}",
+        lines[4]
+    );
+}
+
 /// The headers of each request a `header_catcher` got, in order.
 type SeenHeaders = Arc<Mutex<Vec<Vec<(String, String)>>>>;
 

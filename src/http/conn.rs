@@ -127,6 +127,8 @@ pub struct Exchange<'a, R> {
     pub started: Instant,
     /// How long the answer waited after the body arrived (`Reply::Later`).
     pub waited: Option<Duration>,
+    /// Why this layer refused the request, when it did (the JSON message it sent).
+    pub refused: Option<&'static str>,
 }
 
 /// Reusable byte buffers, so that serving a request allocates nothing once warm and
@@ -762,6 +764,7 @@ impl<R: Copy> Machine<R> {
             status,
             started: pending.started,
             waited: pending.waiting_since.map(|since| io.now - since),
+            refused: None,
         });
     }
 
@@ -810,6 +813,7 @@ impl<R: Copy> Machine<R> {
             status,
             started,
             waited: None,
+            refused: Some(message),
         });
         self.closing = true;
         self.phase = Phase::Idle;
