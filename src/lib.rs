@@ -17,6 +17,7 @@ pub mod metrics;
 pub mod os;
 pub mod pipeline;
 pub mod probe;
+pub mod process;
 pub mod record;
 pub mod ring;
 pub mod server;

@@ -48,3 +48,66 @@ pub fn is_resource_exhaustion(e: &io::Error) -> bool {
         Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM)
     )
 }
+
+/// Counts the entries of an open directory but `.` and `..`, without allocating:
+/// `std::fs::read_dir` makes a `CString` per entry, and `/proc/self/fd` holds one
+/// entry per connection.
+pub fn count_dir_entries(dir: &std::fs::File) -> io::Result<usize> {
+    use std::os::fd::AsRawFd;
+    // Aligned for the kernel's `struct linux_dirent64` records.
+    #[repr(C, align(8))]
+    struct Buffer([u8; 8192]);
+    let mut buffer = Buffer([0; 8192]);
+    let mut count = 0;
+    loop {
+        // SAFETY: getdents64(2) writes at most `len` bytes into the buffer, which
+        // outlives the call; the descriptor is open for as long as `dir` is borrowed.
+        let filled = unsafe {
+            libc::syscall(
+                libc::SYS_getdents64,
+                dir.as_raw_fd(),
+                buffer.0.as_mut_ptr(),
+                buffer.0.len(),
+            )
+        };
+        if filled < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        if filled == 0 {
+            return Ok(count);
+        }
+        // Each record: inode (8), offset (8), record length (2), type (1), the name
+        // with its NUL. Lengths come from the kernel; a bad one ends the count.
+        let records = &buffer.0[..(filled as usize).min(buffer.0.len())];
+        let mut at = 0;
+        while let Some(header) = records.get(at..at + 19) {
+            let len = usize::from(u16::from_ne_bytes([header[16], header[17]]));
+            let name = records.get(at + 19..at + len).unwrap_or_default();
+            let name = name.split(|&b| b == 0).next().unwrap_or_default();
+            if name != b"." && name != b".." {
+                count += 1;
+            }
+            if len == 0 {
+                return Err(io::Error::other("getdents64 returned an empty record"));
+            }
+            at += len;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counts_directory_entries() {
+        let dir = std::env::temp_dir().join(format!("wf-os-count-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        for n in 0..300 {
+            std::fs::write(dir.join(format!("a-rather-long-file-name-{n}")), "").unwrap();
+        }
+        let open = std::fs::File::open(&dir).unwrap();
+        assert_eq!(count_dir_entries(&open).unwrap(), 300);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}

@@ -220,9 +220,12 @@ impl Peer<'_> {
         };
         let service = &mut *self.service;
         service.scratch.clear();
-        service
-            .metrics
-            .render(&mut service.scratch, &gauges, &service.worker_stats);
+        service.metrics.render(
+            &mut service.scratch,
+            &gauges,
+            &service.worker_stats,
+            &crate::process::read(),
+        );
         let mut r = Response::text(200, &service.scratch);
         r.content_type = "text/plain; version=0.0.4; charset=utf-8";
         r
@@ -330,6 +333,9 @@ impl Handler for Peer<'_> {
     }
 
     fn respond(&mut self, route: Route, body: &[u8]) -> Reply<'_> {
+        if route.endpoint == Endpoint::Log && route.method_allowed {
+            self.service.metrics.count_request_body(body.len());
+        }
         if route.endpoint == Endpoint::Log
             && route.method_allowed
             && route.admitted

@@ -232,9 +232,13 @@ impl Poster {
         for (name, value) in &self.settings.headers {
             request = request.header(name, value);
         }
+        self.stats.observe_sent(self.body.len());
         match request.send(&self.body[..]) {
             Ok(mut response) => {
                 let status = response.status().as_u16();
+                if (200..300).contains(&status) {
+                    self.stats.observe_delivery(std::time::SystemTime::now());
+                }
                 // Read the (small) answer so the connection can be reused.
                 let _ = response
                     .body_mut()

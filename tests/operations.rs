@@ -100,10 +100,38 @@ fn metrics_parse_as_prometheus_text_and_move_with_traffic() {
     assert_eq!(before["webhook_open_connections"], 1.0);
     assert!(before["process_start_time_seconds"] > 1.7e9);
     assert_eq!(before["webhook_queue_capacity"], 4.0);
+    let version = format!(
+        "webhook_build_info{{version=\"{}\"}}",
+        env!("CARGO_PKG_VERSION")
+    );
+    assert_eq!(before[&version], 1.0);
+    // The usual process figures, from /proc, with values that make sense.
+    let open = before["process_open_fds"];
+    assert!((3.0..100.0).contains(&open), "{open}");
+    assert!(before["process_max_fds"] >= open);
+    assert!(before["process_resident_memory_bytes"] > 1e6);
+    assert!(before["process_cpu_seconds_total"] >= 0.0);
+    // Known routes and codes are there before their first request.
+    for series in [
+        "webhook_http_requests_total{route=\"/log\",code=\"201\"}",
+        "webhook_http_requests_total{route=\"/log\",code=\"400\"}",
+        "webhook_http_requests_total{route=\"/healthz\",code=\"200\"}",
+        "webhook_http_requests_total{route=\"other\",code=\"404\"}",
+        "webhook_request_body_bytes_total",
+        "webhook_batch_body_bytes_total",
+        "webhook_last_delivery_timestamp_seconds",
+    ] {
+        assert_eq!(before[series], 0.0, "{series}");
+    }
 
-    assert_eq!(fwd.post(&record(1)).status, 201);
-    assert_eq!(fwd.post("{broken").status, 400);
-    assert_eq!(fwd.post(r#"{"user_id": "x"}"#).status, 400);
+    let bodies = [
+        record(1),
+        "{broken".to_owned(),
+        r#"{"user_id": "x"}"#.to_owned(),
+    ];
+    assert_eq!(fwd.post(&bodies[0]).status, 201);
+    assert_eq!(fwd.post(&bodies[1]).status, 400);
+    assert_eq!(fwd.post(&bodies[2]).status, 400);
     assert_eq!(fwd.get("/missing").status, 404);
     let m = scrape(&fwd);
     assert_eq!(m["webhook_records_queued"], 1.0);
@@ -125,6 +153,8 @@ fn metrics_parse_as_prometheus_text_and_move_with_traffic() {
         m["webhook_http_requests_total{route=\"other\",code=\"404\"}"],
         1.0
     );
+    let received: usize = bodies.iter().map(String::len).sum();
+    assert_eq!(m["webhook_request_body_bytes_total"], received as f64);
 
     assert_eq!(fwd.post(&record(2)).status, 201);
     sink.wait_delivered_records(2, SOON);
@@ -156,6 +186,23 @@ fn metrics_parse_as_prometheus_text_and_move_with_traffic() {
     assert!(buckets.iter().all(|&b| b <= 2.0));
     assert_eq!(m["webhook_records_queued"], 0.0);
     assert_eq!(m["webhook_batch_in_flight"], 0.0);
+    // Both attempts sent the same body, byte for byte as the receiver printed it.
+    let sent = sink
+        .proc
+        .lines()
+        .iter()
+        .find_map(|l| l.text.split_once(" body=").map(|(_, body)| body.len()))
+        .expect("a batch line");
+    assert_eq!(m["webhook_batch_body_bytes_total"], (2 * sent) as f64);
+    let last = m["webhook_last_delivery_timestamp_seconds"];
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64();
+    assert!(
+        last >= before["process_start_time_seconds"] - 1.0 && last <= now,
+        "{last}"
+    );
 }
 
 #[test]
