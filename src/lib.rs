@@ -11,6 +11,7 @@ pub mod clock;
 pub mod config;
 pub mod deadletter;
 pub mod duration;
+pub mod gzip;
 pub mod http;
 pub mod logging;
 pub mod metrics;

@@ -64,6 +64,7 @@ fn main() -> ExitCode {
         dead_letter:% = absolute(&config.dead_letter).display(),
         post_headers = header_names(&config.outbound.headers).as_str(),
         ca_file:% = config.outbound.ca_file.as_deref().map_or("-".into(), |p| p.display().to_string()),
+        post_compression = config.outbound.compression.name(),
         auth = if config.auth.is_some() { "bearer" } else { "none" },
         proxy = config.outbound.proxy.as_deref().map_or("-".into(), config::without_credentials).as_str();
         "listening"

@@ -13,7 +13,8 @@ use std::time::Instant;
 
 use log::{error, info, warn};
 
-use crate::config::Outbound;
+use crate::config::{Outbound, PostCompression};
+use crate::gzip::GzipEncoder;
 use crate::metrics::WorkerStats;
 use crate::record::Record;
 use std::sync::atomic::Ordering;
@@ -108,6 +109,10 @@ struct Poster {
     /// The serialized batch, reused from one batch to the next.
     body: Vec<u8>,
     stats: Arc<WorkerStats>,
+    /// With `--post-compression gzip`: made at the first batch, then reused.
+    gzip: Option<GzipEncoder>,
+    /// The batch in hand went through gzip and is sent from `gzip`.
+    gzipped: bool,
 }
 
 /// One attempt's result: a status code, or why no status came back.
@@ -142,6 +147,8 @@ impl Poster {
             agent,
             body: Vec::with_capacity(16 * 1024),
             stats,
+            gzip: None,
+            gzipped: false,
         }
     }
 
@@ -180,6 +187,7 @@ impl Poster {
         // Records are plain data; this cannot fail, but never drop them if it does.
         serde_json::to_writer(&mut self.body, batch)
             .map_err(|e| format!("serializing the batch failed: {e}"))?;
+        self.gzipped = self.compress();
         let size = batch.len();
         let mut last = String::new();
         for attempt in 1..=RETRIES + 1 {
@@ -224,16 +232,40 @@ impl Poster {
         Err(last)
     }
 
+    /// Compresses the serialized batch, once for all its attempts, when asked to.
+    /// False: it goes as it is (gzip cannot fail on a buffer, but if it did, a plain
+    /// body is still a correct POST).
+    fn compress(&mut self) -> bool {
+        if self.settings.compression != PostCompression::Gzip {
+            return false;
+        }
+        let gzip = self.gzip.get_or_insert_with(GzipEncoder::default);
+        match gzip.encode(&self.body) {
+            Ok(_) => true,
+            Err(e) => {
+                warn!(error = e.as_str(); "sending the batch uncompressed");
+                false
+            }
+        }
+    }
+
     fn post_once(&mut self) -> Attempt {
         let mut request = self
             .agent
             .post(&self.settings.endpoint)
             .header("Content-Type", "application/json");
+        let body = match &self.gzip {
+            Some(gzip) if self.gzipped => {
+                request = request.header("Content-Encoding", "gzip");
+                gzip.output()
+            }
+            _ => &self.body[..],
+        };
         for (name, value) in &self.settings.headers {
             request = request.header(name, value);
         }
-        self.stats.observe_sent(self.body.len());
-        match request.send(&self.body[..]) {
+        self.stats.observe_sent(body.len());
+        match request.send(body) {
             Ok(mut response) => {
                 let status = response.status().as_u16();
                 if (200..300).contains(&status) {

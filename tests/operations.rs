@@ -377,6 +377,26 @@ fn post_headers_reach_the_endpoint_and_never_the_logs() {
     assert_eq!(headers.get("x-team").map(String::as_str), Some("core"));
 }
 
+#[test]
+fn gzip_batches_say_so_in_content_encoding() {
+    let (url, seen) = header_catcher();
+    let fwd = Forwarder::start(
+        &["--post-endpoint", &url, "--batch-size", "1"],
+        &[("WEBHOOK_POST_COMPRESSION", "gzip")],
+    );
+    assert_eq!(fwd.post(&record(1)).status, 201);
+    fwd.proc.wait_line("batch sent", SOON);
+    let headers: BTreeMap<String, String> = seen.lock().unwrap()[0].iter().cloned().collect();
+    assert_eq!(
+        headers.get("content-encoding").map(String::as_str),
+        Some("gzip")
+    );
+    assert_eq!(
+        headers.get("content-type").map(String::as_str),
+        Some("application/json")
+    );
+}
+
 /// A throwaway CA and a certificate for localhost it signed, made with openssl.
 fn make_test_pki(dir: &std::path::Path) {
     let run = |args: &[&str]| {

@@ -68,6 +68,9 @@ pub struct Flags {
     /// PEM file of extra CA certificates trusted for an https:// endpoint, besides the bundled web PKI roots
     #[argh(option)]
     pub ca_file: Option<String>,
+    /// gzip or none: compress each batch with gzip (Content-Encoding: gzip) to save uplink bytes
+    #[argh(option)]
+    pub post_compression: Option<String>,
     /// bearer token that POST /log and GET /metrics then require (Authorization: Bearer ...); a flag shows in ps, prefer --auth-token-file
     #[argh(option)]
     pub auth_token: Option<String>,

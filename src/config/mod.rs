@@ -24,7 +24,7 @@ use crate::http::Limits;
 use crate::logging::LogFormat;
 use flags::Flags;
 pub use flags::normalize_go_flags;
-pub use outbound::{Outbound, proxy_for, without_credentials};
+pub use outbound::{Outbound, PostCompression, proxy_for, without_credentials};
 use settings::{Env, Setting, Source};
 
 #[derive(Debug, Clone)]
@@ -271,6 +271,19 @@ mod tests {
         assert_eq!(c.ring_capacity(), 20);
         assert_eq!(c.queue_wait, Duration::from_secs(5));
         assert_eq!(c.limits.max_body_bytes, 1024 * 1024);
+        assert_eq!(c.outbound.compression, PostCompression::None);
+    }
+
+    #[test]
+    fn post_compression_is_gzip_or_none() {
+        let c = load_with(&[EP, "--post-compression", "gzip"], &[]).unwrap();
+        assert_eq!(c.outbound.compression, PostCompression::Gzip);
+        let c = load_with(&[EP], &[("WEBHOOK_POST_COMPRESSION", "gzip")]).unwrap();
+        assert_eq!(c.outbound.compression, PostCompression::Gzip);
+        assert_eq!(
+            invalid(&[EP], &[("WEBHOOK_POST_COMPRESSION", "zstd")]),
+            r#"WEBHOOK_POST_COMPRESSION="zstd" is not a compression (gzip or none)"#
+        );
     }
 
     #[test]

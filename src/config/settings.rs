@@ -49,6 +49,8 @@ pub const REPLAY: Spec = spec("replay", "WEBHOOK_REPLAY", None);
 /// The environment variable holds one header per line.
 pub const POST_HEADER: Spec = spec("post-header", "WEBHOOK_POST_HEADERS", None);
 pub const CA_FILE: Spec = spec("ca-file", "WEBHOOK_CA_FILE", None);
+pub const POST_COMPRESSION: Spec =
+    spec("post-compression", "WEBHOOK_POST_COMPRESSION", Some("none"));
 /// The token clients must send; `AUTH_TOKEN_FILE` is the same from a mounted secret.
 pub const AUTH_TOKEN: Spec = spec("auth-token", "WEBHOOK_AUTH_TOKEN", None);
 pub const AUTH_TOKEN_FILE: Spec = spec("auth-token-file", "WEBHOOK_AUTH_TOKEN_FILE", None);
@@ -75,6 +77,7 @@ pub const ALL: &[Spec] = &[
     REPLAY,
     POST_HEADER,
     CA_FILE,
+    POST_COMPRESSION,
     AUTH_TOKEN,
     AUTH_TOKEN_FILE,
 ];
