@@ -6,6 +6,10 @@
 //!
 //! It runs the forwarder's own sans-IO HTTP connection over plain blocking sockets,
 //! a thread per connection: the same parser, in a second shell.
+//!
+//! Gzip bodies (`--post-compression gzip`) are recognised by their magic bytes and
+//! inflated, at most `--max-inflated-bytes`, so a decompression bomb gets 413 rather
+//! than the receiver's memory.
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -15,6 +19,7 @@ use std::time::{Duration, Instant};
 
 use argh::FromArgs;
 use webhook_forwarder::duration::parse_go_duration;
+use webhook_forwarder::gzip::{self, InflateError};
 use webhook_forwarder::http::{
     BufferPool, Conn, Exchange, Handler, Io, Limits, Method, Reply, Response,
 };
@@ -43,6 +48,9 @@ struct Flags {
     /// print only the count of each batch, not its records
     #[argh(switch)]
     quiet: bool,
+    /// refuse with 413 a gzip body that inflates past this many bytes (default 64 MiB)
+    #[argh(option, default = "64 * 1024 * 1024")]
+    max_inflated_bytes: usize,
     /// print the version and exit
     #[argh(switch)]
     version: bool,
@@ -55,6 +63,7 @@ struct Behaviour {
     delay: Duration,
     slow_every: u64,
     quiet: bool,
+    max_inflated_bytes: usize,
     received: AtomicU64,
     /// Serializes whole lines so concurrent connections never interleave them.
     stdout: Mutex<()>,
@@ -80,6 +89,29 @@ impl Handler for Sink {
             return Response::text(200, b"webhook-sink: POST batches here\n").into();
         }
         let b = &*self.behaviour;
+        // Printed between delayed= and body=, where the tests' line parser skips it.
+        let mut inflated = Vec::new();
+        let (body, encoding) = if gzip::is_gzip(body) {
+            match gzip::gunzip_bounded(body, b.max_inflated_bytes, &mut inflated) {
+                Ok(()) => (&inflated[..], " encoding=gzip"),
+                Err(refused) => {
+                    let (status, why): (u16, &[u8]) = match refused {
+                        InflateError::TooLarge => (413, b"gzip body inflates too far\n"),
+                        InflateError::Invalid(_) => (400, b"broken gzip body\n"),
+                    };
+                    let _line = b.stdout.lock();
+                    let mut out = std::io::stdout().lock();
+                    let _ = writeln!(
+                        out,
+                        "batch records=? status={status} delayed=false encoding=gzip refused"
+                    );
+                    let _ = out.flush();
+                    return Response::text(status, why).into();
+                }
+            }
+        } else {
+            (body, "")
+        };
         let n = b.received.fetch_add(1, Ordering::SeqCst) + 1;
         let delayed = !b.delay.is_zero() && b.slow_every > 0 && n.is_multiple_of(b.slow_every);
         if delayed {
@@ -99,12 +131,12 @@ impl Handler for Sink {
             let _ = if b.quiet {
                 writeln!(
                     out,
-                    "batch records={count} status={status} delayed={delayed}"
+                    "batch records={count} status={status} delayed={delayed}{encoding}"
                 )
             } else {
                 writeln!(
                     out,
-                    "batch records={count} status={status} delayed={delayed} body={}",
+                    "batch records={count} status={status} delayed={delayed}{encoding} body={}",
                     String::from_utf8_lossy(body)
                 )
             };
@@ -222,6 +254,7 @@ fn main() -> std::process::ExitCode {
         delay,
         slow_every: flags.slow_every,
         quiet: flags.quiet,
+        max_inflated_bytes: flags.max_inflated_bytes,
         received: AtomicU64::new(0),
         stdout: Mutex::new(()),
     });
