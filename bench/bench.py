@@ -20,6 +20,12 @@ for the forwarder the records accepted (webhook_records_accepted_total, read jus
 before SIGTERM) against the records that reached the endpoint (counted from the
 endpoint's log once the forwarder has drained and exited 0), and its 503s.
 
+Then gzip to the endpoint: batch 100 with -c8, once without and once with
+--post-compression gzip, each read from /metrics around the measured run: bytes
+sent per record (webhook_batch_body_bytes_total over webhook_records_forwarded_total)
+and so the compression ratio on the sample record, and the worker thread's CPU
+(utime+stime of the thread named "forwarder" in /proc/PID/task) per delivered batch.
+
 Then, without traffic: CPU ticks used over 10 s once /healthz answers, idle RSS,
 time from spawning the binary to the first 200 on /healthz (10 starts, polling with a
 fresh connection in a tight loop), the stripped binary's size, and RSS before and with
@@ -84,6 +90,10 @@ SAMPLE = (
     '"555-1212", "mobile": "123-5555"}}, "completed": false}'
 )
 RECORD = json.dumps(json.loads(SAMPLE), separators=(",", ":"))
+
+# The compression scenario: one batch size, one connection count, both encodings.
+COMPRESSION_FLAGS = ["--batch-size", "100", "--batch-interval", "1s"]
+COMPRESSION_CONNECTIONS = 8
 
 RUNS = (
     # name, label, forwarder flags (None: the nginx ceiling)
@@ -538,6 +548,54 @@ def forwarder_run(procs, name, flags, conns, record_len):
     return w
 
 
+def worker_ticks(pid):
+    """utime + stime of the forwarder's worker thread (it is named "forwarder")."""
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        if (task / "comm").read_text().strip() == "forwarder":
+            stat = (task / "stat").read_text()
+            fields = stat[stat.rindex(")") + 2:].split()
+            return int(fields[11]) + int(fields[12])
+    raise RuntimeError(f"no forwarder thread in process {pid}")
+
+
+def compression_run(procs):
+    """Batch 100 without and with --post-compression gzip: bytes on the wire per record
+    and the worker thread's CPU per delivered batch, both over the measured wrk run."""
+    out = {}
+    for name, extra in (("none", []), ("gzip", ["--post-compression", "gzip"])):
+        ep, ep_port, _ = start_nginx(procs, "nginx-endpoint.conf", LOAD_CPU)
+        try:
+            fw, port = start_forwarder(procs, f"compression-{name}", ep_port,
+                                       COMPRESSION_FLAGS + extra)
+            try:
+                if WARMUP > 0:
+                    wrk(procs, port, COMPRESSION_CONNECTIONS, WARMUP)
+                m0, t0 = metrics(port), worker_ticks(fw.pid)
+                w = wrk(procs, port, COMPRESSION_CONNECTIONS, SECONDS)
+                t1, m1 = worker_ticks(fw.pid), metrics(port)
+            finally:
+                rc = procs.stop(fw, timeout=120)
+        finally:
+            procs.stop(ep)
+
+        def delta(key):
+            return m1.get(key, 0) - m0.get(key, 0)
+
+        batches = delta('webhook_batches_total{result="delivered"}')
+        records = delta("webhook_records_forwarded_total")
+        sent = delta("webhook_batch_body_bytes_total")
+        out[name] = {
+            "rps": w["rps"], "non2xx": w["non2xx"], "exit_status": rc,
+            "batches": int(batches), "records": int(records), "bytes_sent": int(sent),
+            "bytes_per_record": sent / records if records else None,
+            "worker_cpu_ticks": t1 - t0,
+            "worker_cpu_us_per_batch": (t1 - t0) / CLK_TCK * 1e6 / batches if batches else None,
+        }
+    plain, gz = out["none"]["bytes_per_record"], out["gzip"]["bytes_per_record"]
+    out["ratio"] = plain / gz if plain and gz else None
+    return out
+
+
 def wait_histogram(m):
     """Requests that waited for queue room, those that gave up, and the wait's spread
     (p50 and p99 as the upper bound of their histogram bucket)."""
@@ -760,6 +818,16 @@ def table(results):
     rows.append(("stripped binary", f"{fmt_int(b['stripped_bytes'])} B",
                  f"{b['stripped_bytes'] / MIB:.2f} MiB", "<= 3 MiB",
                  verdict(b["stripped_bytes"] <= 3 * MIB)))
+    comp = results.get("compression")
+    if comp:
+        plain, gz = comp["none"], comp["gzip"]
+        bpr = lambda r: "?" if r["bytes_per_record"] is None else f"{r['bytes_per_record']:.1f}"  # noqa: E731
+        cpu = lambda r: "?" if r["worker_cpu_us_per_batch"] is None else f"{r['worker_cpu_us_per_batch']:.0f}"  # noqa: E731
+        ratio_text = "?" if comp["ratio"] is None else f"{comp['ratio']:.2f}x"
+        rows.append(("wire bytes/record, none / gzip (b100)", "",
+                     f"{bpr(plain)} / {bpr(gz)} B ({ratio_text})", "", ""))
+        rows.append(("worker CPU/batch, none / gzip (b100)", "",
+                     f"{cpu(plain)} / {cpu(gz)} us", "", ""))
     ic = results["idle_connections"]
     rows.append((f"RSS before / with {fmt_int(ic['connections'])} idle conns",
                  f"{fmt_mib(ic['rss_before_kib'])} / {fmt_mib(ic['rss_with_kib'])}", "", "", ""))
@@ -853,6 +921,14 @@ def measure(procs):
                 log(f"  log: {line}")
             if r.get("endpoint", {}).get("unparsed_count"):
                 log(f"  endpoint lines not a whole number of records: {r['endpoint']['unparsed']}")
+    log(f"compression: batch 100, -c{COMPRESSION_CONNECTIONS}, without and with --post-compression gzip")
+    results["compression"] = comp = compression_run(procs)
+    for name in ("none", "gzip"):
+        r = comp[name]
+        log(f"  {name}: {r['rps']:,.0f} req/s, {r['batches']} batches, "
+            f"{r['bytes_per_record'] or 0:.1f} bytes/record on the wire, worker "
+            f"{r['worker_cpu_us_per_batch'] or 0:.0f} us CPU/batch, exit {r['exit_status']}")
+    log(f"  compression ratio on the sample record: {comp['ratio'] or 0:.2f}x")
     log(f"idle: {SECONDS} s without traffic")
     results["idle"] = idle_run(procs)
     log(f"startup: {STARTS} starts")
