@@ -320,6 +320,12 @@ impl Metrics {
             "Client connections accepted.",
             gauges.accepted_connections,
         );
+        counter(
+            out,
+            "webhook_log_lines_dropped_total",
+            "Log lines dropped because stderr was not taking them.",
+            crate::logging::dropped_lines(),
+        );
         let start = self
             .start_time
             .duration_since(UNIX_EPOCH)

@@ -48,3 +48,22 @@ pub fn is_resource_exhaustion(e: &io::Error) -> bool {
         Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM)
     )
 }
+
+/// Whether stderr would take a write now without blocking, waiting at most `wait`.
+/// A pipe or terminal that reports writable takes at least one page (4 KiB) at
+/// once, so a write of that much does not block. Asking this, rather than setting
+/// O_NONBLOCK, leaves the descriptor as other processes sharing it expect it.
+pub fn stderr_writable(wait: std::time::Duration) -> bool {
+    let mut fd = libc::pollfd {
+        fd: libc::STDERR_FILENO,
+        events: libc::POLLOUT,
+        revents: 0,
+    };
+    let millis = wait.as_millis().min(i32::MAX as u128) as libc::c_int;
+    // SAFETY: poll(2) reads and writes exactly one pollfd that lives on this stack
+    // frame for the whole call.
+    let ready = unsafe { libc::poll(&mut fd, 1, millis) };
+    // An error or hang-up also reads as writable: the write then fails at once and
+    // the caller drops the lines instead of waiting for a reader that is gone.
+    ready > 0
+}

@@ -300,6 +300,9 @@ impl Server {
         if let Some((path, left)) = &stop.replay_left {
             warn!(path:% = path.display(), left = left; "replay unfinished: its file stays in place for the next --replay");
         }
+        // The worker is idle here (every stop waits for its outcome): end it, so its
+        // last lines come before the summary.
+        self.worker.stop();
         let totals = self.pipeline.totals();
         info!(
             exit:? = stop.exit,

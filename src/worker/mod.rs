@@ -93,13 +93,36 @@ impl Worker {
     }
 }
 
-impl Drop for Worker {
-    fn drop(&mut self) {
+impl Worker {
+    /// Ends the worker thread once it is idle, its last log lines written.
+    pub fn stop(&mut self) {
         // Closing the job channel ends the worker's loop.
         let (closed, _) = mpsc::channel();
         self.jobs = closed;
         if let Some(thread) = self.thread.take() {
             let _ = thread.join();
+        }
+    }
+}
+
+impl Drop for Worker {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// Waits for the next job, writing this thread's log lines when they are due (the
+/// worker writes its own, so it never waits on the loop for a log line, nor the
+/// loop on it). `None` once the loop has gone.
+fn next_job(jobs: &Receiver<Job>) -> Option<Job> {
+    loop {
+        let Some(due) = crate::logging::flush_due(Instant::now()) else {
+            return jobs.recv().ok();
+        };
+        match jobs.recv_timeout(due.saturating_duration_since(Instant::now())) {
+            Ok(job) => return Some(job),
+            Err(RecvTimeoutError::Timeout) => {}
+            Err(RecvTimeoutError::Disconnected) => return None,
         }
     }
 }
@@ -158,7 +181,7 @@ impl Poster {
 
     fn run(mut self, jobs: Receiver<Job>, outcomes: Sender<Outcome>, waker: Arc<mio::Waker>) {
         crate::os::request_short_slice();
-        while let Ok(job) = jobs.recv() {
+        while let Some(job) = next_job(&jobs) {
             let Job::Batch(mut batch) = job else { continue };
             // A panic in the HTTP or TLS stack must not take the batch with it: the
             // records come back and go to the dead-letter file like any failure.
@@ -177,12 +200,11 @@ impl Poster {
                 },
             };
             if outcomes.send(outcome).is_err() {
-                return;
+                break;
             }
-            // The loop flushes the log (ours included) when it wakes; doing it here
-            // would write the loop's lines from this thread, inside the POST cycle.
             let _ = waker.wake();
         }
+        crate::logging::flush();
     }
 
     /// Posts the batch with the retry rule; Err says why it was given up.
