@@ -102,6 +102,8 @@ impl Histogram {
 pub struct Totals {
     pub accepted: u64,
     pub delivered: u64,
+    /// Records the endpoint refused (400, 413, 422), set aside in the dead-letter file.
+    pub set_aside: u64,
     pub batches_delivered: u64,
     pub batches_failed: u64,
     /// Requests that found the queue full and waited for room.
@@ -208,6 +210,12 @@ impl Metrics {
             "webhook_records_forwarded_total",
             "Records delivered to the endpoint.",
             gauges.delivery.delivered,
+        );
+        counter(
+            out,
+            "webhook_records_refused_by_endpoint_total",
+            "Records the endpoint refused (400, 413, 422), set aside in the dead-letter file.",
+            gauges.delivery.set_aside,
         );
         counter(
             out,

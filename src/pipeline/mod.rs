@@ -290,11 +290,14 @@ impl Pipeline {
         Some(batch)
     }
 
-    /// The worker delivered the batch in flight; `emptied` is its vector, reused.
+    /// The worker delivered the batch in flight but for `set_aside` records the
+    /// endpoint refused (now in the dead-letter file); `emptied` is its vector, reused.
     /// A forced stop that was waiting for the worker ends here.
-    pub fn delivered(&mut self, emptied: Vec<Record>) -> Option<Stop> {
+    pub fn delivered(&mut self, emptied: Vec<Record>, set_aside: usize) -> Option<Stop> {
         let batch = self.in_flight.take()?;
-        self.totals.delivered += batch.records as u64;
+        let set_aside = set_aside.min(batch.records);
+        self.totals.delivered += (batch.records - set_aside) as u64;
+        self.totals.set_aside += set_aside as u64;
         self.totals.batches_delivered += 1;
         self.spare_batch = emptied;
         (self.lifecycle == Lifecycle::Forced).then(|| self.stop(Exit::Forced, Vec::new()))

@@ -102,7 +102,7 @@ fn records_in_flight_count_against_capacity() {
     assert!(!p.has_room(), "3 in flight + 3 waiting fill a ring of 6");
     assert_eq!(p.offer(rec(7), ticket(1), t0), Offer::Full);
     assert!(p.next_batch(t0).is_none(), "one batch in flight at a time");
-    assert!(p.delivered(batch).is_none());
+    assert!(p.delivered(batch, 0).is_none());
     assert!(p.has_room());
     assert_eq!(p.totals().delivered, 3);
     assert_eq!(ids(&p.next_batch(t0).expect("next")), [4, 5, 6]);
@@ -119,7 +119,7 @@ fn draining_sends_what_waits_at_once_then_stops_when_empty() {
     let batch = p.next_batch(t0).expect("draining sends a partial batch");
     assert_eq!(ids(&batch), [1, 2]);
     assert!(p.tick(false).is_none(), "a batch is in flight");
-    assert!(p.delivered(batch).is_none());
+    assert!(p.delivered(batch, 0).is_none());
     assert!(p.tick(true).is_none(), "a request is under way");
     let stop = p.tick(false).expect("drained");
     assert_eq!(stop.exit, Exit::Drained);
@@ -155,7 +155,7 @@ fn a_forced_stop_after_a_delivery_keeps_only_the_undelivered() {
     p.on_signal();
     p.on_signal();
     let stop = p
-        .delivered(batch)
+        .delivered(batch, 0)
         .expect("forced: stop once the worker is free");
     assert_eq!(stop.exit, Exit::Forced);
     assert_eq!(ids(&stop.undelivered), [4, 5]);
@@ -197,14 +197,14 @@ fn replayed_records_go_first_then_the_ring() {
     assert_eq!(ids(&first), [100, 101, 102]);
     assert!(p.has_room(), "replayed records do not take ring room");
     assert!(p.take_finished_replay().is_none());
-    assert!(p.delivered(first).is_none());
+    assert!(p.delivered(first, 0).is_none());
     let second = p.next_batch(t0).expect("rest of the replay");
     assert_eq!(ids(&second), [103, 104]);
     assert!(
         p.take_finished_replay().is_none(),
         "its last batch is in flight"
     );
-    p.delivered(second);
+    p.delivered(second, 0);
     let done = p.take_finished_replay().expect("retire the file");
     assert_eq!(done.records, 5);
     assert!(p.take_finished_replay().is_none(), "retired once");
@@ -236,7 +236,7 @@ fn a_drain_waits_for_the_replay_to_finish() {
     let mut p = Pipeline::new(6, 3, Some(SECOND), Duration::ZERO, Some(replay(100..102)));
     p.on_signal();
     let batch = p.next_batch(t0).expect("replay");
-    p.delivered(batch);
+    p.delivered(batch, 0);
     assert!(p.tick(false).is_none(), "the replay is not retired yet");
     assert!(p.take_finished_replay().is_some());
     assert_eq!(p.tick(false).expect("done").exit, Exit::Drained);
@@ -258,7 +258,7 @@ fn a_full_ring_makes_requests_wait_and_frees_room_oldest_first() {
     assert_eq!(p.offer(rec(6), ticket(6), t0), Offer::Waiting);
     assert_eq!(p.waiting_requests(), 2);
     assert!(p.admit_waiter(t0, |_| true).is_none(), "no room yet");
-    p.delivered(batch);
+    p.delivered(batch, 0);
     assert!(
         !p.has_room(),
         "freed room goes to the waiters, not to newcomers"
@@ -299,7 +299,7 @@ fn a_waiter_whose_connection_closed_is_skipped() {
     fill(&mut p, 3..5, t0);
     p.offer(rec(5), ticket(5), t0);
     p.offer(rec(6), ticket(6), t0);
-    p.delivered(batch);
+    p.delivered(batch, 0);
     assert_eq!(p.admit_waiter(t0, |t| t != ticket(5)), Some(ticket(6)));
     assert_eq!(p.totals().accepted, 5);
 }
@@ -312,11 +312,11 @@ fn a_drain_admits_waiters_before_it_ends() {
     p.offer(rec(5), ticket(5), t0);
     p.on_signal();
     let batch = p.next_batch(t0).expect("draining");
-    p.delivered(batch);
+    p.delivered(batch, 0);
     assert!(p.tick(false).is_none(), "a request still waits");
     assert_eq!(p.admit_waiter(t0, |_| true), Some(ticket(5)));
     while let Some(batch) = p.next_batch(t0) {
-        p.delivered(batch);
+        p.delivered(batch, 0);
     }
     assert_eq!(p.tick(false).expect("drained").exit, Exit::Drained);
     assert_eq!(p.totals().delivered, 5);
@@ -335,4 +335,16 @@ fn a_failure_refuses_every_waiter_and_dead_letters_only_the_accepted() {
     assert_eq!(stop.exit, Exit::DeliveryFailed);
     assert_eq!(ids(&stop.undelivered), [1, 2, 3, 4]);
     assert_eq!(stop.refused, [ticket(5), ticket(6)]);
+}
+
+#[test]
+fn records_the_endpoint_refused_count_as_set_aside_not_delivered() {
+    let t0 = Instant::now();
+    let mut p = pipeline();
+    fill(&mut p, 1..4, t0);
+    let batch = p.next_batch(t0).expect("due");
+    assert!(p.delivered(batch, 1).is_none(), "the service keeps running");
+    assert_eq!(p.totals().delivered, 2);
+    assert_eq!(p.totals().set_aside, 1);
+    assert!(p.has_room());
 }

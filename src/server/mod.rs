@@ -60,7 +60,12 @@ impl Server {
             .register(&mut signals, SIGNALS, Interest::READABLE)?;
         let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
         let worker_stats = Arc::new(WorkerStats::default());
-        let worker = Worker::spawn(config.outbound.clone(), waker, Arc::clone(&worker_stats))?;
+        let worker = Worker::spawn(
+            config.outbound.clone(),
+            config.dead_letter.clone(),
+            waker,
+            Arc::clone(&worker_stats),
+        )?;
         let now = Instant::now();
         let mut server = Server {
             poll,
@@ -188,8 +193,9 @@ impl Server {
     fn forward(&mut self, now: Instant) -> Option<Stop> {
         if self.pipeline.is_busy() {
             match self.worker.poll_outcome()? {
-                Outcome::Delivered { batch } => {
-                    let stop = self.pipeline.delivered(batch);
+                Outcome::Delivered { batch, set_aside } => {
+                    self.service.metrics.dead_lettered += set_aside as u64;
+                    let stop = self.pipeline.delivered(batch, set_aside);
                     self.retire_finished_replay();
                     if stop.is_some() {
                         return stop;
