@@ -129,11 +129,16 @@ impl Peer<'_> {
     fn accept_record(&mut self, body: &[u8]) -> Reply<'_> {
         let draining = self.pipeline.is_draining();
         let mut answer = match record::decode_within(body, self.service.max_record_bytes) {
-            Ok(record) => match self.pipeline.offer(record, self.ticket, self.service.now) {
-                Offer::Accepted => Response::text(201, b"accepted"),
-                Offer::Waiting => return Reply::Later,
-                Offer::Full => self.queue_full(),
-            },
+            Ok(record) => {
+                match self
+                    .pipeline
+                    .offer(record, body.len(), self.ticket, self.service.now)
+                {
+                    Offer::Accepted => Response::text(201, b"accepted"),
+                    Offer::Waiting => return Reply::Later,
+                    Offer::Full => self.queue_full(),
+                }
+            }
             // `exchanged` counts every 413 on /log as too large.
             Err(rejection @ Rejection::TooLarge(_)) => self.error(413, rejection.message()),
             Err(rejection) => {

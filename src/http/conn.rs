@@ -370,6 +370,25 @@ impl<R: Copy> Conn<R> {
             && m.out.len() < limits.max_pending_output
     }
 
+    /// Request bytes held now (a partial request, a body being received).
+    pub fn buffered_len(&self) -> usize {
+        self.inbuf.len() + self.machine.body.len()
+    }
+
+    /// Body bytes the request being received may still need to hold: its declared
+    /// length, or the body limit for a chunked one; 0 outside a body. The connection
+    /// table reserves this much of its global budget before reading on.
+    pub fn body_reservation(&self, limits: &Limits) -> usize {
+        match self.machine.phase {
+            Phase::Body(Pending {
+                framing: Framing::Length(length),
+                ..
+            }) => length,
+            Phase::Body(_) => limits.max_body_bytes,
+            _ => 0,
+        }
+    }
+
     /// A request's answer was deferred and is still owed.
     pub fn is_waiting(&self) -> bool {
         matches!(self.machine.phase, Phase::Waiting(_)) && !self.machine.closing

@@ -30,7 +30,7 @@ fn ticket(slot: usize) -> Ticket {
 
 fn fill(p: &mut Pipeline, ids: std::ops::Range<i64>, now: Instant) {
     for id in ids {
-        assert_eq!(p.offer(rec(id), ticket(0), now), Offer::Accepted);
+        assert_eq!(p.offer(rec(id), 10, ticket(0), now), Offer::Accepted);
     }
 }
 
@@ -100,7 +100,7 @@ fn records_in_flight_count_against_capacity() {
     let batch = p.next_batch(t0).expect("due");
     fill(&mut p, 4..7, t0);
     assert!(!p.has_room(), "3 in flight + 3 waiting fill a ring of 6");
-    assert_eq!(p.offer(rec(7), ticket(1), t0), Offer::Full);
+    assert_eq!(p.offer(rec(7), 10, ticket(1), t0), Offer::Full);
     assert!(p.next_batch(t0).is_none(), "one batch in flight at a time");
     assert!(p.delivered(batch, 0).is_none());
     assert!(p.has_room());
@@ -254,8 +254,8 @@ fn a_full_ring_makes_requests_wait_and_frees_room_oldest_first() {
     fill(&mut p, 1..3, t0);
     let batch = p.next_batch(t0).expect("due");
     fill(&mut p, 3..5, t0);
-    assert_eq!(p.offer(rec(5), ticket(5), t0), Offer::Waiting);
-    assert_eq!(p.offer(rec(6), ticket(6), t0), Offer::Waiting);
+    assert_eq!(p.offer(rec(5), 10, ticket(5), t0), Offer::Waiting);
+    assert_eq!(p.offer(rec(6), 10, ticket(6), t0), Offer::Waiting);
     assert_eq!(p.waiting_requests(), 2);
     assert!(p.admit_waiter(t0, |_| true).is_none(), "no room yet");
     p.delivered(batch, 0);
@@ -277,7 +277,7 @@ fn a_request_that_waits_too_long_is_refused_and_its_record_dropped() {
     let t0 = Instant::now();
     let mut p = waiting_pipeline();
     fill(&mut p, 1..5, t0);
-    assert_eq!(p.offer(rec(5), ticket(5), t0), Offer::Waiting);
+    assert_eq!(p.offer(rec(5), 10, ticket(5), t0), Offer::Waiting);
     assert_eq!(p.wait_deadline(), Some(t0 + 5 * SECOND));
     assert!(p.expire_waiter(t0 + 4 * SECOND).is_none());
     assert_eq!(p.expire_waiter(t0 + 5 * SECOND), Some(ticket(5)));
@@ -297,8 +297,8 @@ fn a_waiter_whose_connection_closed_is_skipped() {
     fill(&mut p, 1..3, t0);
     let batch = p.next_batch(t0).expect("due");
     fill(&mut p, 3..5, t0);
-    p.offer(rec(5), ticket(5), t0);
-    p.offer(rec(6), ticket(6), t0);
+    p.offer(rec(5), 10, ticket(5), t0);
+    p.offer(rec(6), 10, ticket(6), t0);
     p.delivered(batch, 0);
     assert_eq!(p.admit_waiter(t0, |t| t != ticket(5)), Some(ticket(6)));
     assert_eq!(p.totals().accepted, 5);
@@ -309,7 +309,7 @@ fn a_drain_admits_waiters_before_it_ends() {
     let t0 = Instant::now();
     let mut p = waiting_pipeline();
     fill(&mut p, 1..5, t0);
-    p.offer(rec(5), ticket(5), t0);
+    p.offer(rec(5), 10, ticket(5), t0);
     p.on_signal();
     let batch = p.next_batch(t0).expect("draining");
     p.delivered(batch, 0);
@@ -329,8 +329,8 @@ fn a_failure_refuses_every_waiter_and_dead_letters_only_the_accepted() {
     fill(&mut p, 1..3, t0);
     let batch = p.next_batch(t0).expect("due");
     fill(&mut p, 3..5, t0);
-    p.offer(rec(5), ticket(5), t0);
-    p.offer(rec(6), ticket(6), t0);
+    p.offer(rec(5), 10, ticket(5), t0);
+    p.offer(rec(6), 10, ticket(6), t0);
     let stop = p.failed(batch);
     assert_eq!(stop.exit, Exit::DeliveryFailed);
     assert_eq!(ids(&stop.undelivered), [1, 2, 3, 4]);
@@ -347,4 +347,19 @@ fn records_the_endpoint_refused_count_as_set_aside_not_delivered() {
     assert_eq!(p.totals().delivered, 2);
     assert_eq!(p.totals().set_aside, 1);
     assert!(p.has_room());
+}
+
+#[test]
+fn waiting_requests_count_their_bodies_until_answered() {
+    let t0 = Instant::now();
+    let mut p = waiting_pipeline();
+    fill(&mut p, 1..5, t0);
+    p.offer(rec(5), 1000, ticket(5), t0);
+    p.offer(rec(6), 300, ticket(6), t0);
+    assert_eq!(p.waiting_bytes(), 1300);
+    assert_eq!(p.expire_waiter(t0 + 5 * SECOND), Some(ticket(5)));
+    assert_eq!(p.waiting_bytes(), 300);
+    let stop = p.failed(Vec::new());
+    assert_eq!(stop.refused, [ticket(6)]);
+    assert_eq!(p.waiting_bytes(), 0);
 }

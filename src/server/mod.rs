@@ -52,6 +52,9 @@ impl Server {
     pub fn bind(config: &Config, replay: Option<Replay>) -> io::Result<Server> {
         let poll = Poll::new()?;
         let mut listener = bind_first(&config.listen)?;
+        if let Err(e) = crate::os::widen_backlog(&listener) {
+            warn!(error:% = e; "the listen backlog stays at the standard library's 128");
+        }
         let local_addr = listener.local_addr()?;
         poll.registry()
             .register(&mut listener, LISTENER, Interest::READABLE)?;
@@ -75,6 +78,7 @@ impl Server {
                 listener,
                 config.max_connections,
                 config.limits.clone(),
+                config.max_buffered_bytes,
                 now,
             ),
             service: Service::new(worker_stats, config.limits.max_body_bytes, now),
@@ -145,6 +149,8 @@ impl Server {
             };
             self.connections
                 .continue_unfinished(self.poll.registry(), &mut app);
+            self.connections
+                .release_held(self.poll.registry(), &mut app);
             if self.pipeline.is_busy() {
                 // The endpoint's answer may be waiting for this core: one yield per
                 // turn (tens of requests under load) keeps the POST cycle short.
@@ -162,6 +168,9 @@ impl Server {
             if let Some(stop) = self.pipeline.tick(self.connections.any_under_way()) {
                 return self.finish(stop);
             }
+            if self.connections.trim_due(now) {
+                crate::os::trim_free_memory();
+            }
             self.log_due = crate::logging::flush_due(now);
         }
     }
@@ -176,6 +185,7 @@ impl Server {
             self.pipeline.due(now),
             self.pipeline.wait_deadline(),
             self.connections.deadline(),
+            self.connections.trim_deadline(),
             self.log_due,
         ]
         .into_iter()

@@ -22,6 +22,9 @@ use crate::record::Record;
 use resolver::CachingResolver;
 use std::sync::atomic::Ordering;
 
+/// The serialized-batch buffer is kept between batches up to this size.
+const MAX_KEPT_BODY: usize = 1024 * 1024;
+
 /// Retries after the first attempt fails.
 pub const RETRIES: u32 = 3;
 
@@ -235,6 +238,10 @@ impl Poster {
                     reason: "the forwarder thread panicked".into(),
                 },
             };
+            // A rare huge batch must not keep its buffer for good.
+            if self.body.capacity() > MAX_KEPT_BODY {
+                self.body = Vec::with_capacity(16 * 1024);
+            }
             if outcomes.send(outcome).is_err() {
                 break;
             }
