@@ -70,6 +70,13 @@ impl GzipEncoder {
         &self.out
     }
 
+    /// Frees the output buffer if it has grown past `keep` bytes.
+    pub fn release_buffer_above(&mut self, keep: usize) {
+        if self.out.capacity() > keep {
+            self.out = Vec::new();
+        }
+    }
+
     /// Bytes held between batches, for the memory-bound test.
     pub fn buffer_capacity(&self) -> usize {
         self.out.capacity()

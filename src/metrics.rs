@@ -137,6 +137,8 @@ impl Histogram {
 pub struct Totals {
     pub accepted: u64,
     pub delivered: u64,
+    /// Records the endpoint refused (400, 413, 422), set aside in the dead-letter file.
+    pub set_aside: u64,
     pub batches_delivered: u64,
     pub batches_failed: u64,
     /// Requests that found the queue full and waited for room.
@@ -305,6 +307,12 @@ impl Metrics {
         );
         counter(
             out,
+            "webhook_records_refused_by_endpoint_total",
+            "Records the endpoint refused (400, 413, 422), set aside in the dead-letter file.",
+            gauges.delivery.set_aside,
+        );
+        counter(
+            out,
             "webhook_records_dead_lettered_total",
             "Records written to the dead-letter file.",
             self.dead_lettered,
@@ -431,6 +439,12 @@ impl Metrics {
             "webhook_connections_accepted_total",
             "Client connections accepted.",
             gauges.accepted_connections,
+        );
+        counter(
+            out,
+            "webhook_log_lines_dropped_total",
+            "Log lines dropped because stderr was not taking them.",
+            crate::logging::dropped_lines(),
         );
         let start = self
             .start_time

@@ -49,6 +49,68 @@ pub fn is_resource_exhaustion(e: &io::Error) -> bool {
     )
 }
 
+/// Whether stderr would take a write now without blocking, waiting at most `wait`.
+/// A pipe or terminal that reports writable takes at least one page (4 KiB) at
+/// once, so a write of that much does not block. Asking this, rather than setting
+/// O_NONBLOCK, leaves the descriptor as other processes sharing it expect it.
+pub fn stderr_writable(wait: std::time::Duration) -> bool {
+    let mut fd = libc::pollfd {
+        fd: libc::STDERR_FILENO,
+        events: libc::POLLOUT,
+        revents: 0,
+    };
+    let millis = wait.as_millis().min(i32::MAX as u128) as libc::c_int;
+    // SAFETY: poll(2) reads and writes exactly one pollfd that lives on this stack
+    // frame for the whole call.
+    let ready = unsafe { libc::poll(&mut fd, 1, millis) };
+    // An error or hang-up also reads as writable: the write then fails at once and
+    // the caller drops the lines instead of waiting for a reader that is gone.
+    ready > 0
+}
+
+/// Lets the kernel queue as many not-yet-accepted connections as it allows
+/// (`net.core.somaxconn`), instead of the standard library's 128: a burst of
+/// connections then waits in the kernel instead of being reset. Calling listen(2)
+/// again on a listening socket only changes its backlog.
+pub fn widen_backlog(listener: &impl std::os::fd::AsRawFd) -> io::Result<i32> {
+    let backlog = std::fs::read_to_string("/proc/sys/net/core/somaxconn")
+        .ok()
+        .and_then(|text| text.trim().parse::<i32>().ok())
+        .filter(|&n| n > 0)
+        .unwrap_or(4096);
+    // SAFETY: listen(2) on a descriptor the caller owns and keeps open; no memory
+    // is passed.
+    let rc = unsafe { libc::listen(listener.as_raw_fd(), backlog) };
+    if rc == 0 {
+        Ok(backlog)
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+/// Makes glibc's allocator give memory back: large buffers (request bodies) are
+/// mapped on their own and unmapped when freed, at a fixed threshold that does not
+/// creep up after each one (glibc's default does, and then keeps such buffers in
+/// the heap for good), and freed heap memory past 1 MiB at the top is returned.
+pub fn return_large_buffers_to_the_kernel() {
+    // SAFETY: mallopt(3) only changes allocator parameters; it is called at start,
+    // before any other thread exists.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 128 * 1024);
+        libc::mallopt(libc::M_TRIM_THRESHOLD, 1024 * 1024);
+        // The worker's own arena would otherwise keep its peak as well.
+        libc::mallopt(libc::M_ARENA_MAX, 2);
+    }
+}
+
+/// Returns free heap memory to the kernel after a burst (malloc_trim(3)).
+pub fn trim_free_memory() {
+    // SAFETY: malloc_trim only releases free memory; it is thread-safe.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
+
 /// Counts the entries of an open directory but `.` and `..`, without allocating:
 /// `std::fs::read_dir` makes a `CString` per entry, and `/proc/self/fd` holds one
 /// entry per connection.

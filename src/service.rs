@@ -45,6 +45,9 @@ impl Route {
 /// The service's own state, kept across requests.
 pub struct Service {
     pub metrics: Metrics,
+    /// A record whose forwarded JSON would be larger than this is refused (413), so
+    /// what a client sends bounds what we hold and post (`--max-body-bytes`).
+    max_record_bytes: usize,
     worker_stats: Arc<WorkerStats>,
     /// The loop turn's time, so a request costs no clock read for its arrival.
     pub now: Instant,
@@ -63,9 +66,15 @@ pub struct ConnectionGauges {
 }
 
 impl Service {
-    pub fn new(worker_stats: Arc<WorkerStats>, now: Instant, auth: Option<BearerToken>) -> Service {
+    pub fn new(
+        worker_stats: Arc<WorkerStats>,
+        max_record_bytes: usize,
+        now: Instant,
+        auth: Option<BearerToken>,
+    ) -> Service {
         Service {
             metrics: Metrics::default(),
+            max_record_bytes,
             worker_stats,
             now,
             scratch: Vec::with_capacity(256),
@@ -186,19 +195,27 @@ impl Peer<'_> {
     }
 
     /// Decodes the record and offers it to the pipeline: 201, a deferred answer while
-    /// it waits for room, 503 when it may not wait, 400 when it is not a record.
+    /// it waits for room, 503 when it may not wait, 400 when it is not a record, 413
+    /// when what would be forwarded is larger than a body may be.
     fn accept_record(&mut self, body: &[u8]) -> Reply<'_> {
         let draining = self.pipeline.is_draining();
-        let mut answer = match record::decode(body) {
-            Ok(record) => match self.pipeline.offer(record, self.ticket, self.service.now) {
-                Offer::Accepted => Response::text(201, b"accepted"),
-                Offer::Waiting => return Reply::Later,
-                Offer::Full => self.queue_full(),
-            },
+        let mut answer = match record::decode_within(body, self.service.max_record_bytes) {
+            Ok(record) => {
+                match self
+                    .pipeline
+                    .offer(record, body.len(), self.ticket, self.service.now)
+                {
+                    Offer::Accepted => Response::text(201, b"accepted"),
+                    Offer::Waiting => return Reply::Later,
+                    Offer::Full => self.queue_full(),
+                }
+            }
+            // `exchanged` counts every 413 on /log as too large.
+            Err(rejection @ Rejection::TooLarge(_)) => self.error(413, rejection.message()),
             Err(rejection) => {
                 let reason = match rejection {
                     Rejection::Malformed(_) => Rejected::Malformed,
-                    Rejection::Invalid(_) => Rejected::Invalid,
+                    _ => Rejected::Invalid,
                 };
                 self.service.metrics.count_rejected(reason);
                 self.error(400, rejection.message())

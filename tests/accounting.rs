@@ -502,3 +502,56 @@ fn a_ring_full_most_of_the_time_loses_nothing_and_forwards_no_refusal() {
     let delivered: BTreeSet<u64> = batches.iter().flat_map(|b| user_ids(&b.records)).collect();
     assert_eq!(delivered, all.accepted, "a clean drain delivers every 201");
 }
+
+#[test]
+fn records_the_endpoint_refuses_are_dead_lettered_once_and_the_rest_delivered() {
+    let dead = temp_path("refusing.ndjson");
+    // Every record whose id is a multiple of 97 is refused with 400, as an API that
+    // rejects one bad record would; the batch holding it must still get through.
+    let sink = Sink::start(&["--refuse-multiple-of", "97"]);
+    let mut fwd = Forwarder::to(
+        &sink,
+        &[
+            "--batch-size",
+            "20",
+            "--batch-interval",
+            "50ms",
+            "--retry-wait",
+            "20ms",
+            "--dead-letter",
+            dead.to_str().unwrap(),
+        ],
+    );
+    let ledger = drive(fwd.addr, 0, 4, 300);
+    fwd.proc.signal("TERM");
+    assert_eq!(
+        fwd.proc.wait_exit(SOON).code(),
+        Some(0),
+        "{}",
+        fwd.proc.text()
+    );
+    let batches = sink.batches();
+    let dead_ids = dead_letter_ids(&dead);
+    reconcile(&ledger, &batches, &dead_ids, 0);
+    let refused: BTreeSet<u64> = ledger
+        .accepted
+        .iter()
+        .copied()
+        .filter(|id| id % 97 == 0)
+        .collect();
+    assert!(
+        !refused.is_empty(),
+        "no record was refused: the test proves less"
+    );
+    assert_eq!(
+        dead_ids.iter().copied().collect::<BTreeSet<u64>>(),
+        refused,
+        "exactly the refused records are set aside"
+    );
+    let delivered: BTreeSet<u64> = sink
+        .delivered()
+        .iter()
+        .flat_map(|b| user_ids(&b.records))
+        .collect();
+    assert_eq!(delivered.len() + refused.len(), ledger.accepted.len());
+}

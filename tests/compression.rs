@@ -70,5 +70,13 @@ fn the_receiver_refuses_a_body_that_inflates_past_its_bound() {
     let batches = sink.wait_batches(1, SOON);
     assert_eq!(batches.len(), 1);
     assert_eq!(batches[0].records, vec![serde_json::json!({"user_id": 1})]);
-    assert_eq!(sink.proc.count(" refused"), 2);
+    // Its own line for each refusal, which the batch parser skips.
+    sink.proc.wait_for("two refusals", SOON, |lines| {
+        (lines
+            .iter()
+            .filter(|l| l.text.ends_with(" refused"))
+            .count()
+            == 2)
+            .then_some(())
+    });
 }

@@ -474,3 +474,89 @@ fn readyz_is_200_while_serving_and_503_once_draining() {
     assert!(r.closes());
     assert_eq!(fwd.proc.wait_exit(SOON).code(), Some(0));
 }
+
+#[test]
+fn an_answer_never_echoes_much_of_the_input() {
+    // Issue 14: a 1 MiB timestamp of U+0300 came back as a 4 MB error body.
+    let sink = Sink::start(&[]);
+    let fwd = Forwarder::to(&sink, &[]);
+    let time = "\u{300}".repeat(524_000);
+    let r = fwd.post(&format!(
+        r#"{{"user_id": 1, "meta": {{"logins": [{{"time": "{time}"}}]}}}}"#
+    ));
+    assert_eq!(r.status, 400);
+    assert!(r.body.len() <= 1024, "{} byte error body", r.body.len());
+    assert!(
+        r.message()
+            .starts_with("meta.logins[0].time: \"\\u{300}\\u{300}"),
+        "{}",
+        r.message()
+    );
+}
+
+#[test]
+fn arrays_in_place_of_objects_are_refused_and_long_fractions_accepted() {
+    // Issue 14: as Go does. `[7]` was accepted as user_id 7; a time with more than
+    // nine fractional digits was refused.
+    let sink = Sink::start(&[]);
+    let fwd = Forwarder::to(&sink, &["--batch-size", "1"]);
+    for (body, message) in [
+        ("[7]", "invalid type: sequence, expected a JSON object"),
+        (
+            r#"{"user_id": 7, "meta": [[{"time": "2020-08-08T01:52:50Z"}]]}"#,
+            "meta: invalid type: sequence, expected a JSON object",
+        ),
+        (
+            r#"{"user_id": 7, "meta": {"logins": [["2020-08-08T01:52:50Z"]]}}"#,
+            "meta.logins[0]: invalid type: sequence, expected a JSON object",
+        ),
+        (
+            r#"{"user_id": 7, "meta": {"phone_numbers": ["555-1212"]}}"#,
+            "meta.phone_numbers: invalid type: sequence, expected a JSON object",
+        ),
+    ] {
+        let r = fwd.post(body);
+        assert_eq!((r.status, r.message()), (400, message.to_owned()), "{body}");
+    }
+    let time = "2020-08-08T01:52:50.123456789012Z";
+    let body = format!(r#"{{"user_id": 8, "meta": {{"logins": [{{"time": "{time}"}}]}}}}"#);
+    assert_eq!(fwd.post(&body).status, 201);
+    let records = sink.wait_delivered_records(1, SOON);
+    assert_eq!(records[0]["user_id"], 8);
+    assert_eq!(records[0]["meta"]["logins"][0]["time"], time);
+}
+
+#[test]
+fn a_record_that_would_be_forwarded_larger_than_the_body_limit_is_413() {
+    // Issue 14: 1 MiB of `{}` logins was accepted, each forwarded as a full login, and
+    // ten such records made a 140 MB POST.
+    let sink = Sink::start(&[]);
+    let fwd = Forwarder::to(&sink, &["--batch-size", "1"]);
+    let mut body = String::from(r#"{"user_id":1,"meta":{"logins":["#);
+    while body.len() < 1024 * 1024 - 16 {
+        body.push_str("{},");
+    }
+    body.push_str("{}]}}");
+    let r = fwd.post(&body);
+    assert_eq!(r.status, 413, "{}", r.body);
+    assert_eq!(
+        r.message(),
+        "record too large: forwarded with every absent field written out, it would take more than 1048576 bytes"
+    );
+    assert_eq!(
+        metric(
+            fwd.addr,
+            "webhook_records_rejected_total{reason=\"too_large\"}"
+        ),
+        1.0
+    );
+    // Amplified but within the limit, and ordinary records, are accepted.
+    let logins = vec!["{}"; 1000].join(",");
+    fwd.post_accepted(&format!(
+        r#"{{"user_id":2,"meta":{{"logins":[{logins}]}}}}"#
+    ));
+    fwd.post_accepted(&record(3));
+    let records = sink.wait_delivered_records(2, SOON);
+    assert_eq!(user_ids(&records), vec![2, 3]);
+    assert_eq!(records[0]["meta"]["logins"].as_array().unwrap().len(), 1000);
+}

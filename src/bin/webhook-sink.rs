@@ -51,6 +51,15 @@ struct Flags {
     /// refuse with 413 a gzip body that inflates past this many bytes (default 64 MiB)
     #[argh(option, default = "64 * 1024 * 1024")]
     max_inflated_bytes: usize,
+    /// refuse (see --refuse-status) a batch holding a record with this user_id (repeatable)
+    #[argh(option)]
+    refuse_user_id: Vec<i64>,
+    /// refuse a batch holding a record whose user_id is a multiple of N
+    #[argh(option, default = "0")]
+    refuse_multiple_of: i64,
+    /// the status that refuses a batch (default 400)
+    #[argh(option, default = "400")]
+    refuse_status: u16,
     /// print the version and exit
     #[argh(switch)]
     version: bool,
@@ -64,9 +73,32 @@ struct Behaviour {
     slow_every: u64,
     quiet: bool,
     max_inflated_bytes: usize,
+    refuse_user_ids: Vec<i64>,
+    refuse_multiple_of: i64,
+    refuse_status: u16,
     received: AtomicU64,
     /// Serializes whole lines so concurrent connections never interleave them.
     stdout: Mutex<()>,
+}
+
+impl Behaviour {
+    /// Whether the batch holds a record this sink is told to refuse, as an endpoint
+    /// refuses one bad record (a gateway's 413, an API's 400 or 422).
+    fn refuses(&self, body: &[u8]) -> bool {
+        if self.refuse_user_ids.is_empty() && self.refuse_multiple_of == 0 {
+            return false;
+        }
+        let Ok(records) = serde_json::from_slice::<Vec<serde_json::Value>>(body) else {
+            return false;
+        };
+        records
+            .iter()
+            .filter_map(|r| r["user_id"].as_i64())
+            .any(|id| {
+                self.refuse_user_ids.contains(&id)
+                    || (self.refuse_multiple_of > 0 && id % self.refuse_multiple_of == 0)
+            })
+    }
 }
 
 struct Sink {
@@ -118,6 +150,7 @@ impl Handler for Sink {
             std::thread::sleep(b.delay);
         }
         let status = match b.status {
+            _ if b.refuses(body) => b.refuse_status,
             Some(status) => status,
             None if n <= b.fail_first => 500,
             None if b.fail_every > 0 && n.is_multiple_of(b.fail_every) => 500,
@@ -255,6 +288,9 @@ fn main() -> std::process::ExitCode {
         slow_every: flags.slow_every,
         quiet: flags.quiet,
         max_inflated_bytes: flags.max_inflated_bytes,
+        refuse_user_ids: flags.refuse_user_id,
+        refuse_multiple_of: flags.refuse_multiple_of,
+        refuse_status: flags.refuse_status,
         received: AtomicU64::new(0),
         stdout: Mutex::new(()),
     });

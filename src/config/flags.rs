@@ -38,6 +38,9 @@ pub struct Flags {
     /// most header fields in one request
     #[argh(option)]
     pub max_headers: Option<String>,
+    /// most bytes of request bodies held at once, across all connections (bodies being received, and requests waiting for queue room); at least --max-body-bytes
+    #[argh(option)]
+    pub max_buffered_bytes: Option<String>,
     /// most client connections open at once
     #[argh(option)]
     pub max_connections: Option<String>,

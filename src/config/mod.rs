@@ -38,6 +38,8 @@ pub struct Config {
     /// How long a request may wait for queue room; zero refuses at once.
     pub queue_wait: Duration,
     pub limits: Limits,
+    /// The global budget for request bodies held at once.
+    pub max_buffered_bytes: usize,
     pub max_connections: usize,
     pub log_level: LevelFilter,
     pub log_format: LogFormat,
@@ -148,6 +150,14 @@ pub fn load(
         idle_timeout: with_default(&flags.idle_timeout, settings::IDLE_TIMEOUT).duration(false)?,
         max_pending_output: Limits::default().max_pending_output,
     };
+    let buffered = with_default(&flags.max_buffered_bytes, settings::MAX_BUFFERED_BYTES);
+    let max_buffered_bytes = buffered.count(1, 1 << 40)?;
+    if max_buffered_bytes < limits.max_body_bytes {
+        return Err(buffered.invalid(&format!(
+            "is less than the largest body ({} bytes): such a body could never be read",
+            limits.max_body_bytes
+        )));
+    }
     let max_connections =
         with_default(&flags.max_connections, settings::MAX_CONNECTIONS).count(1, 1_000_000)?;
     let level = with_default(&flags.log_level, settings::LOG_LEVEL);
@@ -174,6 +184,7 @@ pub fn load(
         batch_interval,
         queue_wait,
         limits,
+        max_buffered_bytes,
         max_connections,
         log_level,
         log_format,
@@ -270,6 +281,7 @@ mod tests {
         assert_eq!(c.outbound.post_timeout, Duration::from_secs(10));
         assert_eq!(c.ring_capacity(), 20);
         assert_eq!(c.queue_wait, Duration::from_secs(5));
+        assert_eq!(c.max_buffered_bytes, 64 * 1024 * 1024);
         assert_eq!(c.limits.max_body_bytes, 1024 * 1024);
         assert_eq!(c.outbound.compression, PostCompression::None);
     }
@@ -346,6 +358,10 @@ mod tests {
         assert!(invalid(&[EP, "--log-level=loud"], &[]).contains("log level"));
         assert!(invalid(&[EP, "--no-such-flag"], &[]).contains("no-such-flag"));
         assert!(invalid(&[EP, "--post-timeout=0"], &[]).contains("more than 0"));
+        assert!(
+            invalid(&[EP, "--max-buffered-bytes=1000"], &[]).contains("largest body"),
+            "a budget smaller than one body"
+        );
     }
 
     #[test]

@@ -32,6 +32,12 @@ pub const RETRY_WAIT: Spec = spec("retry-wait", "WEBHOOK_RETRY_WAIT", Some("2s")
 pub const MAX_BODY_BYTES: Spec = spec("max-body-bytes", "WEBHOOK_MAX_BODY_BYTES", Some("1048576"));
 pub const MAX_HEAD_BYTES: Spec = spec("max-head-bytes", "WEBHOOK_MAX_HEAD_BYTES", Some("16384"));
 pub const MAX_HEADERS: Spec = spec("max-headers", "WEBHOOK_MAX_HEADERS", Some("64"));
+/// An edge box can afford 64 MiB of bodies in progress; a server can raise it.
+pub const MAX_BUFFERED_BYTES: Spec = spec(
+    "max-buffered-bytes",
+    "WEBHOOK_MAX_BUFFERED_BYTES",
+    Some("67108864"),
+);
 pub const MAX_CONNECTIONS: Spec = spec("max-connections", "WEBHOOK_MAX_CONNECTIONS", Some("10000"));
 pub const HEADER_TIMEOUT: Spec = spec("header-timeout", "WEBHOOK_HEADER_TIMEOUT", Some("10s"));
 pub const BODY_TIMEOUT: Spec = spec("body-timeout", "WEBHOOK_BODY_TIMEOUT", Some("30s"));
@@ -67,6 +73,7 @@ pub const ALL: &[Spec] = &[
     MAX_BODY_BYTES,
     MAX_HEAD_BYTES,
     MAX_HEADERS,
+    MAX_BUFFERED_BYTES,
     MAX_CONNECTIONS,
     HEADER_TIMEOUT,
     BODY_TIMEOUT,

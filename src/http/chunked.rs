@@ -5,6 +5,10 @@
 //! one byte at a time. Extensions and trailers are skipped, with limits on their size.
 //! Bare LF line endings are refused: accepting them is how request smuggling starts
 //! when a proxy in front reads the framing differently.
+//!
+//! Chunk-size lines also draw on one budget for the whole body (`ChunkedDecoder::new`),
+//! never reset per line, so the bytes a peer can make us parse besides data are bounded
+//! per request, and a body costs CPU in proportion to its size.
 
 /// Longest chunk-size line (size, extensions) or trailer section we accept.
 pub const MAX_LINE_EXTRA: usize = 4096;
@@ -16,6 +20,9 @@ pub enum ChunkError {
     Malformed,
     /// The decoded body would pass the body limit.
     TooLarge,
+    /// The chunk-size lines together (sizes, extensions, line ends) passed their
+    /// per-request budget.
+    LinesTooLong,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -55,21 +62,31 @@ pub struct ChunkedDecoder {
     state: State,
     /// Bytes spent on the current size line's extras or on trailers, for the limits.
     extra: usize,
+    /// What is left of the budget for all chunk-size lines of this body.
+    line_budget: usize,
 }
 
 impl Default for ChunkedDecoder {
+    /// No budget across lines: only the per-line and trailer limits apply.
     fn default() -> Self {
+        ChunkedDecoder::new(usize::MAX)
+    }
+}
+
+impl ChunkedDecoder {
+    /// A decoder whose chunk-size lines may take `line_budget` bytes in all, every byte
+    /// of every line counted (size, whitespace, extensions, CR, LF).
+    pub fn new(line_budget: usize) -> Self {
         ChunkedDecoder {
             state: State::Size {
                 value: 0,
                 digits: 0,
             },
             extra: 0,
+            line_budget,
         }
     }
-}
 
-impl ChunkedDecoder {
     pub fn is_done(&self) -> bool {
         self.state == State::Done
     }
@@ -105,6 +122,15 @@ impl ChunkedDecoder {
 
     fn step(&mut self, byte: u8, body_len: usize, max_body: usize) -> Result<State, ChunkError> {
         use State::*;
+        if matches!(
+            self.state,
+            Size { .. } | SizeSpace { .. } | Extension { .. } | SizeLf { .. }
+        ) {
+            self.line_budget = self
+                .line_budget
+                .checked_sub(1)
+                .ok_or(ChunkError::LinesTooLong)?;
+        }
         let next = match (self.state, byte) {
             (Size { value, digits }, _) if byte.is_ascii_hexdigit() => {
                 // 15 hex digits already exceed any body limit; more would overflow.
@@ -270,5 +296,59 @@ mod tests {
             d.decode(&long_trailer, &mut Vec::new(), 100),
             Err(ChunkError::Malformed)
         );
+    }
+
+    #[test]
+    fn size_lines_share_one_budget_per_body() {
+        // Each line is under the per-line limit; together they pass the budget. Before
+        // issue 14 the count restarted on every line, so only the body timeout bounded
+        // how many such lines one request could make us parse.
+        let line = b"1;eeeeeeee\r\nx\r\n"; // a 12-byte size line
+        let mut input = Vec::new();
+        for _ in 0..3 {
+            input.extend_from_slice(line);
+        }
+        input.extend_from_slice(b"0\r\n\r\n"); // a 3-byte last line
+        // Exactly the budget: accepted, whatever the split.
+        for split in 0..input.len() {
+            let mut d = ChunkedDecoder::new(3 * 12 + 3);
+            let mut body = Vec::new();
+            let a = d.decode(&input[..split], &mut body, 100).unwrap();
+            let b = d.decode(&input[split..], &mut body, 100).unwrap();
+            assert_eq!(a + b, input.len());
+            assert!(d.is_done());
+            assert_eq!(body, b"xxx");
+        }
+        // One byte less: refused, on the last line's LF.
+        let mut d = ChunkedDecoder::new(3 * 12 + 2);
+        let mut body = Vec::new();
+        assert_eq!(
+            d.decode(&input, &mut body, 100),
+            Err(ChunkError::LinesTooLong)
+        );
+        assert_eq!(body, b"xxx");
+        // The flood from the issue stops within the budget, not at the body's end.
+        let mut d = ChunkedDecoder::new(16 * 1024);
+        let mut flood = b"1;".to_vec();
+        flood.extend(std::iter::repeat_n(b'e', 4000));
+        flood.extend_from_slice(b"\r\nx\r\n");
+        let mut body = Vec::new();
+        let mut fed = 0;
+        let outcome = loop {
+            match d.decode(&flood, &mut body, 1024 * 1024) {
+                Ok(n) => fed += n,
+                Err(e) => break e,
+            }
+            assert!(fed < 32 * 1024, "no refusal after {fed} bytes");
+        };
+        assert_eq!(outcome, ChunkError::LinesTooLong);
+        // Without a budget only the per-line limit applies, as before.
+        let mut d = ChunkedDecoder::default();
+        for _ in 0..100 {
+            assert_eq!(
+                d.decode(&flood, &mut Vec::new(), usize::MAX),
+                Ok(flood.len())
+            );
+        }
     }
 }

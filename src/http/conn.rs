@@ -374,6 +374,25 @@ impl<R: Copy> Conn<R> {
             && m.out.len() < limits.max_pending_output
     }
 
+    /// Request bytes held now (a partial request, a body being received).
+    pub fn buffered_len(&self) -> usize {
+        self.inbuf.len() + self.machine.body.len()
+    }
+
+    /// Body bytes the request being received may still need to hold: its declared
+    /// length, or the body limit for a chunked one; 0 outside a body. The connection
+    /// table reserves this much of its global budget before reading on.
+    pub fn body_reservation(&self, limits: &Limits) -> usize {
+        match self.machine.phase {
+            Phase::Body(Pending {
+                framing: Framing::Length(length),
+                ..
+            }) => length,
+            Phase::Body(_) => limits.max_body_bytes,
+            _ => 0,
+        }
+    }
+
     /// A request's answer was deferred and is still owed.
     pub fn is_waiting(&self) -> bool {
         matches!(self.machine.phase, Phase::Waiting(_)) && !self.machine.closing
@@ -529,6 +548,14 @@ impl<R: Copy> Machine<R> {
                         BodyStep::Broken(ChunkError::TooLarge) => {
                             self.fail(413, "request body too large", io, Some(&pending));
                         }
+                        // 400, not 431 or 413: these are neither header fields nor
+                        // content, and RFC 9112 7.1.1 asks only for a fitting 4xx.
+                        BodyStep::Broken(ChunkError::LinesTooLong) => self.fail(
+                            400,
+                            "chunk-size lines and extensions too long for one body",
+                            io,
+                            Some(&pending),
+                        ),
                     }
                 }
             }
@@ -554,6 +581,17 @@ impl<R: Copy> Machine<R> {
             Ok(httparse::Status::Partial) => HeadOutcome::Partial,
             Ok(httparse::Status::Complete(n)) if n > io.limits.max_head_bytes => {
                 self.fail(431, "request head too large", io, None);
+                HeadOutcome::Failed
+            }
+            Ok(httparse::Status::Complete(n)) if has_bare_lf(&window[..n]) => {
+                // httparse ends a line at a bare LF; a proxy in front may not, and would
+                // read a different set of headers (RFC 9112 2.2 lets us refuse).
+                self.fail(
+                    400,
+                    "bare LF in the request head, lines must end in CRLF",
+                    io,
+                    None,
+                );
                 HeadOutcome::Failed
             }
             Ok(httparse::Status::Complete(n)) => {
@@ -610,7 +648,9 @@ impl<R: Copy> Machine<R> {
             return refuse(self, 400, "exactly one Host header is required", io);
         }
         let framing = if head.chunked {
-            Framing::Chunked(ChunkedDecoder::default())
+            // Chunk-size lines may cost as much as a head, once per body: past that a
+            // peer would make us parse framing rather than data.
+            Framing::Chunked(ChunkedDecoder::new(io.limits.max_head_bytes))
         } else {
             match head.content_length {
                 Some(n) if n > io.limits.max_body_bytes as u64 => {
@@ -901,6 +941,12 @@ impl<'h> HeadFields<'h> {
     fn authorization(&self) -> Option<&'h [u8]> {
         self.authorization.filter(|_| self.authorizations == 1)
     }
+}
+
+/// Whether a line of a complete head ends in LF without CR. One pass over the head,
+/// once per request.
+fn has_bare_lf(head: &[u8]) -> bool {
+    head.first() == Some(&b'\n') || head.windows(2).any(|w| w[1] == b'\n' && w[0] != b'\r')
 }
 
 /// Digits only: no sign, no spaces inside, no list (`5, 5`); overflow is invalid.

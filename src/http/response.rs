@@ -167,12 +167,77 @@ pub fn push_decimal(out: &mut Vec<u8>, mut value: u64) {
     out.extend_from_slice(&digits[at..]);
 }
 
-/// Writes `{"message":"..."}` with proper JSON escaping.
+/// The most an error body written by `write_json_message` takes. Messages may quote
+/// client input; the cap keeps a peer from making an answer (and the socket memory of
+/// a peer that never reads it) larger than this, whatever it sends.
+pub const MAX_ERROR_BODY: usize = 1024;
+
+/// Writes `{"message":"..."}` with JSON escaping, at most `MAX_ERROR_BODY` bytes: a
+/// message that would not fit is cut at a character and ends in `…`.
 pub fn write_json_message(out: &mut Vec<u8>, message: &str) {
-    out.extend_from_slice(b"{\"message\":");
-    // Writing a &str into a Vec cannot fail.
-    let _ = serde_json::to_writer(&mut *out, message);
-    out.push(b'}');
+    const OPEN: &[u8] = b"{\"message\":\"";
+    const CLOSE: &[u8] = b"\"}";
+    const CUT: &str = "\u{2026}";
+    let room = MAX_ERROR_BODY - OPEN.len() - CLOSE.len();
+    let mut needed = 0;
+    let fits = message.chars().all(|c| {
+        needed += escaped_len(c);
+        needed <= room
+    });
+    out.extend_from_slice(OPEN);
+    let mut left = if fits { room } else { room - CUT.len() };
+    for c in message.chars() {
+        let len = escaped_len(c);
+        if len > left {
+            break;
+        }
+        left -= len;
+        push_escaped(out, c);
+    }
+    if !fits {
+        out.extend_from_slice(CUT.as_bytes());
+    }
+    out.extend_from_slice(CLOSE);
+}
+
+/// Bytes `c` takes in a JSON string, escaped as serde_json does.
+fn escaped_len(c: char) -> usize {
+    match c {
+        '"' | '\\' | '\u{8}' | '\t' | '\n' | '\u{c}' | '\r' => 2,
+        '\0'..='\u{1f}' => 6,
+        _ => c.len_utf8(),
+    }
+}
+
+fn push_escaped(out: &mut Vec<u8>, c: char) {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let short = match c {
+        '"' => b'"',
+        '\\' => b'\\',
+        '\u{8}' => b'b',
+        '\t' => b't',
+        '\n' => b'n',
+        '\u{c}' => b'f',
+        '\r' => b'r',
+        '\0'..='\u{1f}' => {
+            let b = c as u8;
+            out.extend_from_slice(&[
+                b'\\',
+                b'u',
+                b'0',
+                b'0',
+                HEX[usize::from(b >> 4)],
+                HEX[usize::from(b & 15)],
+            ]);
+            return;
+        }
+        _ => {
+            let mut utf8 = [0u8; 4];
+            out.extend_from_slice(c.encode_utf8(&mut utf8).as_bytes());
+            return;
+        }
+    };
+    out.extend_from_slice(&[b'\\', short]);
 }
 
 #[cfg(test)]
@@ -220,6 +285,52 @@ mod tests {
         write_json_message(&mut out, "a \"quoted\"\nline");
         let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
         assert_eq!(v["message"], "a \"quoted\"\nline");
+    }
+
+    #[test]
+    fn json_messages_escape_as_serde_json_does() {
+        for message in [
+            "",
+            "plain",
+            "quote \" backslash \\ slash /",
+            "\u{0}\u{1}\u{8}\t\n\u{b}\u{c}\r\u{1f}\u{7f}",
+            "\u{e9}\u{300}\u{2028}\u{1f600}",
+        ] {
+            let mut ours = Vec::new();
+            write_json_message(&mut ours, message);
+            let mut theirs = b"{\"message\":".to_vec();
+            serde_json::to_writer(&mut theirs, message).unwrap();
+            theirs.push(b'}');
+            assert_eq!(
+                String::from_utf8(ours).unwrap(),
+                String::from_utf8(theirs).unwrap()
+            );
+        }
+    }
+
+    #[test]
+    fn json_messages_never_pass_the_error_body_cap() {
+        // Issue 14: a message quoting 1 MiB of client input made a 4 MB answer.
+        for unit in ["\u{300}", "\"", "\u{1}", "a", "\u{1f600}", "ab\\"] {
+            let message = unit.repeat(1024 * 1024 / unit.len());
+            let mut out = Vec::new();
+            write_json_message(&mut out, &message);
+            assert!(out.len() <= MAX_ERROR_BODY, "{unit:?}: {} bytes", out.len());
+            assert!(out.len() > MAX_ERROR_BODY - 16, "{unit:?}: cut too short");
+            let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
+            let kept = v["message"].as_str().unwrap();
+            let kept = kept
+                .strip_suffix('\u{2026}')
+                .expect("a cut message ends in an ellipsis");
+            assert!(message.starts_with(kept));
+        }
+        // A message that fits exactly is not cut.
+        let exact = "x".repeat(MAX_ERROR_BODY - b"{\"message\":\"\"}".len());
+        let mut out = Vec::new();
+        write_json_message(&mut out, &exact);
+        assert_eq!(out.len(), MAX_ERROR_BODY);
+        let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
+        assert_eq!(v["message"], exact.as_str());
     }
 
     #[test]

@@ -627,6 +627,11 @@ fn check_transcript(t: &Transcript, closed_in_feeds: bool) {
                             "the connection answered {status} on its own"
                         );
                         assert!(response.closes(), "an error answer keeps the connection");
+                        assert!(
+                            response.body.len() <= crate::http::response::MAX_ERROR_BODY,
+                            "a {} byte error body",
+                            response.body.len()
+                        );
                         if !head {
                             let message: serde_json::Value = serde_json::from_slice(&response.body)
                                 .unwrap_or_else(|e| panic!("{status} body is not JSON ({e})"));
@@ -712,6 +717,19 @@ pub fn record(data: &[u8]) {
         Err(rejection) => {
             let message = rejection.message();
             assert!(!message.trim().is_empty(), "empty rejection: {rejection:?}");
+            // An error answer quotes little of the input, however large it is.
+            assert!(
+                message.len() <= record::MAX_MESSAGE,
+                "{} byte message",
+                message.len()
+            );
+            let mut body = Vec::new();
+            crate::http::response::write_json_message(&mut body, message);
+            assert!(
+                body.len() <= crate::http::response::MAX_ERROR_BODY,
+                "{} byte error body",
+                body.len()
+            );
             if let Rejection::Malformed(m) = &rejection {
                 assert!(m.starts_with("malformed JSON"), "{m}");
             }
@@ -721,7 +739,7 @@ pub fn record(data: &[u8]) {
     assert_ne!(first.user_id, 0, "accepted a zero user_id");
     for login in &first.meta.logins {
         assert!(
-            crate::clock::is_rfc3339(login.time.as_str()),
+            record::is_timestamp(login.time.as_str()),
             "accepted time {:?}",
             login.time.as_str()
         );

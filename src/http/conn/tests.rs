@@ -729,3 +729,69 @@ fn answering_a_connection_that_does_not_wait_does_nothing() {
     h.drain();
     assert_eq!(h.responses().len(), 1);
 }
+
+#[test]
+fn a_bare_lf_in_the_head_is_400_and_closes() {
+    // httparse ends a line at a bare LF, so `Foo: bar\nTransfer-Encoding: chunked`
+    // would frame the body by a header that a proxy in front reads as part of `Foo`.
+    for head in [
+        &b"POST /log HTTP/1.1\r\nHost: x\r\nFoo: bar\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n"
+            [..],
+        b"GET /healthz HTTP/1.1\nHost: x\r\n\r\n",
+        b"GET /healthz HTTP/1.1\r\nHost: x\n\r\n",
+        b"GET /healthz HTTP/1.1\r\nHost: x\r\n\n",
+        b"\nGET /healthz HTTP/1.1\r\nHost: x\r\n\r\n",
+    ] {
+        let h = rejected(head, 400);
+        // Refused before routing: nothing of the request is trusted.
+        assert_eq!(h.app.log, vec![("-".into(), "-".into(), 400)]);
+    }
+    // A request before it on the same connection is still answered.
+    let mut h = Harness::new();
+    h.feed(
+        b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\nGET /healthz HTTP/1.1\r\nHost: x\nA: b\r\n\r\n",
+    );
+    let statuses: Vec<u16> = h.responses().iter().map(|r| r.status).collect();
+    assert_eq!(statuses, vec![200, 400]);
+    assert!(h.conn.is_closing());
+}
+
+#[test]
+fn chunk_size_lines_are_bounded_per_request_by_the_head_limit() {
+    let limits = Limits {
+        max_head_bytes: 256,
+        ..Limits::default()
+    };
+    let head = b"POST /log HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n";
+    // Three lines of 104 bytes, each far under the per-line limit: 312 > 256.
+    let mut input = head.to_vec();
+    for _ in 0..3 {
+        input.extend_from_slice(b"1;");
+        input.extend(std::iter::repeat_n(b'e', 100));
+        input.extend_from_slice(b"\r\nx\r\n");
+    }
+    let mut h = Harness::with_limits(limits.clone());
+    h.feed(&input);
+    let r = h.only_response();
+    assert_eq!(r.status, 400);
+    assert!(r.closes());
+    assert!(h.conn.is_closing());
+    assert!(h.app.bodies.is_empty());
+    assert_eq!(h.app.log, vec![("POST".into(), "/log".into(), 400)]);
+
+    // Many small chunks within the budget are a body like any other; the budget is
+    // the next request's again.
+    let mut input = Vec::new();
+    for _ in 0..2 {
+        input.extend_from_slice(head);
+        for _ in 0..50 {
+            input.extend_from_slice(b"1\r\nx\r\n");
+        }
+        input.extend_from_slice(b"0\r\n\r\n");
+    }
+    let mut h = Harness::with_limits(limits);
+    h.feed(&input);
+    let statuses: Vec<u16> = h.responses().iter().map(|r| r.status).collect();
+    assert_eq!(statuses, vec![201, 201]);
+    assert_eq!(h.app.bodies, vec![vec![b'x'; 50], vec![b'x'; 50]]);
+}

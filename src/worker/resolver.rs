@@ -1,0 +1,170 @@
+//! The endpoint's address, looked up without a thread.
+//!
+//! ureq's own resolver starts a thread for every lookup when a timeout is set, and it
+//! is asked again for every request, even over a kept-alive connection. This one
+//! answers an IP literal without any lookup, looks a name up once on the worker
+//! thread (getaddrinfo; its time counts within the POST's global timeout, and the
+//! system resolver's own timeouts bound a hung lookup), and keeps the answer until
+//! a connection fails or `TTL` has passed.
+
+use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use ureq::config::Config;
+use ureq::http::Uri;
+use ureq::unversioned::resolver::{ResolvedSocketAddrs, Resolver};
+use ureq::unversioned::transport::NextTimeout;
+
+/// How long a looked-up address is used before it is looked up again. The system
+/// resolver does not tell a record's own TTL; a minute follows a moved endpoint
+/// soon enough and costs one lookup a minute under load.
+pub const TTL: Duration = Duration::from_secs(60);
+
+/// ureq keeps at most this many addresses per lookup.
+const MAX_ADDRS: usize = 16;
+
+#[derive(Debug, Default)]
+struct Cached {
+    /// `host:port` the addresses are for.
+    key: String,
+    addrs: Vec<SocketAddr>,
+    at: Option<Instant>,
+}
+
+/// Shared by the agent (which asks) and the worker (which says when a connection
+/// failed). Only the worker thread uses it, so the lock is never contended.
+#[derive(Debug, Clone, Default)]
+pub struct CachingResolver {
+    cache: Arc<Mutex<Cached>>,
+    /// Lookups made, for the tests and the bench.
+    lookups: Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl CachingResolver {
+    /// A connection failed: the next request looks the name up again.
+    pub fn forget(&self) {
+        if let Ok(mut cache) = self.cache.lock() {
+            cache.at = None;
+        }
+    }
+
+    #[cfg(test)]
+    pub fn lookups(&self) -> u64 {
+        self.lookups.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    fn lookup(&self, host: &str, port: u16, now: Instant) -> Result<Vec<SocketAddr>, ureq::Error> {
+        let mut cache = self
+            .cache
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let fresh = cache.at.is_some_and(|at| now.duration_since(at) < TTL);
+        if fresh && cache.key.strip_suffix(&format!(":{port}")) == Some(host) {
+            return Ok(cache.addrs.clone());
+        }
+        self.lookups
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let addrs: Vec<SocketAddr> = (host, port).to_socket_addrs()?.collect();
+        if addrs.is_empty() {
+            return Err(ureq::Error::HostNotFound);
+        }
+        *cache = Cached {
+            key: format!("{host}:{port}"),
+            addrs: addrs.clone(),
+            at: Some(now),
+        };
+        Ok(addrs)
+    }
+}
+
+impl Resolver for CachingResolver {
+    fn resolve(
+        &self,
+        uri: &Uri,
+        _config: &Config,
+        _timeout: NextTimeout,
+    ) -> Result<ResolvedSocketAddrs, ureq::Error> {
+        let bad = || ureq::Error::BadUri(format!("{uri} has no host"));
+        let host = uri.host().ok_or_else(bad)?;
+        let port = uri
+            .port_u16()
+            .or_else(|| match uri.scheme_str() {
+                Some(s) if s.eq_ignore_ascii_case("https") => Some(443),
+                Some(s) if s.eq_ignore_ascii_case("http") => Some(80),
+                _ => None,
+            })
+            .ok_or_else(bad)?;
+        let literal = host.trim_start_matches('[').trim_end_matches(']');
+        let mut out = self.empty();
+        if let Ok(ip) = literal.parse::<IpAddr>() {
+            out.push(SocketAddr::new(ip, port));
+            return Ok(out);
+        }
+        for addr in self
+            .lookup(host, port, Instant::now())?
+            .into_iter()
+            .take(MAX_ADDRS)
+        {
+            out.push(addr);
+        }
+        Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn resolve(r: &CachingResolver, url: &str) -> Vec<SocketAddr> {
+        let uri: Uri = url.parse().unwrap();
+        r.resolve(&uri, &Config::default(), NextTimeout::default())
+            .unwrap()
+            .to_vec()
+    }
+
+    #[test]
+    fn ip_literals_need_no_lookup() {
+        let r = CachingResolver::default();
+        assert_eq!(
+            resolve(&r, "http://127.0.0.1:9/x"),
+            ["127.0.0.1:9".parse().unwrap()]
+        );
+        assert_eq!(
+            resolve(&r, "https://[::1]/x"),
+            ["[::1]:443".parse().unwrap()]
+        );
+        assert_eq!(
+            resolve(&r, "http://10.1.2.3/"),
+            ["10.1.2.3:80".parse().unwrap()]
+        );
+        assert_eq!(r.lookups(), 0);
+    }
+
+    #[test]
+    fn a_name_is_looked_up_once_until_forgotten() {
+        let r = CachingResolver::default();
+        let first = resolve(&r, "http://localhost:8080/x");
+        assert!(!first.is_empty() && first.iter().all(|a| a.port() == 8080));
+        for _ in 0..10 {
+            assert_eq!(resolve(&r, "http://localhost:8080/x"), first);
+        }
+        assert_eq!(r.lookups(), 1);
+        r.forget();
+        resolve(&r, "http://localhost:8080/x");
+        assert_eq!(r.lookups(), 2);
+        // Another port of the same host is another key.
+        resolve(&r, "http://localhost:9090/x");
+        assert_eq!(r.lookups(), 3);
+    }
+
+    #[test]
+    fn an_unknown_name_is_an_error_not_a_panic() {
+        let r = CachingResolver::default();
+        let uri: Uri = "http://no-such-host.invalid/x".parse().unwrap();
+        assert!(
+            r.resolve(&uri, &Config::default(), NextTimeout::default())
+                .is_err()
+        );
+    }
+}
