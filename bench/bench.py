@@ -20,6 +20,12 @@ for the forwarder the records accepted (webhook_records_accepted_total, read jus
 before SIGTERM) against the records that reached the endpoint (counted from the
 endpoint's log once the forwarder has drained and exited 0), and its 503s.
 
+Then gzip to the endpoint: batch 100 with -c8, once without and once with
+--post-compression gzip, each read from /metrics around the measured run: bytes
+sent per record (webhook_batch_body_bytes_total over webhook_records_forwarded_total)
+and so the compression ratio on the sample record, and the worker thread's CPU
+(utime+stime of the thread named "forwarder" in /proc/PID/task) per delivered batch.
+
 Then, without traffic: CPU ticks used over 10 s once /healthz answers, idle RSS,
 time from spawning the binary to the first 200 on /healthz (10 starts, polling with a
 fresh connection in a tight loop), the stripped binary's size, and RSS before and with
@@ -84,6 +90,10 @@ SAMPLE = (
     '"555-1212", "mobile": "123-5555"}}, "completed": false}'
 )
 RECORD = json.dumps(json.loads(SAMPLE), separators=(",", ":"))
+
+# The compression scenario: one batch size, one connection count, both encodings.
+COMPRESSION_FLAGS = ["--batch-size", "100", "--batch-interval", "1s"]
+COMPRESSION_CONNECTIONS = 8
 
 RUNS = (
     # name, label, forwarder flags (None: the nginx ceiling)
@@ -233,6 +243,22 @@ def cpu_ticks(pid):
     stat = Path(f"/proc/{pid}/stat").read_text()
     fields = stat[stat.rindex(")") + 2:].split()
     return int(fields[11]) + int(fields[12])  # fields 14 and 15 of proc(5)
+
+
+def context_switches(pid):
+    """Voluntary and involuntary context switches of every thread of `pid`."""
+    vol = invol = 0
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            text = (task / "status").read_text()
+        except OSError:
+            continue  # the thread ended meanwhile
+        for line in text.splitlines():
+            if line.startswith("voluntary_ctxt_switches:"):
+                vol += int(line.split()[1])
+            elif line.startswith("nonvoluntary_ctxt_switches:"):
+                invol += int(line.split()[1])
+    return vol, invol
 
 
 def status_kib(pid, key):
@@ -430,9 +456,9 @@ def wrk(procs, port, conns, seconds):
     return result
 
 
-def measured_wrk(procs, pid, port, conns):
+def measured_wrk(procs, pid, port, conns, warmup=True):
     """Warm-up, then the measured run with the service's CPU time around it."""
-    if WARMUP > 0:
+    if warmup and WARMUP > 0:
         wrk(procs, port, conns, WARMUP)
     busy0, ticks0 = cpu_busy(), cpu_ticks(pid)
     w = wrk(procs, port, conns, SECONDS)
@@ -507,13 +533,61 @@ def ceiling_run(procs, conns):
         procs.stop(p)
 
 
+REMOTE_DELAY_MS = 20  # the remote endpoint's answer time
+REMOTE_BATCHES = (10, 100)
+
+
+def remote_run(procs, batch):
+    """A remote endpoint (webhook-sink answering after 20 ms, on the load CPU): one
+    worker can send at most batch / POST time records/s. Measures what it reaches,
+    the answers that were not 2xx, and the service's CPU per record."""
+    sink_port = free_port()
+    with open(OUT / f"sink-remote-{batch}.out", "wb") as f:
+        sink = procs.start([SINK, "--listen", f"127.0.0.1:{sink_port}", "--quiet",
+                            "--delay", f"{REMOTE_DELAY_MS}ms"], cpu=LOAD_CPU, stdout=f)
+    try:
+        wait_ready(sink_port, sink, "webhook-sink")
+        fw, port = start_forwarder(procs, f"remote-{batch}", sink_port,
+                                   ["--batch-size", str(batch), "--batch-interval", "1s"])
+        try:
+            accepted0 = metrics(port).get("webhook_records_accepted_total", 0)
+            t0, ticks0 = time.monotonic(), cpu_ticks(fw.pid)
+            w = wrk(procs, port, 64, SECONDS)
+            elapsed, ticks = time.monotonic() - t0, cpu_ticks(fw.pid) - ticks0
+            m = metrics(port)
+        finally:
+            procs.stop(fw, timeout=120)
+    finally:
+        procs.stop(sink)
+    accepted = m.get("webhook_records_accepted_total", 0) - accepted0
+    posts = m.get("webhook_post_duration_seconds_count", 0)
+    post_ms = m["webhook_post_duration_seconds_sum"] / posts * 1000 if posts else None
+    return {
+        "batch": batch, "records_per_s": accepted / elapsed, "non2xx": w["non2xx"],
+        "limit_per_s": batch / (post_ms / 1000) if post_ms else None, "post_mean_ms": post_ms,
+        "cpu_percent": 100.0 * ticks / CLK_TCK / elapsed,
+        "cpu_us_per_record": ticks / CLK_TCK * 1e6 / accepted if accepted else None,
+        "p99_ms": w["p99_ms"],
+    }
+
+
 def forwarder_run(procs, name, flags, conns, record_len):
     ep, ep_port, ep_dir = start_nginx(procs, "nginx-endpoint.conf", LOAD_CPU)
     try:
         fw, port = start_forwarder(procs, name, ep_port, flags)
         try:
-            w = measured_wrk(procs, fw.pid, port, conns)
+            if WARMUP > 0:
+                wrk(procs, port, conns, WARMUP)
+            posts0 = metrics(port).get("webhook_post_attempts_total", 0)
+            ctx0 = context_switches(fw.pid)
+            w = measured_wrk(procs, fw.pid, port, conns, warmup=False)
+            ctx1 = context_switches(fw.pid)
             m = metrics(port)
+            posts = m.get("webhook_post_attempts_total", 0) - posts0
+            w["posts_measured"] = int(posts)
+            if posts:
+                w["cpu_us_per_batch"] = w["cpu_ticks"] / CLK_TCK * 1e6 / posts
+                w["ctx_per_batch"] = [(ctx1[0] - ctx0[0]) / posts, (ctx1[1] - ctx0[1]) / posts]
         finally:
             started = time.monotonic()
             rc = procs.stop(fw, timeout=120)  # SIGTERM: it drains the queue, then exits
@@ -533,9 +607,63 @@ def forwarder_run(procs, name, flags, conns, record_len):
     w["delivered"] = d["records"]
     w["lost"] = w["accepted"] - d["records"]
     w["log"] = forwarder_log_problems(name)
+    # Requests still waiting for queue room when /metrics was read are admitted
+    # during the drain: the summary line has the final count.
+    final = re.search(r"\baccepted=(\d+)", w["log"]["summary"])
+    if final:
+        w["accepted"] = int(final.group(1))
+        w["lost"] = w["accepted"] - d["records"]
     dl = OUT / f"dead-letter-{name}.ndjson"
     w["dead_lettered"] = len(dl.read_text().splitlines()) if dl.exists() else 0
     return w
+
+
+def worker_ticks(pid):
+    """utime + stime of the forwarder's worker thread (it is named "forwarder")."""
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        if (task / "comm").read_text().strip() == "forwarder":
+            stat = (task / "stat").read_text()
+            fields = stat[stat.rindex(")") + 2:].split()
+            return int(fields[11]) + int(fields[12])
+    raise RuntimeError(f"no forwarder thread in process {pid}")
+
+
+def compression_run(procs):
+    """Batch 100 without and with --post-compression gzip: bytes on the wire per record
+    and the worker thread's CPU per delivered batch, both over the measured wrk run."""
+    out = {}
+    for name, extra in (("none", []), ("gzip", ["--post-compression", "gzip"])):
+        ep, ep_port, _ = start_nginx(procs, "nginx-endpoint.conf", LOAD_CPU)
+        try:
+            fw, port = start_forwarder(procs, f"compression-{name}", ep_port,
+                                       COMPRESSION_FLAGS + extra)
+            try:
+                if WARMUP > 0:
+                    wrk(procs, port, COMPRESSION_CONNECTIONS, WARMUP)
+                m0, t0 = metrics(port), worker_ticks(fw.pid)
+                w = wrk(procs, port, COMPRESSION_CONNECTIONS, SECONDS)
+                t1, m1 = worker_ticks(fw.pid), metrics(port)
+            finally:
+                rc = procs.stop(fw, timeout=120)
+        finally:
+            procs.stop(ep)
+
+        def delta(key):
+            return m1.get(key, 0) - m0.get(key, 0)
+
+        batches = delta('webhook_batches_total{result="delivered"}')
+        records = delta("webhook_records_forwarded_total")
+        sent = delta("webhook_batch_body_bytes_total")
+        out[name] = {
+            "rps": w["rps"], "non2xx": w["non2xx"], "exit_status": rc,
+            "batches": int(batches), "records": int(records), "bytes_sent": int(sent),
+            "bytes_per_record": sent / records if records else None,
+            "worker_cpu_ticks": t1 - t0,
+            "worker_cpu_us_per_batch": (t1 - t0) / CLK_TCK * 1e6 / batches if batches else None,
+        }
+    plain, gz = out["none"]["bytes_per_record"], out["gzip"]["bytes_per_record"]
+    out["ratio"] = plain / gz if plain and gz else None
+    return out
 
 
 def wait_histogram(m):
@@ -746,6 +874,25 @@ def table(results):
 
     for name, label in (("batch100", "batch 100"), ("batch10", "batch 10")):
         rows.append((f"queue wait, {label}", *per_conn(lambda c: wait_cell(c[name])), "", ""))
+
+    def batch_cell(c):
+        if c.get("cpu_us_per_batch") is None:
+            return "n/a"
+        vol, invol = c["ctx_per_batch"]
+        return (f"{c['cpu_us_per_batch']:.0f} us CPU, {vol:.2f} + {invol:.2f} "
+                f"ctx switches per POST")
+
+    for name, label in (("batch100", "batch 100"), ("batch10", "batch 10")):
+        rows.append((f"per POST, {label}", *per_conn(lambda c: batch_cell(c[name])), "", ""))
+    rows.append(None)
+    for batch, r in results.get("remote", {}).items():
+        reached = r["records_per_s"] / r["limit_per_s"] if r["limit_per_s"] else 0
+        rows.append((f"remote 20 ms, batch {batch}",
+                     f"{fmt_int(r['records_per_s'])}/s of {fmt_int(r['limit_per_s'] or 0)}/s "
+                     f"({reached:.2f}), non-2xx {r['non2xx']}",
+                     f"{r['cpu_percent']:.1f}% CPU, {r['cpu_us_per_record'] or 0:.1f} us/record",
+                     ">= 0.9 of the limit, 0 non-2xx",
+                     verdict(reached >= 0.9 and r["non2xx"] == 0)))
     rows.append(None)
     idle = results["idle"]
     rows.append((f"idle CPU over {idle['seconds']} s", f"{idle['cpu_ticks']} ticks", "",
@@ -760,6 +907,16 @@ def table(results):
     rows.append(("stripped binary", f"{fmt_int(b['stripped_bytes'])} B",
                  f"{b['stripped_bytes'] / MIB:.2f} MiB", "<= 3 MiB",
                  verdict(b["stripped_bytes"] <= 3 * MIB)))
+    comp = results.get("compression")
+    if comp:
+        plain, gz = comp["none"], comp["gzip"]
+        bpr = lambda r: "?" if r["bytes_per_record"] is None else f"{r['bytes_per_record']:.1f}"  # noqa: E731
+        cpu = lambda r: "?" if r["worker_cpu_us_per_batch"] is None else f"{r['worker_cpu_us_per_batch']:.0f}"  # noqa: E731
+        ratio_text = "?" if comp["ratio"] is None else f"{comp['ratio']:.2f}x"
+        rows.append(("wire bytes/record, none / gzip (b100)", "",
+                     f"{bpr(plain)} / {bpr(gz)} B ({ratio_text})", "", ""))
+        rows.append(("worker CPU/batch, none / gzip (b100)", "",
+                     f"{cpu(plain)} / {cpu(gz)} us", "", ""))
     ic = results["idle_connections"]
     rows.append((f"RSS before / with {fmt_int(ic['connections'])} idle conns",
                  f"{fmt_mib(ic['rss_before_kib'])} / {fmt_mib(ic['rss_with_kib'])}", "", "", ""))
@@ -853,6 +1010,22 @@ def measure(procs):
                 log(f"  log: {line}")
             if r.get("endpoint", {}).get("unparsed_count"):
                 log(f"  endpoint lines not a whole number of records: {r['endpoint']['unparsed']}")
+    results["remote"] = {}
+    for batch in REMOTE_BATCHES:
+        log(f"remote endpoint ({REMOTE_DELAY_MS} ms), batch {batch}, -c64")
+        r = remote_run(procs, batch)
+        results["remote"][str(batch)] = r
+        log(f"  {r['records_per_s']:,.0f} records/s of a {r['limit_per_s'] or 0:,.0f}/s limit "
+            f"(batch / mean POST {r['post_mean_ms'] or 0:.1f} ms), non-2xx {r['non2xx']}, "
+            f"service {r['cpu_percent']:.1f}% CPU")
+    log(f"compression: batch 100, -c{COMPRESSION_CONNECTIONS}, without and with --post-compression gzip")
+    results["compression"] = comp = compression_run(procs)
+    for name in ("none", "gzip"):
+        r = comp[name]
+        log(f"  {name}: {r['rps']:,.0f} req/s, {r['batches']} batches, "
+            f"{r['bytes_per_record'] or 0:.1f} bytes/record on the wire, worker "
+            f"{r['worker_cpu_us_per_batch'] or 0:.0f} us CPU/batch, exit {r['exit_status']}")
+    log(f"  compression ratio on the sample record: {comp['ratio'] or 0:.2f}x")
     log(f"idle: {SECONDS} s without traffic")
     results["idle"] = idle_run(procs)
     log(f"startup: {STARTS} starts")

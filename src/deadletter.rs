@@ -94,6 +94,12 @@ enum Failed {
 /// even after a torn last line left by an older version or a crash, so that line
 /// cannot swallow the first record.
 fn append_whole(path: &Path, bytes: &[u8]) -> Result<(), Failed> {
+    // The worker (refused records) and the loop (at exit) both append: the length
+    // noted for a rollback must not move under another append.
+    static APPENDING: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _one_at_a_time = APPENDING
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
     let mut file = OpenOptions::new()
         .create(true)
         .append(true)

@@ -6,16 +6,19 @@
 //! tests, the fuzz targets and the bundled `webhook-sink` share the exact code the
 //! service runs.
 
+pub mod auth;
 pub mod clock;
 pub mod config;
 pub mod deadletter;
 pub mod duration;
+pub mod gzip;
 pub mod http;
 pub mod logging;
 pub mod metrics;
 pub mod os;
 pub mod pipeline;
 pub mod probe;
+pub mod process;
 pub mod record;
 pub mod ring;
 pub mod server;

@@ -12,6 +12,7 @@ const EXIT_RUNTIME: u8 = 1;
 const EXIT_USAGE: u8 = 2;
 
 fn main() -> ExitCode {
+    webhook_forwarder::os::return_large_buffers_to_the_kernel();
     let args: Vec<String> = std::env::args().skip(1).collect();
     if args.first().map(String::as_str) == Some("probe") {
         return probe(&args[1..]);
@@ -68,6 +69,10 @@ fn main() -> ExitCode {
         batch_size = config.batch_size,
         batch_interval = config.describe_interval().as_str(),
         ring_capacity = config.ring_capacity(),
+        queue_wait_ms = config.queue_wait.as_millis() as u64,
+        max_buffered_bytes = config.max_buffered_bytes,
+        // Besides the budget, each connection may hold a request head.
+        head_buffers_worst_bytes = config.max_connections as u64 * config.limits.max_head_bytes as u64,
         post_timeout_ms = config.outbound.post_timeout.as_millis() as u64,
         retry_wait_ms = config.outbound.retry_wait.as_millis() as u64,
         max_connections = config.max_connections,
@@ -75,6 +80,8 @@ fn main() -> ExitCode {
         dead_letter:% = absolute(&config.dead_letter).display(),
         post_headers = header_names(&config.outbound.headers).as_str(),
         ca_file:% = config.outbound.ca_file.as_deref().map_or("-".into(), |p| p.display().to_string()),
+        post_compression = config.outbound.compression.name(),
+        auth = if config.auth.is_some() { "bearer" } else { "none" },
         proxy = config.outbound.proxy.as_deref().map_or("-".into(), config::redact_url).as_str();
         "listening"
     );

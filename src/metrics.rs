@@ -5,10 +5,12 @@
 //! atomics it bumps once per attempt. Rendering is a few microseconds of formatting on
 //! the loop thread, so a scrape never stalls `/log` for longer than one request.
 
+use std::io::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use crate::http::response::push_decimal;
+use crate::process::Process;
 
 /// What a request was for, as far as metrics care.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -38,11 +40,25 @@ impl Endpoint {
             Endpoint::Unknown => "other",
         }
     }
+
+    /// The codes this route can be answered with, shown at 0 from the start so that
+    /// rates and alerts work before the first such answer. Every routed request can
+    /// also meet the HTTP layer's refusals (framing, size, time, expectations).
+    fn possible_codes(self) -> &'static [u16] {
+        match self {
+            Endpoint::Health => &[200, 400, 405, 408, 413, 417, 501],
+            Endpoint::Ready => &[200, 400, 405, 408, 413, 417, 501, 503],
+            Endpoint::Log => &[201, 400, 401, 405, 408, 413, 417, 501, 503],
+            Endpoint::Metrics => &[200, 400, 401, 405, 408, 413, 417, 501],
+            // Unknown paths, and requests refused before they could be routed.
+            Endpoint::Unknown => &[400, 404, 408, 413, 417, 431, 501, 505],
+        }
+    }
 }
 
 /// Status codes the server can answer; anything else is counted as `other`.
-const CODES: [u16; 13] = [
-    200, 201, 400, 404, 405, 408, 413, 417, 431, 500, 501, 503, 505,
+const CODES: [u16; 14] = [
+    200, 201, 400, 401, 404, 405, 408, 413, 417, 431, 500, 501, 503, 505,
 ];
 
 #[derive(Debug, Clone, Copy)]
@@ -65,6 +81,10 @@ pub struct WorkerStats {
     pub retries: AtomicU64,
     buckets: [AtomicU64; DURATION_BUCKETS.len() + 1],
     duration_sum_us: AtomicU64,
+    /// Batch bodies as sent (compressed, when they are), every attempt counted.
+    batch_body_bytes: AtomicU64,
+    /// Unix time in milliseconds of the last 2xx; 0 before any.
+    last_delivery_ms: AtomicU64,
 }
 
 fn bucket_of(took: Duration) -> usize {
@@ -80,6 +100,21 @@ impl WorkerStats {
         self.buckets[bucket_of(took)].fetch_add(1, Ordering::Relaxed);
         self.duration_sum_us
             .fetch_add(took.as_micros() as u64, Ordering::Relaxed);
+    }
+
+    /// A batch body of `bytes` went out to the endpoint.
+    pub fn observe_sent(&self, bytes: usize) {
+        self.batch_body_bytes
+            .fetch_add(bytes as u64, Ordering::Relaxed);
+    }
+
+    /// The endpoint answered 2xx at `at`.
+    pub fn observe_delivery(&self, at: SystemTime) {
+        let ms = at
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_millis() as u64;
+        self.last_delivery_ms.store(ms, Ordering::Relaxed);
     }
 }
 
@@ -102,6 +137,8 @@ impl Histogram {
 pub struct Totals {
     pub accepted: u64,
     pub delivered: u64,
+    /// Records the endpoint refused (400, 413, 422), set aside in the dead-letter file.
+    pub set_aside: u64,
     pub batches_delivered: u64,
     pub batches_failed: u64,
     /// Requests that found the queue full and waited for room.
@@ -115,6 +152,10 @@ pub struct Totals {
 pub struct Metrics {
     requests: [[u64; CODES.len() + 1]; Endpoint::ALL.len()],
     rejected: [u64; 4],
+    /// 401s, by endpoint: a missing or wrong bearer token.
+    unauthorized: [u64; Endpoint::ALL.len()],
+    /// Bodies of `POST /log` requests received, whatever their answer.
+    request_body_bytes: u64,
     pub dead_lettered: u64,
     start_time: SystemTime,
 }
@@ -136,6 +177,8 @@ impl Default for Metrics {
         Metrics {
             requests: [[0; CODES.len() + 1]; Endpoint::ALL.len()],
             rejected: [0; 4],
+            unauthorized: [0; Endpoint::ALL.len()],
+            request_body_bytes: 0,
             dead_lettered: 0,
             start_time: SystemTime::now(),
         }
@@ -155,7 +198,36 @@ impl Metrics {
         self.rejected[why as usize] += 1;
     }
 
-    pub fn render(&self, out: &mut Vec<u8>, gauges: &Gauges, worker: &WorkerStats) {
+    pub fn count_unauthorized(&mut self, endpoint: Endpoint) {
+        self.unauthorized[endpoint as usize] += 1;
+    }
+
+    pub fn count_request_body(&mut self, bytes: usize) {
+        self.request_body_bytes += bytes as u64;
+    }
+
+    /// `process` is passed in (read from `/proc` by the caller) so that tests can
+    /// render known figures.
+    pub fn render(
+        &self,
+        out: &mut Vec<u8>,
+        gauges: &Gauges,
+        worker: &WorkerStats,
+        process: &Process,
+    ) {
+        header(
+            out,
+            "webhook_build_info",
+            "gauge",
+            "Always 1; the version of the running binary is in its label.",
+        );
+        labelled(
+            out,
+            "webhook_build_info",
+            "version",
+            env!("CARGO_PKG_VERSION"),
+            1,
+        );
         header(
             out,
             "webhook_http_requests_total",
@@ -164,7 +236,10 @@ impl Metrics {
         );
         for endpoint in Endpoint::ALL {
             for (i, &count) in self.requests[endpoint as usize].iter().enumerate() {
-                if count == 0 {
+                let possible = CODES
+                    .get(i)
+                    .is_some_and(|code| endpoint.possible_codes().contains(code));
+                if count == 0 && !possible {
                     continue;
                 }
                 out.extend_from_slice(b"webhook_http_requests_total{route=\"");
@@ -179,6 +254,12 @@ impl Metrics {
                 out.push(b'\n');
             }
         }
+        counter(
+            out,
+            "webhook_request_body_bytes_total",
+            "Bytes of POST /log request bodies received.",
+            self.request_body_bytes,
+        );
         counter(
             out,
             "webhook_records_accepted_total",
@@ -203,11 +284,32 @@ impl Metrics {
                 count,
             );
         }
+        header(
+            out,
+            "webhook_unauthorized_requests_total",
+            "counter",
+            "Requests answered 401 for a missing or wrong bearer token, by route.",
+        );
+        for endpoint in [Endpoint::Log, Endpoint::Metrics] {
+            labelled(
+                out,
+                "webhook_unauthorized_requests_total",
+                "route",
+                endpoint.label(),
+                self.unauthorized[endpoint as usize],
+            );
+        }
         counter(
             out,
             "webhook_records_forwarded_total",
             "Records delivered to the endpoint.",
             gauges.delivery.delivered,
+        );
+        counter(
+            out,
+            "webhook_records_refused_by_endpoint_total",
+            "Records the endpoint refused (400, 413, 422), set aside in the dead-letter file.",
+            gauges.delivery.set_aside,
         );
         counter(
             out,
@@ -246,6 +348,24 @@ impl Metrics {
             "webhook_post_retries_total",
             "POST attempts that were retries.",
             worker.retries.load(Ordering::Relaxed),
+        );
+        counter(
+            out,
+            "webhook_batch_body_bytes_total",
+            "Bytes of batch bodies posted to the endpoint, as sent, retries included.",
+            worker.batch_body_bytes.load(Ordering::Relaxed),
+        );
+        header(
+            out,
+            "webhook_last_delivery_timestamp_seconds",
+            "gauge",
+            "When the endpoint last answered a batch with 2xx, Unix seconds; 0 before any.",
+        );
+        let last_ms = worker.last_delivery_ms.load(Ordering::Relaxed);
+        let _ = writeln!(
+            out,
+            "webhook_last_delivery_timestamp_seconds {}",
+            last_ms as f64 / 1000.0
         );
 
         let mut post = Histogram::default();
@@ -320,6 +440,12 @@ impl Metrics {
             "Client connections accepted.",
             gauges.accepted_connections,
         );
+        counter(
+            out,
+            "webhook_log_lines_dropped_total",
+            "Log lines dropped because stderr was not taking them.",
+            crate::logging::dropped_lines(),
+        );
         let start = self
             .start_time
             .duration_since(UNIX_EPOCH)
@@ -331,9 +457,38 @@ impl Metrics {
             "gauge",
             "Start time of the process since the Unix epoch, in seconds.",
         );
-        out.extend_from_slice(
-            format!("process_start_time_seconds {}\n", format_float(start)).as_bytes(),
-        );
+        let _ = writeln!(out, "process_start_time_seconds {start}");
+        if let Some(seconds) = process.cpu_seconds {
+            header(
+                out,
+                "process_cpu_seconds_total",
+                "counter",
+                "Total user and system CPU time spent in seconds.",
+            );
+            let _ = writeln!(out, "process_cpu_seconds_total {seconds}");
+        }
+        let figures = [
+            (
+                "process_resident_memory_bytes",
+                "Resident memory size in bytes.",
+                process.resident_bytes,
+            ),
+            (
+                "process_open_fds",
+                "Number of open file descriptors.",
+                process.open_fds,
+            ),
+            (
+                "process_max_fds",
+                "Maximum number of open file descriptors.",
+                process.max_fds,
+            ),
+        ];
+        for (name, help, value) in figures {
+            if let Some(value) = value {
+                gauge(out, name, help, value);
+            }
+        }
     }
 }
 
@@ -408,6 +563,15 @@ mod tests {
         worker.observe_post(Duration::from_millis(3));
         worker.observe_post(Duration::from_millis(30));
         worker.observe_post(Duration::from_secs(60));
+        worker.observe_sent(1500);
+        worker.observe_sent(500);
+        m.count_request_body(230);
+        let process = Process {
+            resident_bytes: Some(5 << 20),
+            cpu_seconds: Some(1.25),
+            open_fds: Some(12),
+            max_fds: None,
+        };
         let mut out = Vec::new();
         m.render(
             &mut out,
@@ -424,6 +588,7 @@ mod tests {
                 },
             },
             &worker,
+            &process,
         );
         let text = String::from_utf8(out).unwrap();
         for line in [
@@ -443,11 +608,59 @@ mod tests {
             "webhook_open_connections 1",
             "webhook_connections_accepted_total 4",
             "# TYPE webhook_post_duration_seconds histogram",
+            concat!(
+                "webhook_build_info{version=\"",
+                env!("CARGO_PKG_VERSION"),
+                "\"} 1"
+            ),
+            "webhook_request_body_bytes_total 230",
+            "webhook_batch_body_bytes_total 2000",
+            "webhook_last_delivery_timestamp_seconds 0",
+            "process_resident_memory_bytes 5242880",
+            "process_cpu_seconds_total 1.25",
+            "# TYPE process_cpu_seconds_total counter",
+            "process_open_fds 12",
+            // Known routes and codes are there before their first request.
+            "webhook_http_requests_total{route=\"/metrics\",code=\"401\"} 0",
+            "webhook_http_requests_total{route=\"/log\",code=\"503\"} 0",
+            "webhook_http_requests_total{route=\"/readyz\",code=\"200\"} 0",
+            "webhook_http_requests_total{route=\"other\",code=\"431\"} 0",
+            "webhook_unauthorized_requests_total{route=\"/log\"} 0",
         ] {
             assert!(
                 text.lines().any(|l| l == line),
                 "missing {line:?} in\n{text}"
             );
+        }
+        // An unreadable figure is left out, not shown as 0; impossible pairs too.
+        for absent in [
+            "process_max_fds",
+            "webhook_http_requests_total{route=\"/healthz\",code=\"201\"}",
+            "webhook_http_requests_total{route=\"/log\",code=\"other\"}",
+        ] {
+            assert!(!text.contains(absent), "{absent} in\n{text}");
+        }
+
+        worker.observe_delivery(UNIX_EPOCH + Duration::from_millis(1_764_489_600_250));
+        let mut out = Vec::new();
+        m.render(&mut out, &gauges(), &worker, &Process::default());
+        let text = String::from_utf8(out).unwrap();
+        assert!(
+            text.contains("\nwebhook_last_delivery_timestamp_seconds 1764489600.25\n"),
+            "{text}"
+        );
+        assert!(!text.contains("process_cpu"), "no /proc figures given");
+    }
+
+    fn gauges() -> Gauges {
+        Gauges {
+            queued: 0,
+            in_flight: 0,
+            capacity: 20,
+            open_connections: 0,
+            accepted_connections: 0,
+            waiting_requests: 0,
+            delivery: Totals::default(),
         }
     }
 }

@@ -80,3 +80,128 @@ pub fn raise_open_files_limit() -> Option<u64> {
     // RLIM_INFINITY is u64::MAX: as good as no limit.
     Some(limit.rlim_cur)
 }
+
+/// Whether stderr would take a write now without blocking, waiting at most `wait`.
+/// A pipe or terminal that reports writable takes at least one page (4 KiB) at
+/// once, so a write of that much does not block. Asking this, rather than setting
+/// O_NONBLOCK, leaves the descriptor as other processes sharing it expect it.
+pub fn stderr_writable(wait: std::time::Duration) -> bool {
+    let mut fd = libc::pollfd {
+        fd: libc::STDERR_FILENO,
+        events: libc::POLLOUT,
+        revents: 0,
+    };
+    let millis = wait.as_millis().min(i32::MAX as u128) as libc::c_int;
+    // SAFETY: poll(2) reads and writes exactly one pollfd that lives on this stack
+    // frame for the whole call.
+    let ready = unsafe { libc::poll(&mut fd, 1, millis) };
+    // An error or hang-up also reads as writable: the write then fails at once and
+    // the caller drops the lines instead of waiting for a reader that is gone.
+    ready > 0
+}
+
+/// Lets the kernel queue as many not-yet-accepted connections as it allows
+/// (`net.core.somaxconn`), instead of the standard library's 128: a burst of
+/// connections then waits in the kernel instead of being reset. Calling listen(2)
+/// again on a listening socket only changes its backlog.
+pub fn widen_backlog(listener: &impl std::os::fd::AsRawFd) -> io::Result<i32> {
+    let backlog = std::fs::read_to_string("/proc/sys/net/core/somaxconn")
+        .ok()
+        .and_then(|text| text.trim().parse::<i32>().ok())
+        .filter(|&n| n > 0)
+        .unwrap_or(4096);
+    // SAFETY: listen(2) on a descriptor the caller owns and keeps open; no memory
+    // is passed.
+    let rc = unsafe { libc::listen(listener.as_raw_fd(), backlog) };
+    if rc == 0 {
+        Ok(backlog)
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+/// Makes glibc's allocator give memory back: large buffers (request bodies) are
+/// mapped on their own and unmapped when freed, at a fixed threshold that does not
+/// creep up after each one (glibc's default does, and then keeps such buffers in
+/// the heap for good), and freed heap memory past 1 MiB at the top is returned.
+pub fn return_large_buffers_to_the_kernel() {
+    // SAFETY: mallopt(3) only changes allocator parameters; it is called at start,
+    // before any other thread exists.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 128 * 1024);
+        libc::mallopt(libc::M_TRIM_THRESHOLD, 1024 * 1024);
+        // The worker's own arena would otherwise keep its peak as well.
+        libc::mallopt(libc::M_ARENA_MAX, 2);
+    }
+}
+
+/// Returns free heap memory to the kernel after a burst (malloc_trim(3)).
+pub fn trim_free_memory() {
+    // SAFETY: malloc_trim only releases free memory; it is thread-safe.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
+
+/// Counts the entries of an open directory but `.` and `..`, without allocating:
+/// `std::fs::read_dir` makes a `CString` per entry, and `/proc/self/fd` holds one
+/// entry per connection.
+pub fn count_dir_entries(dir: &std::fs::File) -> io::Result<usize> {
+    use std::os::fd::AsRawFd;
+    // Aligned for the kernel's `struct linux_dirent64` records.
+    #[repr(C, align(8))]
+    struct Buffer([u8; 8192]);
+    let mut buffer = Buffer([0; 8192]);
+    let mut count = 0;
+    loop {
+        // SAFETY: getdents64(2) writes at most `len` bytes into the buffer, which
+        // outlives the call; the descriptor is open for as long as `dir` is borrowed.
+        let filled = unsafe {
+            libc::syscall(
+                libc::SYS_getdents64,
+                dir.as_raw_fd(),
+                buffer.0.as_mut_ptr(),
+                buffer.0.len(),
+            )
+        };
+        if filled < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        if filled == 0 {
+            return Ok(count);
+        }
+        // Each record: inode (8), offset (8), record length (2), type (1), the name
+        // with its NUL. Lengths come from the kernel; a bad one ends the count.
+        let records = &buffer.0[..(filled as usize).min(buffer.0.len())];
+        let mut at = 0;
+        while let Some(header) = records.get(at..at + 19) {
+            let len = usize::from(u16::from_ne_bytes([header[16], header[17]]));
+            let name = records.get(at + 19..at + len).unwrap_or_default();
+            let name = name.split(|&b| b == 0).next().unwrap_or_default();
+            if name != b"." && name != b".." {
+                count += 1;
+            }
+            if len == 0 {
+                return Err(io::Error::other("getdents64 returned an empty record"));
+            }
+            at += len;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counts_directory_entries() {
+        let dir = std::env::temp_dir().join(format!("wf-os-count-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        for n in 0..300 {
+            std::fs::write(dir.join(format!("a-rather-long-file-name-{n}")), "").unwrap();
+        }
+        let open = std::fs::File::open(&dir).unwrap();
+        assert_eq!(count_dir_entries(&open).unwrap(), 300);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}

@@ -352,6 +352,8 @@ fn sigterm_during_a_post_waits_for_it_then_sends_the_rest() {
     let stopped = fwd.proc.wait_line("msg=stopped", SOON).text;
     assert_eq!(field(&stopped, "delivered"), "9");
     assert_eq!(field(&stopped, "dead_lettered"), "0");
+    assert_eq!(field(&stopped, "exit_status"), "0");
+    assert_eq!(field(&stopped, "reason"), "drained");
 }
 
 #[test]
@@ -385,6 +387,9 @@ fn a_second_signal_abandons_the_drain_and_dead_letters_the_rest() {
         started.elapsed() < Duration::from_secs(3),
         "the retry wait was not cut short"
     );
+    let stopped = fwd.proc.wait_line("msg=stopped", SOON).text;
+    assert_eq!(field(&stopped, "exit_status"), "4");
+    assert_eq!(field(&stopped, "reason"), "second signal");
     let mut ids = dead_letter_ids(&dead);
     ids.sort();
     assert_eq!(ids, vec![1, 2, 3]);
@@ -406,6 +411,9 @@ fn an_unwritable_dead_letter_path_sends_records_to_stderr() {
     );
     assert_eq!(fwd.post(&record(77)).status, 201);
     assert_eq!(fwd.proc.wait_exit(SOON).code(), Some(3));
+    let stopped = fwd.proc.wait_line("msg=stopped", SOON).text;
+    assert_eq!(field(&stopped, "exit_status"), "3");
+    assert_eq!(field(&stopped, "reason"), "delivery failed after retries");
     let text = fwd.proc.text();
     assert!(text.contains("cannot write the dead-letter file"), "{text}");
     let line = text
@@ -493,4 +501,57 @@ fn a_ring_full_most_of_the_time_loses_nothing_and_forwards_no_refusal() {
     reconcile(&all, &batches, &dead_letter_ids(&dead), 0);
     let delivered: BTreeSet<u64> = batches.iter().flat_map(|b| user_ids(&b.records)).collect();
     assert_eq!(delivered, all.accepted, "a clean drain delivers every 201");
+}
+
+#[test]
+fn records_the_endpoint_refuses_are_dead_lettered_once_and_the_rest_delivered() {
+    let dead = temp_path("refusing.ndjson");
+    // Every record whose id is a multiple of 97 is refused with 400, as an API that
+    // rejects one bad record would; the batch holding it must still get through.
+    let sink = Sink::start(&["--refuse-multiple-of", "97"]);
+    let mut fwd = Forwarder::to(
+        &sink,
+        &[
+            "--batch-size",
+            "20",
+            "--batch-interval",
+            "50ms",
+            "--retry-wait",
+            "20ms",
+            "--dead-letter",
+            dead.to_str().unwrap(),
+        ],
+    );
+    let ledger = drive(fwd.addr, 0, 4, 300);
+    fwd.proc.signal("TERM");
+    assert_eq!(
+        fwd.proc.wait_exit(SOON).code(),
+        Some(0),
+        "{}",
+        fwd.proc.text()
+    );
+    let batches = sink.batches();
+    let dead_ids = dead_letter_ids(&dead);
+    reconcile(&ledger, &batches, &dead_ids, 0);
+    let refused: BTreeSet<u64> = ledger
+        .accepted
+        .iter()
+        .copied()
+        .filter(|id| id % 97 == 0)
+        .collect();
+    assert!(
+        !refused.is_empty(),
+        "no record was refused: the test proves less"
+    );
+    assert_eq!(
+        dead_ids.iter().copied().collect::<BTreeSet<u64>>(),
+        refused,
+        "exactly the refused records are set aside"
+    );
+    let delivered: BTreeSet<u64> = sink
+        .delivered()
+        .iter()
+        .flat_map(|b| user_ids(&b.records))
+        .collect();
+    assert_eq!(delivered.len() + refused.len(), ledger.accepted.len());
 }

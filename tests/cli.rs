@@ -94,3 +94,29 @@ fn the_receiver_prints_its_version_and_help() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("--no-such-flag"));
 }
+
+#[test]
+fn every_way_of_asking_for_help_prints_the_usage_with_probe() {
+    for args in [&["--help"][..], &["-help"], &["-h"], &["help"]] {
+        let out = forwarder(args, "127.0.0.1:9");
+        assert_eq!(out.status.code(), Some(0), "{args:?}");
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            stdout.starts_with("Usage: webhook-forwarder"),
+            "{args:?}: {stdout}"
+        );
+        assert!(
+            stdout.contains(
+                "webhook-forwarder probe [--http ADDR]: exit 0 when /healthz answers 200"
+            ),
+            "{args:?}: {stdout}"
+        );
+        assert!(stdout.contains("WEBHOOK_POST_ENDPOINT"), "{stdout}");
+        assert!(out.stderr.is_empty(), "{args:?}");
+    }
+    // Still refused: a word that is not a command, a short flag that is not -h.
+    for args in [&["helpme"][..], &["-x"]] {
+        let out = forwarder(args, "127.0.0.1:9");
+        assert_eq!(out.status.code(), Some(2), "{args:?}");
+    }
+}

@@ -100,10 +100,38 @@ fn metrics_parse_as_prometheus_text_and_move_with_traffic() {
     assert_eq!(before["webhook_open_connections"], 1.0);
     assert!(before["process_start_time_seconds"] > 1.7e9);
     assert_eq!(before["webhook_queue_capacity"], 4.0);
+    let version = format!(
+        "webhook_build_info{{version=\"{}\"}}",
+        env!("CARGO_PKG_VERSION")
+    );
+    assert_eq!(before[&version], 1.0);
+    // The usual process figures, from /proc, with values that make sense.
+    let open = before["process_open_fds"];
+    assert!((3.0..100.0).contains(&open), "{open}");
+    assert!(before["process_max_fds"] >= open);
+    assert!(before["process_resident_memory_bytes"] > 1e6);
+    assert!(before["process_cpu_seconds_total"] >= 0.0);
+    // Known routes and codes are there before their first request.
+    for series in [
+        "webhook_http_requests_total{route=\"/log\",code=\"201\"}",
+        "webhook_http_requests_total{route=\"/log\",code=\"400\"}",
+        "webhook_http_requests_total{route=\"/healthz\",code=\"200\"}",
+        "webhook_http_requests_total{route=\"other\",code=\"404\"}",
+        "webhook_request_body_bytes_total",
+        "webhook_batch_body_bytes_total",
+        "webhook_last_delivery_timestamp_seconds",
+    ] {
+        assert_eq!(before[series], 0.0, "{series}");
+    }
 
-    assert_eq!(fwd.post(&record(1)).status, 201);
-    assert_eq!(fwd.post("{broken").status, 400);
-    assert_eq!(fwd.post(r#"{"user_id": "x"}"#).status, 400);
+    let bodies = [
+        record(1),
+        "{broken".to_owned(),
+        r#"{"user_id": "x"}"#.to_owned(),
+    ];
+    assert_eq!(fwd.post(&bodies[0]).status, 201);
+    assert_eq!(fwd.post(&bodies[1]).status, 400);
+    assert_eq!(fwd.post(&bodies[2]).status, 400);
     assert_eq!(fwd.get("/missing").status, 404);
     let m = scrape(&fwd);
     assert_eq!(m["webhook_records_queued"], 1.0);
@@ -125,6 +153,8 @@ fn metrics_parse_as_prometheus_text_and_move_with_traffic() {
         m["webhook_http_requests_total{route=\"other\",code=\"404\"}"],
         1.0
     );
+    let received: usize = bodies.iter().map(String::len).sum();
+    assert_eq!(m["webhook_request_body_bytes_total"], received as f64);
 
     assert_eq!(fwd.post(&record(2)).status, 201);
     sink.wait_delivered_records(2, SOON);
@@ -156,6 +186,23 @@ fn metrics_parse_as_prometheus_text_and_move_with_traffic() {
     assert!(buckets.iter().all(|&b| b <= 2.0));
     assert_eq!(m["webhook_records_queued"], 0.0);
     assert_eq!(m["webhook_batch_in_flight"], 0.0);
+    // Both attempts sent the same body, byte for byte as the receiver printed it.
+    let sent = sink
+        .proc
+        .lines()
+        .iter()
+        .find_map(|l| l.text.split_once(" body=").map(|(_, body)| body.len()))
+        .expect("a batch line");
+    assert_eq!(m["webhook_batch_body_bytes_total"], (2 * sent) as f64);
+    let last = m["webhook_last_delivery_timestamp_seconds"];
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64();
+    assert!(
+        last >= before["process_start_time_seconds"] - 1.0 && last <= now,
+        "{last}"
+    );
 }
 
 #[test]
@@ -185,6 +232,58 @@ fn json_logs_carry_the_same_keys() {
         (Some("POST"), Some("/log"), Some(201))
     );
     assert!(v["ts"].as_str().unwrap().ends_with('Z'));
+}
+
+#[test]
+fn error_request_lines_say_why_in_the_words_of_the_answer() {
+    let sink = Sink::start(&[]);
+    let fwd = Forwarder::to(&sink, &["--max-body-bytes", "2000"]);
+    let bad = fwd.post(r#"{"user_id": "seven"}"#);
+    assert_eq!(bad.status, 400);
+    let long_time = "y".repeat(300);
+    let long = fwd.post(&format!(
+        r#"{{"user_id": 1, "meta": {{"logins": [{{"time": "{long_time}"}}]}}}}"#
+    ));
+    assert_eq!(long.status, 400);
+    assert_eq!(fwd.get("/nowhere").status, 404);
+    assert_eq!(fwd.post(&"x".repeat(3000)).status, 413);
+    assert_eq!(fwd.post(&record(1)).status, 201);
+    let lines = fwd.proc.wait_for("five request lines", SOON, |lines| {
+        let found: Vec<String> = lines
+            .iter()
+            .filter(|l| l.text.contains("msg=request"))
+            .map(|l| l.text.clone())
+            .collect();
+        (found.len() >= 5).then_some(found)
+    });
+    // The same words as the JSON message: quoted, escaped, after the usual keys.
+    assert!(
+        lines[0].ends_with(&format!(
+            " reason={}",
+            serde_json::to_string(&bad.message()).unwrap()
+        )),
+        "{}",
+        lines[0]
+    );
+    assert!(lines[0].contains("status=400 "), "{}", lines[0]);
+    // Quoted values may hold escaped quotes: read the last one as the JSON string it is.
+    let reason_of = |line: &str| -> String {
+        serde_json::from_str(line.rsplit_once(" reason=").expect("a reason").1).unwrap()
+    };
+    let cut = reason_of(&lines[1]);
+    assert!(cut.starts_with("meta.logins[0].time: \"yyy"), "{cut}");
+    assert!(cut.ends_with("..."), "cut and marked: {cut}");
+    // 100 bytes at most, less when that would split a character, and the mark.
+    assert!((98..=103).contains(&cut.len()), "{cut}");
+    assert!(long.message().starts_with(&cut[..cut.len() - 3]));
+    assert_eq!(field(&lines[2], "reason"), "not found");
+    // A refusal by the HTTP layer carries its own words.
+    assert_eq!(field(&lines[3], "reason"), "request body too large");
+    assert!(
+        !lines[4].contains("reason="),
+        "a 201 has no reason: {}",
+        lines[4]
+    );
 }
 
 /// The headers of each request a `header_catcher` got, in order.
@@ -278,6 +377,26 @@ fn post_headers_reach_the_endpoint_and_never_the_logs() {
     let headers: BTreeMap<String, String> = seen.lock().unwrap()[0].iter().cloned().collect();
     assert_eq!(headers.get("x-api-key").map(String::as_str), Some("k1,k2"));
     assert_eq!(headers.get("x-team").map(String::as_str), Some("core"));
+}
+
+#[test]
+fn gzip_batches_say_so_in_content_encoding() {
+    let (url, seen) = header_catcher();
+    let fwd = Forwarder::start(
+        &["--post-endpoint", &url, "--batch-size", "1"],
+        &[("WEBHOOK_POST_COMPRESSION", "gzip")],
+    );
+    assert_eq!(fwd.post(&record(1)).status, 201);
+    fwd.proc.wait_line("batch sent", SOON);
+    let headers: BTreeMap<String, String> = seen.lock().unwrap()[0].iter().cloned().collect();
+    assert_eq!(
+        headers.get("content-encoding").map(String::as_str),
+        Some("gzip")
+    );
+    assert_eq!(
+        headers.get("content-type").map(String::as_str),
+        Some("application/json")
+    );
 }
 
 /// A throwaway CA and a certificate for localhost it signed, made with openssl.

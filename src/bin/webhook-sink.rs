@@ -6,6 +6,10 @@
 //!
 //! It runs the forwarder's own sans-IO HTTP connection over plain blocking sockets,
 //! a thread per connection: the same parser, in a second shell.
+//!
+//! Gzip bodies (`--post-compression gzip`) are recognised by their magic bytes and
+//! inflated, at most `--max-inflated-bytes`, so a decompression bomb gets 413 rather
+//! than the receiver's memory.
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -15,6 +19,7 @@ use std::time::{Duration, Instant};
 
 use argh::FromArgs;
 use webhook_forwarder::duration::parse_go_duration;
+use webhook_forwarder::gzip::{self, InflateError};
 use webhook_forwarder::http::{
     BufferPool, Conn, Exchange, Handler, Io, Limits, Method, Reply, Response,
 };
@@ -43,6 +48,18 @@ struct Flags {
     /// print only the count of each batch, not its records
     #[argh(switch)]
     quiet: bool,
+    /// refuse with 413 a gzip body that inflates past this many bytes (default 64 MiB)
+    #[argh(option, default = "64 * 1024 * 1024")]
+    max_inflated_bytes: usize,
+    /// refuse (see --refuse-status) a batch holding a record with this user_id (repeatable)
+    #[argh(option)]
+    refuse_user_id: Vec<i64>,
+    /// refuse a batch holding a record whose user_id is a multiple of N
+    #[argh(option, default = "0")]
+    refuse_multiple_of: i64,
+    /// the status that refuses a batch (default 400)
+    #[argh(option, default = "400")]
+    refuse_status: u16,
     /// print the version and exit
     #[argh(switch)]
     version: bool,
@@ -55,9 +72,33 @@ struct Behaviour {
     delay: Duration,
     slow_every: u64,
     quiet: bool,
+    max_inflated_bytes: usize,
+    refuse_user_ids: Vec<i64>,
+    refuse_multiple_of: i64,
+    refuse_status: u16,
     received: AtomicU64,
     /// Serializes whole lines so concurrent connections never interleave them.
     stdout: Mutex<()>,
+}
+
+impl Behaviour {
+    /// Whether the batch holds a record this sink is told to refuse, as an endpoint
+    /// refuses one bad record (a gateway's 413, an API's 400 or 422).
+    fn refuses(&self, body: &[u8]) -> bool {
+        if self.refuse_user_ids.is_empty() && self.refuse_multiple_of == 0 {
+            return false;
+        }
+        let Ok(records) = serde_json::from_slice::<Vec<serde_json::Value>>(body) else {
+            return false;
+        };
+        records
+            .iter()
+            .filter_map(|r| r["user_id"].as_i64())
+            .any(|id| {
+                self.refuse_user_ids.contains(&id)
+                    || (self.refuse_multiple_of > 0 && id % self.refuse_multiple_of == 0)
+            })
+    }
 }
 
 struct Sink {
@@ -67,7 +108,7 @@ struct Sink {
 impl Handler for Sink {
     type Route = bool;
 
-    fn route(&mut self, method: Method, _path: &str) -> bool {
+    fn route(&mut self, method: Method, _path: &str, _authorization: Option<&[u8]>) -> bool {
         method == Method::Post
     }
 
@@ -80,12 +121,36 @@ impl Handler for Sink {
             return Response::text(200, b"webhook-sink: POST batches here\n").into();
         }
         let b = &*self.behaviour;
+        // Printed between delayed= and body=, where the tests' line parser skips it.
+        let mut inflated = Vec::new();
+        let (body, encoding) = if gzip::is_gzip(body) {
+            match gzip::gunzip_bounded(body, b.max_inflated_bytes, &mut inflated) {
+                Ok(()) => (&inflated[..], " encoding=gzip"),
+                Err(refused) => {
+                    let (status, why): (u16, &[u8]) = match refused {
+                        InflateError::TooLarge => (413, b"gzip body inflates too far\n"),
+                        InflateError::Invalid(_) => (400, b"broken gzip body\n"),
+                    };
+                    let _line = b.stdout.lock();
+                    let mut out = std::io::stdout().lock();
+                    let _ = writeln!(
+                        out,
+                        "batch records=? status={status} delayed=false encoding=gzip refused"
+                    );
+                    let _ = out.flush();
+                    return Response::text(status, why).into();
+                }
+            }
+        } else {
+            (body, "")
+        };
         let n = b.received.fetch_add(1, Ordering::SeqCst) + 1;
         let delayed = !b.delay.is_zero() && b.slow_every > 0 && n.is_multiple_of(b.slow_every);
         if delayed {
             std::thread::sleep(b.delay);
         }
         let status = match b.status {
+            _ if b.refuses(body) => b.refuse_status,
             Some(status) => status,
             None if n <= b.fail_first => 500,
             None if b.fail_every > 0 && n.is_multiple_of(b.fail_every) => 500,
@@ -99,12 +164,12 @@ impl Handler for Sink {
             let _ = if b.quiet {
                 writeln!(
                     out,
-                    "batch records={count} status={status} delayed={delayed}"
+                    "batch records={count} status={status} delayed={delayed}{encoding}"
                 )
             } else {
                 writeln!(
                     out,
-                    "batch records={count} status={status} delayed={delayed} body={}",
+                    "batch records={count} status={status} delayed={delayed}{encoding} body={}",
                     String::from_utf8_lossy(body)
                 )
             };
@@ -222,6 +287,10 @@ fn main() -> std::process::ExitCode {
         delay,
         slow_every: flags.slow_every,
         quiet: flags.quiet,
+        max_inflated_bytes: flags.max_inflated_bytes,
+        refuse_user_ids: flags.refuse_user_id,
+        refuse_multiple_of: flags.refuse_multiple_of,
+        refuse_status: flags.refuse_status,
         received: AtomicU64::new(0),
         stdout: Mutex::new(()),
     });

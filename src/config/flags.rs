@@ -38,6 +38,9 @@ pub struct Flags {
     /// most header fields in one request
     #[argh(option)]
     pub max_headers: Option<String>,
+    /// most bytes of request bodies held at once, across all connections (bodies being received, and requests waiting for queue room); at least --max-body-bytes
+    #[argh(option)]
+    pub max_buffered_bytes: Option<String>,
     /// most client connections open at once
     #[argh(option)]
     pub max_connections: Option<String>,
@@ -68,6 +71,15 @@ pub struct Flags {
     /// PEM file of extra CA certificates trusted for an https:// endpoint, besides the bundled web PKI roots
     #[argh(option)]
     pub ca_file: Option<String>,
+    /// gzip or none: compress each batch with gzip (Content-Encoding: gzip) to save uplink bytes
+    #[argh(option)]
+    pub post_compression: Option<String>,
+    /// bearer token that POST /log and GET /metrics then require (Authorization: Bearer ...); a flag shows in ps, prefer --auth-token-file
+    #[argh(option)]
+    pub auth_token: Option<String>,
+    /// file holding the bearer token (a mounted secret); its trailing newline is dropped
+    #[argh(option)]
+    pub auth_token_file: Option<String>,
     /// print the version and exit
     #[argh(switch)]
     pub version: bool,
@@ -91,6 +103,11 @@ pub fn normalize_go_flags(args: &[String]) -> Vec<String> {
         if arg == "--" {
             rest_are_positional = true;
             out.push(arg.clone());
+            continue;
+        }
+        // argh knows only --help; -h is what people type first.
+        if arg == "-h" {
+            out.push("--help".to_owned());
             continue;
         }
         let name = if let Some(long) = arg.strip_prefix("--") {
@@ -135,7 +152,8 @@ mod tests {
                 "-batch-interval=1s",
                 "--http=:1",
                 "--version",
-                "-help"
+                "-help",
+                "-h"
             ])),
             args(&[
                 "--batch-size",
@@ -145,6 +163,7 @@ mod tests {
                 "--http",
                 ":1",
                 "--version",
+                "--help",
                 "--help"
             ])
         );

@@ -18,12 +18,15 @@ use std::time::Duration;
 use argh::FromArgs;
 use log::LevelFilter;
 
+use crate::auth::BearerToken;
 use crate::duration::format_go_duration;
 use crate::http::Limits;
 use crate::logging::LogFormat;
 use flags::Flags;
 pub use flags::normalize_go_flags;
-pub use outbound::{Outbound, no_proxy_matches, proxy_for, redact_url, redact_urls_in};
+pub use outbound::{
+    Outbound, PostCompression, no_proxy_matches, proxy_for, redact_url, redact_urls_in,
+};
 use settings::{Env, Setting, Source};
 
 #[derive(Debug, Clone)]
@@ -37,11 +40,15 @@ pub struct Config {
     /// How long a request may wait for queue room; zero refuses at once.
     pub queue_wait: Duration,
     pub limits: Limits,
+    /// The global budget for request bodies held at once.
+    pub max_buffered_bytes: usize,
     pub max_connections: usize,
     pub log_level: LevelFilter,
     pub log_format: LogFormat,
     pub dead_letter: PathBuf,
     pub replay: Option<PathBuf>,
+    /// The bearer token `POST /log` and `GET /metrics` require, if any.
+    pub auth: Option<BearerToken>,
     pub outbound: Outbound,
 }
 
@@ -78,7 +85,8 @@ pub const MAX_BATCH_SIZE: usize = 100_000;
 /// epoll; the waker's eventfd; the signal socket pair and its three registered copies;
 /// the endpoint connection and its replacement while it reconnects; the resolver's
 /// socket and the files it reads (`/etc/hosts`, `/etc/resolv.conf`); the dead-letter,
-/// replay and `.rejected` files. That is about 20; 32 leaves room for the libraries.
+/// replay and `.rejected` files; the `/proc` file or directory `/metrics` reads. That
+/// is about 20; 32 leaves room for the libraries.
 pub const DESCRIPTOR_RESERVE: usize = 32;
 
 /// The most client connections that fit in `open_files` descriptors (the soft
@@ -94,18 +102,34 @@ pub fn connections_within(max_connections: usize, open_files: Option<u64>) -> us
     max_connections.min(room).max(1)
 }
 
+/// The subcommands, which argh does not know about, appended to `--help`.
+const COMMANDS_HELP: &str = "
+Commands:
+  webhook-forwarder probe [--http ADDR]: exit 0 when /healthz answers 200 (the
+                 container's health check; probe --help tells more)
+  webhook-forwarder help: print this help
+";
+
 /// Reads the settings from `args` (without the program name) and the environment.
 pub fn load(
     program: &str,
     args: &[String],
     env: impl Fn(&str) -> Option<String>,
 ) -> Result<Config, Stop> {
+    // `webhook-forwarder help`, like `probe`, is a word rather than a flag.
+    let help = [String::from("--help")];
+    let args = match args.first().map(String::as_str) {
+        Some("help") if args.len() == 1 => &help[..],
+        _ => args,
+    };
     let normalized = normalize_go_flags(args);
     let refs: Vec<&str> = normalized.iter().map(String::as_str).collect();
     let flags = match Flags::from_args(&[program], &refs) {
         Ok(flags) => flags,
         Err(exit) if exit.status.is_ok() => {
-            return Err(Stop::Print(exit.output + &settings::help_table()));
+            return Err(Stop::Print(
+                exit.output + COMMANDS_HELP + &settings::help_table(),
+            ));
         }
         Err(exit) => return Err(Stop::Invalid(exit.output.trim_end().replace('\n', " "))),
     };
@@ -150,6 +174,14 @@ pub fn load(
         idle_timeout: with_default(&flags.idle_timeout, settings::IDLE_TIMEOUT).duration(false)?,
         max_pending_output: Limits::default().max_pending_output,
     };
+    let buffered = with_default(&flags.max_buffered_bytes, settings::MAX_BUFFERED_BYTES);
+    let max_buffered_bytes = buffered.count(1, 1 << 40)?;
+    if max_buffered_bytes < limits.max_body_bytes {
+        return Err(buffered.invalid(&format!(
+            "is less than the largest body ({} bytes): such a body could never be read",
+            limits.max_body_bytes
+        )));
+    }
     let max_connections =
         with_default(&flags.max_connections, settings::MAX_CONNECTIONS).count(1, 1_000_000)?;
     let level = with_default(&flags.log_level, settings::LOG_LEVEL);
@@ -167,6 +199,7 @@ pub fn load(
     let replay = env
         .given(&flags.replay, settings::REPLAY)
         .map(|s| PathBuf::from(s.value));
+    let auth = load_auth(&flags, &env)?;
     let outbound = outbound::load(&flags, &env, &with_default)?;
     Ok(Config {
         http: http.value,
@@ -175,13 +208,59 @@ pub fn load(
         batch_interval,
         queue_wait,
         limits,
+        max_buffered_bytes,
         max_connections,
         log_level,
         log_format,
         dead_letter,
         replay,
+        auth,
         outbound,
     })
+}
+
+/// The inbound token, from the flag, the variable or a file. Errors never show the
+/// token: they name where it came from and what is wrong with it.
+fn load_auth<F: Fn(&str) -> Option<String>>(
+    flags: &Flags,
+    env: &Env<F>,
+) -> Result<Option<BearerToken>, Stop> {
+    let inline = env.given(&flags.auth_token, settings::AUTH_TOKEN);
+    let file = env.given(&flags.auth_token_file, settings::AUTH_TOKEN_FILE);
+    let name = |source: Source| match source {
+        Source::Flag(flag) | Source::Default(flag) => format!("--{flag}"),
+        Source::Env(var) => var.to_owned(),
+    };
+    let (token, from) = match (inline, file) {
+        (None, None) => return Ok(None),
+        (Some(a), Some(b)) => {
+            return Err(Stop::Invalid(format!(
+                "{} and {} are both set: give the token one way",
+                name(a.source),
+                name(b.source)
+            )));
+        }
+        (Some(setting), None) => (setting.value.into_bytes(), name(setting.source)),
+        (None, Some(setting)) => {
+            let mut bytes = std::fs::read(&setting.value)
+                .map_err(|e| setting.invalid(&format!("cannot be read: {e}")))?;
+            // Secrets are often written with a final newline; it is not part of the token.
+            while bytes.last().is_some_and(|&b| b == b'\n' || b == b'\r') {
+                bytes.pop();
+            }
+            (bytes, format!("the token in {}", name(setting.source)))
+        }
+    };
+    if token.is_empty() {
+        return Err(Stop::Invalid(format!("{from} is empty")));
+    }
+    // A header value cannot carry anything else, so such a token could never match.
+    if !token.iter().all(|b| b.is_ascii_graphic()) {
+        return Err(Stop::Invalid(format!(
+            "{from} holds a space, a control or a non-ASCII character (not shown)"
+        )));
+    }
+    Ok(Some(BearerToken::new(&token)))
 }
 
 #[cfg(test)]
@@ -226,7 +305,21 @@ mod tests {
         assert_eq!(c.outbound.post_timeout, Duration::from_secs(10));
         assert_eq!(c.ring_capacity(), 20);
         assert_eq!(c.queue_wait, Duration::from_secs(5));
+        assert_eq!(c.max_buffered_bytes, 64 * 1024 * 1024);
         assert_eq!(c.limits.max_body_bytes, 1024 * 1024);
+        assert_eq!(c.outbound.compression, PostCompression::None);
+    }
+
+    #[test]
+    fn post_compression_is_gzip_or_none() {
+        let c = load_with(&[EP, "--post-compression", "gzip"], &[]).unwrap();
+        assert_eq!(c.outbound.compression, PostCompression::Gzip);
+        let c = load_with(&[EP], &[("WEBHOOK_POST_COMPRESSION", "gzip")]).unwrap();
+        assert_eq!(c.outbound.compression, PostCompression::Gzip);
+        assert_eq!(
+            invalid(&[EP], &[("WEBHOOK_POST_COMPRESSION", "zstd")]),
+            r#"WEBHOOK_POST_COMPRESSION="zstd" is not a compression (gzip or none)"#
+        );
     }
 
     #[test]
@@ -289,6 +382,10 @@ mod tests {
         assert!(invalid(&[EP, "--log-level=loud"], &[]).contains("log level"));
         assert!(invalid(&[EP, "--no-such-flag"], &[]).contains("no-such-flag"));
         assert!(invalid(&[EP, "--post-timeout=0"], &[]).contains("more than 0"));
+        assert!(
+            invalid(&[EP, "--max-buffered-bytes=1000"], &[]).contains("largest body"),
+            "a budget smaller than one body"
+        );
     }
 
     #[test]
@@ -307,6 +404,16 @@ mod tests {
 
     #[test]
     fn help_and_version_print() {
+        for asks in [&["--help"][..], &["-help"], &["-h"], &["help"], &[EP, "-h"]] {
+            let Err(Stop::Print(text)) = load_with(asks, &[]) else {
+                panic!("{asks:?} prints the help");
+            };
+            assert!(text.starts_with("Usage: webhook-forwarder"), "{asks:?}");
+            assert!(
+                text.contains("webhook-forwarder probe [--http ADDR]"),
+                "{text}"
+            );
+        }
         match load_with(&["--help"], &[]) {
             Err(Stop::Print(text)) => {
                 for needle in [
@@ -423,6 +530,55 @@ mod tests {
         assert!(err.starts_with("--post-endpoint=\"ftp://h/a/…\""), "{err}");
         let err = invalid(&["--post-endpoint", "http://u:secret@/a b"], &[]);
         assert!(!err.contains("secret"), "{err}");
+    }
+
+    #[test]
+    fn the_auth_token_comes_one_way_and_is_never_echoed() {
+        use crate::auth::Access;
+        assert!(load_with(&[EP], &[]).unwrap().auth.is_none());
+        let c = load_with(&[EP, "--auth-token", "hunter22"], &[]).unwrap();
+        let auth = c.auth.expect("a token");
+        assert_eq!(auth.check(Some(b"Bearer hunter22")), Access::Granted);
+        assert!(!format!("{auth:?}").contains("hunter22"));
+        let c = load_with(&[EP], &[("WEBHOOK_AUTH_TOKEN", "hunter22")]).unwrap();
+        assert!(c.auth.is_some());
+
+        let path = std::env::temp_dir().join(format!("wf-token-test-{}", std::process::id()));
+        let file = path.to_str().unwrap();
+        std::fs::write(&path, "hunter22\n").unwrap();
+        for c in [
+            load_with(&[EP, "--auth-token-file", file], &[]).unwrap(),
+            load_with(&[EP], &[("WEBHOOK_AUTH_TOKEN_FILE", file)]).unwrap(),
+        ] {
+            let auth = c.auth.expect("a token from the file");
+            assert_eq!(auth.check(Some(b"Bearer hunter22")), Access::Granted);
+        }
+        let err = invalid(
+            &[EP, "--auth-token", "hunter22"],
+            &[("WEBHOOK_AUTH_TOKEN_FILE", file)],
+        );
+        assert_eq!(
+            err,
+            "--auth-token and WEBHOOK_AUTH_TOKEN_FILE are both set: give the token one way"
+        );
+        std::fs::write(&path, "\n").unwrap();
+        let err = invalid(&[EP, "--auth-token-file", file], &[]);
+        assert_eq!(err, "the token in --auth-token-file is empty");
+        std::fs::write(&path, "hunter22 with spaces\n").unwrap();
+        let err = invalid(&[EP, "--auth-token-file", file], &[]);
+        assert!(
+            err.contains("holds a space") && !err.contains("hunter22"),
+            "{err}"
+        );
+        let _ = std::fs::remove_file(&path);
+        let err = invalid(&[EP, "--auth-token-file", file], &[]);
+        assert!(err.contains("cannot be read"), "{err}");
+        assert_eq!(
+            invalid(&[EP, "--auth-token="], &[]),
+            "--auth-token is empty"
+        );
+        let err = invalid(&[EP, "--auth-token", "hunter\u{7f}22"], &[]);
+        assert!(!err.contains("hunter"), "{err}");
     }
 
     #[test]

@@ -21,6 +21,24 @@ pub struct Outbound {
     pub ca_file: Option<PathBuf>,
     /// Proxy URL for the endpoint, from the usual environment variables.
     pub proxy: Option<String>,
+    pub compression: PostCompression,
+}
+
+/// How batch bodies are encoded on the wire.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PostCompression {
+    None,
+    /// `Content-Encoding: gzip`, compressed on the worker thread.
+    Gzip,
+}
+
+impl PostCompression {
+    pub fn name(self) -> &'static str {
+        match self {
+            PostCompression::None => "none",
+            PostCompression::Gzip => "gzip",
+        }
+    }
 }
 
 /// Reads the outbound settings.
@@ -38,6 +56,12 @@ pub fn load<F: Fn(&str) -> Option<String>>(
         }
     };
     let post_timeout = with_default(&flags.post_timeout, settings::POST_TIMEOUT).duration(false)?;
+    let compression = with_default(&flags.post_compression, settings::POST_COMPRESSION);
+    let compression = match compression.value.trim() {
+        "none" => PostCompression::None,
+        "gzip" => PostCompression::Gzip,
+        _ => return Err(compression.invalid("is not a compression (gzip or none)")),
+    };
     let retry_wait = with_default(&flags.retry_wait, settings::RETRY_WAIT).duration(true)?;
     let headers = if flags.post_header.is_empty() {
         match env.get(settings::POST_HEADER.env) {
@@ -91,6 +115,7 @@ pub fn load<F: Fn(&str) -> Option<String>>(
         extra_roots,
         ca_file,
         proxy,
+        compression,
     })
 }
 

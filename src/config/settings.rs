@@ -32,6 +32,12 @@ pub const RETRY_WAIT: Spec = spec("retry-wait", "WEBHOOK_RETRY_WAIT", Some("2s")
 pub const MAX_BODY_BYTES: Spec = spec("max-body-bytes", "WEBHOOK_MAX_BODY_BYTES", Some("1048576"));
 pub const MAX_HEAD_BYTES: Spec = spec("max-head-bytes", "WEBHOOK_MAX_HEAD_BYTES", Some("16384"));
 pub const MAX_HEADERS: Spec = spec("max-headers", "WEBHOOK_MAX_HEADERS", Some("64"));
+/// An edge box can afford 64 MiB of bodies in progress; a server can raise it.
+pub const MAX_BUFFERED_BYTES: Spec = spec(
+    "max-buffered-bytes",
+    "WEBHOOK_MAX_BUFFERED_BYTES",
+    Some("67108864"),
+);
 pub const MAX_CONNECTIONS: Spec = spec("max-connections", "WEBHOOK_MAX_CONNECTIONS", Some("10000"));
 pub const HEADER_TIMEOUT: Spec = spec("header-timeout", "WEBHOOK_HEADER_TIMEOUT", Some("10s"));
 pub const BODY_TIMEOUT: Spec = spec("body-timeout", "WEBHOOK_BODY_TIMEOUT", Some("30s"));
@@ -49,6 +55,11 @@ pub const REPLAY: Spec = spec("replay", "WEBHOOK_REPLAY", None);
 /// The environment variable holds one header per line.
 pub const POST_HEADER: Spec = spec("post-header", "WEBHOOK_POST_HEADERS", None);
 pub const CA_FILE: Spec = spec("ca-file", "WEBHOOK_CA_FILE", None);
+pub const POST_COMPRESSION: Spec =
+    spec("post-compression", "WEBHOOK_POST_COMPRESSION", Some("none"));
+/// The token clients must send; `AUTH_TOKEN_FILE` is the same from a mounted secret.
+pub const AUTH_TOKEN: Spec = spec("auth-token", "WEBHOOK_AUTH_TOKEN", None);
+pub const AUTH_TOKEN_FILE: Spec = spec("auth-token-file", "WEBHOOK_AUTH_TOKEN_FILE", None);
 
 /// Every setting, in the order `--help` lists them.
 pub const ALL: &[Spec] = &[
@@ -62,6 +73,7 @@ pub const ALL: &[Spec] = &[
     MAX_BODY_BYTES,
     MAX_HEAD_BYTES,
     MAX_HEADERS,
+    MAX_BUFFERED_BYTES,
     MAX_CONNECTIONS,
     HEADER_TIMEOUT,
     BODY_TIMEOUT,
@@ -72,6 +84,9 @@ pub const ALL: &[Spec] = &[
     REPLAY,
     POST_HEADER,
     CA_FILE,
+    POST_COMPRESSION,
+    AUTH_TOKEN,
+    AUTH_TOKEN_FILE,
 ];
 
 /// The environment as the settings see it: an empty value counts as unset.

@@ -92,7 +92,9 @@ impl<const N: usize> Label<N> {
 pub trait Handler {
     /// A routing decision, kept while the body arrives.
     type Route: Copy;
-    fn route(&mut self, method: Method, path: &str) -> Self::Route;
+    /// `authorization` is the value of the request's one `Authorization` header
+    /// (`None` when absent or repeated), so that access is decided before the body.
+    fn route(&mut self, method: Method, path: &str, authorization: Option<&[u8]>) -> Self::Route;
     /// An answer known before the body is read (for `Expect: 100-continue`); `None`
     /// means the body is wanted.
     fn early_answer(&mut self, route: Self::Route) -> Option<Response<'_>>;
@@ -125,6 +127,8 @@ pub struct Exchange<'a, R> {
     pub started: Instant,
     /// How long the answer waited after the body arrived (`Reply::Later`).
     pub waited: Option<Duration>,
+    /// Why this layer refused the request, when it did (the JSON message it sent).
+    pub refused: Option<&'static str>,
 }
 
 /// Reusable byte buffers, so that serving a request allocates nothing once warm and
@@ -370,6 +374,25 @@ impl<R: Copy> Conn<R> {
             && m.out.len() < limits.max_pending_output
     }
 
+    /// Request bytes held now (a partial request, a body being received).
+    pub fn buffered_len(&self) -> usize {
+        self.inbuf.len() + self.machine.body.len()
+    }
+
+    /// Body bytes the request being received may still need to hold: its declared
+    /// length, or the body limit for a chunked one; 0 outside a body. The connection
+    /// table reserves this much of its global budget before reading on.
+    pub fn body_reservation(&self, limits: &Limits) -> usize {
+        match self.machine.phase {
+            Phase::Body(Pending {
+                framing: Framing::Length(length),
+                ..
+            }) => length,
+            Phase::Body(_) => limits.max_body_bytes,
+            _ => 0,
+        }
+    }
+
     /// A request's answer was deferred and is still owed.
     pub fn is_waiting(&self) -> bool {
         matches!(self.machine.phase, Phase::Waiting(_)) && !self.machine.closing
@@ -605,13 +628,15 @@ impl<R: Copy> Machine<R> {
         let http11 = request.version == Some(1);
         let method = Method::from_token(method_text);
         let path = route_path(target);
-        let route = io.handler.route(method, path);
+        let head = HeadFields::read(request.headers);
+        let authorization = head.as_ref().ok().and_then(HeadFields::authorization);
+        let route = io.handler.route(method, path, authorization);
         let refuse =
             |machine: &mut Self, status: u16, message: &'static str, io: &mut Io<'_, H>| {
                 machine.write_failure(status, message, io, Some(route), method_text, path, io.now);
                 false
             };
-        let head = match HeadFields::read(request.headers) {
+        let head = match head {
             Ok(head) => head,
             Err((status, message)) => return refuse(self, status, message, io),
         };
@@ -779,6 +804,7 @@ impl<R: Copy> Machine<R> {
             status,
             started: pending.started,
             waited: pending.waiting_since.map(|since| io.now - since),
+            refused: None,
         });
     }
 
@@ -827,15 +853,16 @@ impl<R: Copy> Machine<R> {
             status,
             started,
             waited: None,
+            refused: Some(message),
         });
         self.closing = true;
         self.phase = Phase::Idle;
     }
 }
 
-/// What the headers of one request say about framing and the connection.
+/// What the headers of one request say about framing, the connection and access.
 #[derive(Default)]
-struct HeadFields {
+struct HeadFields<'h> {
     content_length: Option<u64>,
     chunked: bool,
     close: bool,
@@ -843,10 +870,13 @@ struct HeadFields {
     expect_continue: bool,
     unknown_expectation: bool,
     hosts: usize,
+    /// Borrowed from the head: no copy of a credential is made.
+    authorization: Option<&'h [u8]>,
+    authorizations: usize,
 }
 
-impl HeadFields {
-    fn read(headers: &[httparse::Header<'_>]) -> Result<HeadFields, (u16, &'static str)> {
+impl<'h> HeadFields<'h> {
+    fn read(headers: &[httparse::Header<'h>]) -> Result<HeadFields<'h>, (u16, &'static str)> {
         let mut fields = HeadFields::default();
         let mut transfer_codings = 0usize;
         let mut chunked_codings = 0usize;
@@ -887,6 +917,9 @@ impl HeadFields {
                 }
             } else if name.eq_ignore_ascii_case("host") {
                 fields.hosts += 1;
+            } else if name.eq_ignore_ascii_case("authorization") {
+                fields.authorizations += 1;
+                fields.authorization = Some(value);
             }
         }
         if transfer_codings > 0 {
@@ -902,6 +935,11 @@ impl HeadFields {
             fields.chunked = true;
         }
         Ok(fields)
+    }
+
+    /// A repeated header is ambiguous, so it counts as none.
+    fn authorization(&self) -> Option<&'h [u8]> {
+        self.authorization.filter(|_| self.authorizations == 1)
     }
 }
 

@@ -10,6 +10,8 @@ pub struct Response<'a> {
     pub allow: Option<&'static str>,
     /// `Retry-After` seconds for 503 answers.
     pub retry_after: Option<u32>,
+    /// `WWW-Authenticate` for 401 answers: the scheme the client must use.
+    pub www_authenticate: Option<&'static str>,
     /// Close the connection after this response, whatever the client asked for.
     pub close: bool,
 }
@@ -25,6 +27,7 @@ impl<'a> Response<'a> {
             body,
             allow: None,
             retry_after: None,
+            www_authenticate: None,
             close: false,
         }
     }
@@ -36,6 +39,7 @@ impl<'a> Response<'a> {
             body,
             allow: None,
             retry_after: None,
+            www_authenticate: None,
             close: false,
         }
     }
@@ -48,6 +52,7 @@ pub fn reason(status: u16) -> &'static str {
         201 => "Created",
         204 => "No Content",
         400 => "Bad Request",
+        401 => "Unauthorized",
         404 => "Not Found",
         405 => "Method Not Allowed",
         408 => "Request Timeout",
@@ -97,6 +102,10 @@ pub fn write(
     if let Some(seconds) = response.retry_after {
         out.extend_from_slice(b"\r\nRetry-After: ");
         push_decimal(out, u64::from(seconds));
+    }
+    if let Some(challenge) = response.www_authenticate {
+        out.extend_from_slice(b"\r\nWWW-Authenticate: ");
+        out.extend_from_slice(challenge.as_bytes());
     }
     match persistence {
         Persistence::KeepAlive => {}

@@ -49,6 +49,8 @@ pub struct Ticket {
 struct Waiter {
     ticket: Ticket,
     record: Record,
+    /// The request body's size, the stand-in for what the record holds in memory.
+    size: usize,
     since: Instant,
 }
 
@@ -96,6 +98,8 @@ pub struct Pipeline {
     waiters: VecDeque<Waiter>,
     /// `--queue-wait`: how long a request may wait for room before its 503.
     queue_wait: Duration,
+    /// The waiters' `size`s added up: part of the global buffered-bytes budget.
+    waiting_bytes: usize,
     totals: Totals,
 }
 
@@ -116,6 +120,7 @@ impl Pipeline {
             spare_batch: Vec::new(),
             waiters: VecDeque::new(),
             queue_wait,
+            waiting_bytes: 0,
             totals: Totals::default(),
         }
     }
@@ -142,8 +147,8 @@ impl Pipeline {
         !self.queue_wait.is_zero()
     }
 
-    /// A decoded record from `ticket`'s request.
-    pub fn offer(&mut self, record: Record, ticket: Ticket, now: Instant) -> Offer {
+    /// A decoded record from `ticket`'s request, whose body was `size` bytes.
+    pub fn offer(&mut self, record: Record, size: usize, ticket: Ticket, now: Instant) -> Offer {
         if self.has_room() {
             return match self.queue.push(record, now) {
                 Ok(()) => {
@@ -157,9 +162,11 @@ impl Pipeline {
             return Offer::Full;
         }
         self.totals.waited += 1;
+        self.waiting_bytes += size;
         self.waiters.push_back(Waiter {
             ticket,
             record,
+            size,
             since: now,
         });
         Offer::Waiting
@@ -168,6 +175,17 @@ impl Pipeline {
     /// Requests waiting for room now.
     pub fn waiting_requests(&self) -> usize {
         self.waiters.len()
+    }
+
+    /// What the waiting requests hold, counted against `--max-buffered-bytes`.
+    pub fn waiting_bytes(&self) -> usize {
+        self.waiting_bytes
+    }
+
+    fn pop_waiter(&mut self) -> Option<Waiter> {
+        let waiter = self.waiters.pop_front()?;
+        self.waiting_bytes -= waiter.size;
+        Some(waiter)
     }
 
     /// Moves the oldest waiting request's record into the ring if there is room, and
@@ -181,13 +199,13 @@ impl Pipeline {
     ) -> Option<Ticket> {
         while let Some(front) = self.waiters.front() {
             if !is_alive(front.ticket) {
-                self.waiters.pop_front();
+                self.pop_waiter();
                 continue;
             }
             if !self.ring_has_room() {
                 return None;
             }
-            let waiter = self.waiters.pop_front()?;
+            let waiter = self.pop_waiter()?;
             self.totals.wait.observe(now - waiter.since);
             if self.queue.push(waiter.record, now).is_err() {
                 // ring_has_room() said there was a slot; never reached.
@@ -206,7 +224,7 @@ impl Pipeline {
         if now < front.since + self.queue_wait {
             return None;
         }
-        let waiter = self.waiters.pop_front()?;
+        let waiter = self.pop_waiter()?;
         self.totals.gave_up += 1;
         self.totals.wait.observe(now - waiter.since);
         Some(waiter.ticket)
@@ -290,11 +308,14 @@ impl Pipeline {
         Some(batch)
     }
 
-    /// The worker delivered the batch in flight; `emptied` is its vector, reused.
+    /// The worker delivered the batch in flight but for `set_aside` records the
+    /// endpoint refused (now in the dead-letter file); `emptied` is its vector, reused.
     /// A forced stop that was waiting for the worker ends here.
-    pub fn delivered(&mut self, emptied: Vec<Record>) -> Option<Stop> {
+    pub fn delivered(&mut self, emptied: Vec<Record>, set_aside: usize) -> Option<Stop> {
         let batch = self.in_flight.take()?;
-        self.totals.delivered += batch.records as u64;
+        let set_aside = set_aside.min(batch.records);
+        self.totals.delivered += (batch.records - set_aside) as u64;
+        self.totals.set_aside += set_aside as u64;
         self.totals.batches_delivered += 1;
         self.spare_batch = emptied;
         (self.lifecycle == Lifecycle::Forced).then(|| self.stop(Exit::Forced, Vec::new()))
@@ -358,6 +379,7 @@ impl Pipeline {
             .replay
             .as_ref()
             .map(|r| (r.path.clone(), r.records.len()));
+        self.waiting_bytes = 0;
         let refused = self.waiters.drain(..).map(|w| w.ticket).collect();
         Stop {
             exit,

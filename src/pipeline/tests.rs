@@ -30,7 +30,7 @@ fn ticket(slot: usize) -> Ticket {
 
 fn fill(p: &mut Pipeline, ids: std::ops::Range<i64>, now: Instant) {
     for id in ids {
-        assert_eq!(p.offer(rec(id), ticket(0), now), Offer::Accepted);
+        assert_eq!(p.offer(rec(id), 10, ticket(0), now), Offer::Accepted);
     }
 }
 
@@ -100,9 +100,9 @@ fn records_in_flight_count_against_capacity() {
     let batch = p.next_batch(t0).expect("due");
     fill(&mut p, 4..7, t0);
     assert!(!p.has_room(), "3 in flight + 3 waiting fill a ring of 6");
-    assert_eq!(p.offer(rec(7), ticket(1), t0), Offer::Full);
+    assert_eq!(p.offer(rec(7), 10, ticket(1), t0), Offer::Full);
     assert!(p.next_batch(t0).is_none(), "one batch in flight at a time");
-    assert!(p.delivered(batch).is_none());
+    assert!(p.delivered(batch, 0).is_none());
     assert!(p.has_room());
     assert_eq!(p.totals().delivered, 3);
     assert_eq!(ids(&p.next_batch(t0).expect("next")), [4, 5, 6]);
@@ -119,7 +119,7 @@ fn draining_sends_what_waits_at_once_then_stops_when_empty() {
     let batch = p.next_batch(t0).expect("draining sends a partial batch");
     assert_eq!(ids(&batch), [1, 2]);
     assert!(p.tick(false).is_none(), "a batch is in flight");
-    assert!(p.delivered(batch).is_none());
+    assert!(p.delivered(batch, 0).is_none());
     assert!(p.tick(true).is_none(), "a request is under way");
     let stop = p.tick(false).expect("drained");
     assert_eq!(stop.exit, Exit::Drained);
@@ -155,7 +155,7 @@ fn a_forced_stop_after_a_delivery_keeps_only_the_undelivered() {
     p.on_signal();
     p.on_signal();
     let stop = p
-        .delivered(batch)
+        .delivered(batch, 0)
         .expect("forced: stop once the worker is free");
     assert_eq!(stop.exit, Exit::Forced);
     assert_eq!(ids(&stop.undelivered), [4, 5]);
@@ -197,14 +197,14 @@ fn replayed_records_go_first_then_the_ring() {
     assert_eq!(ids(&first), [100, 101, 102]);
     assert!(p.has_room(), "replayed records do not take ring room");
     assert!(p.take_finished_replay().is_none());
-    assert!(p.delivered(first).is_none());
+    assert!(p.delivered(first, 0).is_none());
     let second = p.next_batch(t0).expect("rest of the replay");
     assert_eq!(ids(&second), [103, 104]);
     assert!(
         p.take_finished_replay().is_none(),
         "its last batch is in flight"
     );
-    p.delivered(second);
+    p.delivered(second, 0);
     let done = p.take_finished_replay().expect("retire the file");
     assert_eq!(done.records, 5);
     assert!(p.take_finished_replay().is_none(), "retired once");
@@ -236,7 +236,7 @@ fn a_drain_waits_for_the_replay_to_finish() {
     let mut p = Pipeline::new(6, 3, Some(SECOND), Duration::ZERO, Some(replay(100..102)));
     p.on_signal();
     let batch = p.next_batch(t0).expect("replay");
-    p.delivered(batch);
+    p.delivered(batch, 0);
     assert!(p.tick(false).is_none(), "the replay is not retired yet");
     assert!(p.take_finished_replay().is_some());
     assert_eq!(p.tick(false).expect("done").exit, Exit::Drained);
@@ -254,11 +254,11 @@ fn a_full_ring_makes_requests_wait_and_frees_room_oldest_first() {
     fill(&mut p, 1..3, t0);
     let batch = p.next_batch(t0).expect("due");
     fill(&mut p, 3..5, t0);
-    assert_eq!(p.offer(rec(5), ticket(5), t0), Offer::Waiting);
-    assert_eq!(p.offer(rec(6), ticket(6), t0), Offer::Waiting);
+    assert_eq!(p.offer(rec(5), 10, ticket(5), t0), Offer::Waiting);
+    assert_eq!(p.offer(rec(6), 10, ticket(6), t0), Offer::Waiting);
     assert_eq!(p.waiting_requests(), 2);
     assert!(p.admit_waiter(t0, |_| true).is_none(), "no room yet");
-    p.delivered(batch);
+    p.delivered(batch, 0);
     assert!(
         !p.has_room(),
         "freed room goes to the waiters, not to newcomers"
@@ -277,7 +277,7 @@ fn a_request_that_waits_too_long_is_refused_and_its_record_dropped() {
     let t0 = Instant::now();
     let mut p = waiting_pipeline();
     fill(&mut p, 1..5, t0);
-    assert_eq!(p.offer(rec(5), ticket(5), t0), Offer::Waiting);
+    assert_eq!(p.offer(rec(5), 10, ticket(5), t0), Offer::Waiting);
     assert_eq!(p.wait_deadline(), Some(t0 + 5 * SECOND));
     assert!(p.expire_waiter(t0 + 4 * SECOND).is_none());
     assert_eq!(p.expire_waiter(t0 + 5 * SECOND), Some(ticket(5)));
@@ -297,9 +297,9 @@ fn a_waiter_whose_connection_closed_is_skipped() {
     fill(&mut p, 1..3, t0);
     let batch = p.next_batch(t0).expect("due");
     fill(&mut p, 3..5, t0);
-    p.offer(rec(5), ticket(5), t0);
-    p.offer(rec(6), ticket(6), t0);
-    p.delivered(batch);
+    p.offer(rec(5), 10, ticket(5), t0);
+    p.offer(rec(6), 10, ticket(6), t0);
+    p.delivered(batch, 0);
     assert_eq!(p.admit_waiter(t0, |t| t != ticket(5)), Some(ticket(6)));
     assert_eq!(p.totals().accepted, 5);
 }
@@ -309,14 +309,14 @@ fn a_drain_admits_waiters_before_it_ends() {
     let t0 = Instant::now();
     let mut p = waiting_pipeline();
     fill(&mut p, 1..5, t0);
-    p.offer(rec(5), ticket(5), t0);
+    p.offer(rec(5), 10, ticket(5), t0);
     p.on_signal();
     let batch = p.next_batch(t0).expect("draining");
-    p.delivered(batch);
+    p.delivered(batch, 0);
     assert!(p.tick(false).is_none(), "a request still waits");
     assert_eq!(p.admit_waiter(t0, |_| true), Some(ticket(5)));
     while let Some(batch) = p.next_batch(t0) {
-        p.delivered(batch);
+        p.delivered(batch, 0);
     }
     assert_eq!(p.tick(false).expect("drained").exit, Exit::Drained);
     assert_eq!(p.totals().delivered, 5);
@@ -329,10 +329,37 @@ fn a_failure_refuses_every_waiter_and_dead_letters_only_the_accepted() {
     fill(&mut p, 1..3, t0);
     let batch = p.next_batch(t0).expect("due");
     fill(&mut p, 3..5, t0);
-    p.offer(rec(5), ticket(5), t0);
-    p.offer(rec(6), ticket(6), t0);
+    p.offer(rec(5), 10, ticket(5), t0);
+    p.offer(rec(6), 10, ticket(6), t0);
     let stop = p.failed(batch);
     assert_eq!(stop.exit, Exit::DeliveryFailed);
     assert_eq!(ids(&stop.undelivered), [1, 2, 3, 4]);
     assert_eq!(stop.refused, [ticket(5), ticket(6)]);
+}
+
+#[test]
+fn records_the_endpoint_refused_count_as_set_aside_not_delivered() {
+    let t0 = Instant::now();
+    let mut p = pipeline();
+    fill(&mut p, 1..4, t0);
+    let batch = p.next_batch(t0).expect("due");
+    assert!(p.delivered(batch, 1).is_none(), "the service keeps running");
+    assert_eq!(p.totals().delivered, 2);
+    assert_eq!(p.totals().set_aside, 1);
+    assert!(p.has_room());
+}
+
+#[test]
+fn waiting_requests_count_their_bodies_until_answered() {
+    let t0 = Instant::now();
+    let mut p = waiting_pipeline();
+    fill(&mut p, 1..5, t0);
+    p.offer(rec(5), 1000, ticket(5), t0);
+    p.offer(rec(6), 300, ticket(6), t0);
+    assert_eq!(p.waiting_bytes(), 1300);
+    assert_eq!(p.expire_waiter(t0 + 5 * SECOND), Some(ticket(5)));
+    assert_eq!(p.waiting_bytes(), 300);
+    let stop = p.failed(Vec::new());
+    assert_eq!(stop.refused, [ticket(6)]);
+    assert_eq!(p.waiting_bytes(), 0);
 }

@@ -19,6 +19,9 @@ use crate::service::{ConnectionGauges, Peer, Route, Service, WaitOutcome};
 
 /// One socket read; also the most a connection can add to its input in one go.
 const READ_CHUNK: usize = 64 * 1024;
+/// The smallest read: a connection over its free allowance still makes progress
+/// on a request it can finish (a head, a small body) once its budget is granted.
+const MIN_READ: usize = 4096;
 /// Reads per connection per turn, so one busy peer cannot starve the others.
 const READS_PER_TURN: usize = 16;
 /// How long a closing connection may keep sending before we drop it (see `linger`).
@@ -27,6 +30,11 @@ const LINGER: Duration = Duration::from_secs(2);
 const SWEEP_GRANULARITY: Duration = Duration::from_millis(100);
 /// After EMFILE and friends, try accepting again after this long.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
+/// After this many connections closed, the memory they held is handed back to the
+/// kernel (malloc_trim), at most once per `TRIM_INTERVAL`, so a burst does not
+/// leave the process at its peak.
+const TRIM_AFTER_CLOSES: usize = 64;
+const TRIM_INTERVAL: Duration = Duration::from_secs(1);
 
 /// Whether new connections are taken, and if not, until when.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -60,6 +68,8 @@ struct Client {
     /// FIN, until this deadline, so unread request bytes do not turn into an RST
     /// that destroys the response before the client reads it.
     linger_until: Option<Instant>,
+    /// Bytes of the global body budget held for the body being received.
+    reserved: usize,
 }
 
 /// What serving a connection's bytes ended with.
@@ -90,6 +100,15 @@ pub struct Connections {
     last_sweep: Instant,
     /// Clients with input left to read after their per-turn budget ran out.
     unfinished: Vec<usize>,
+    /// Connections closed since memory was last handed back, and when that was.
+    closed_since_trim: usize,
+    last_trim: Instant,
+    /// `--max-buffered-bytes`: bodies held at once, across all connections.
+    max_buffered: usize,
+    /// The budget reserved by bodies being received (see `may_read`).
+    reserved: usize,
+    /// Connections with a body to read that wait for budget, oldest first.
+    held: std::collections::VecDeque<usize>,
 }
 
 impl Connections {
@@ -97,6 +116,7 @@ impl Connections {
         listener: TcpListener,
         max_connections: usize,
         limits: Limits,
+        max_buffered: usize,
         now: Instant,
     ) -> Connections {
         Connections {
@@ -114,6 +134,11 @@ impl Connections {
             next_sweep: None,
             last_sweep: now,
             unfinished: Vec::new(),
+            closed_since_trim: 0,
+            last_trim: now,
+            max_buffered,
+            reserved: 0,
+            held: std::collections::VecDeque::new(),
         }
     }
 
@@ -144,6 +169,21 @@ impl Connections {
             _ => None,
         };
         [sweep, backoff].into_iter().flatten().min()
+    }
+
+    /// When memory freed by closed connections should next be handed back.
+    pub fn trim_deadline(&self) -> Option<Instant> {
+        (self.closed_since_trim >= TRIM_AFTER_CLOSES).then_some(self.last_trim + TRIM_INTERVAL)
+    }
+
+    /// Whether to hand freed memory back now; resets the count when it says yes.
+    pub fn trim_due(&mut self, now: Instant) -> bool {
+        if self.trim_deadline().is_none_or(|at| now < at) {
+            return false;
+        }
+        self.closed_since_trim = 0;
+        self.last_trim = now;
+        true
     }
 
     /// Some request is under way: its head arrived and its answer is not yet out.
@@ -233,6 +273,7 @@ impl Connections {
             read_drained: false,
             eof_pending: false,
             linger_until: None,
+            reserved: 0,
         };
         let deadline = client.conn.deadline(&self.limits);
         if slot == self.slots.len() {
@@ -279,6 +320,24 @@ impl Connections {
         self.serve(registry, slot, app);
     }
 
+    /// Serves connections held for lack of body budget, oldest first, while the
+    /// budget has room for them.
+    pub fn release_held(&mut self, registry: &Registry, app: &mut App<'_>) {
+        while let Some(&slot) = self.held.front() {
+            let Some(Some(client)) = self.slots.get(slot) else {
+                self.held.pop_front();
+                continue;
+            };
+            let needed = client.conn.body_reservation(&self.limits);
+            let in_use = self.reserved - client.reserved + app.pipeline.waiting_bytes();
+            if needed > client.reserved && in_use + needed > self.max_buffered {
+                return;
+            }
+            self.held.pop_front();
+            self.serve(registry, slot, app);
+        }
+    }
+
     /// Serves the connections whose read budget ran out last turn.
     pub fn continue_unfinished(&mut self, registry: &Registry, app: &mut App<'_>) {
         let mut slots = std::mem::take(&mut self.unfinished);
@@ -307,6 +366,11 @@ impl Connections {
         let Some(Some(client)) = self.slots.get_mut(slot) else {
             return;
         };
+        // The body is in (or the request was answered): its budget goes back.
+        if client.reserved > 0 && client.conn.body_reservation(&self.limits) == 0 {
+            self.reserved -= client.reserved;
+            client.reserved = 0;
+        }
         if app.pipeline.is_draining() && client.conn.is_idle() {
             // Its last answer went out before shutdown began; nothing more will come.
             self.close(slot);
@@ -340,6 +404,9 @@ impl Connections {
     /// connection is done. `None` when the slot is empty.
     fn exchange_bytes(&mut self, slot: usize, app: &mut App<'_>) -> Option<Served> {
         let gauges = self.gauges();
+        let app_waiting_bytes = app.pipeline.waiting_bytes();
+        // What a connection may hold without a reservation: a request head's worth.
+        let free = self.limits.max_head_bytes;
         let client = self.slots.get_mut(slot)?.as_mut()?;
         let now = app.service.now;
         let mut peer = Peer {
@@ -378,7 +445,31 @@ impl Connections {
                 self.unfinished.push(slot);
                 return Some(Served::Open);
             }
+            // A body past what any connection may hold freely reads on only with
+            // its share of the global budget reserved.
+            let needed = conn.body_reservation(io.limits);
+            if needed > client.reserved {
+                let in_use = self.reserved - client.reserved + app_waiting_bytes;
+                if in_use + needed <= self.max_buffered {
+                    self.reserved += needed - client.reserved;
+                    client.reserved = needed;
+                } else if conn.buffered_len() >= free {
+                    if !self.held.contains(&slot) {
+                        self.held.push_back(slot);
+                    }
+                    return Some(Served::Open);
+                }
+            }
             reads += 1;
+            // Without a reservation a connection holds at most a head's worth (plus
+            // what the machine consumes at once); with one, it reads in full chunks.
+            let window = if needed > 0 && client.reserved >= needed {
+                read_buf.len()
+            } else {
+                free.saturating_sub(conn.buffered_len())
+                    .clamp(MIN_READ, read_buf.len())
+            };
+            let read_buf = &mut read_buf[..window];
             match stream.read(read_buf) {
                 Ok(0) => conn.peer_closed(&mut io),
                 Ok(n) => {
@@ -416,10 +507,15 @@ impl Connections {
         if let Some(entry) = self.slots.get_mut(slot)
             && let Some(client) = entry.take()
         {
+            self.reserved -= client.reserved;
+            if !self.held.is_empty() {
+                self.held.retain(|&held| held != slot);
+            }
             // Dropping the stream closes the socket, which also removes it from epoll.
             drop(client);
             self.free_slots.push(slot);
             self.open -= 1;
+            self.closed_since_trim += 1;
         }
     }
 

@@ -53,6 +53,9 @@ impl Server {
     pub fn bind(config: &Config, replay: Option<Replay>) -> io::Result<Server> {
         let poll = Poll::new()?;
         let mut listener = bind_first(&config.listen)?;
+        if let Err(e) = crate::os::widen_backlog(&listener) {
+            warn!(error:% = e; "the listen backlog stays at the standard library's 128");
+        }
         let local_addr = listener.local_addr()?;
         poll.registry()
             .register(&mut listener, LISTENER, Interest::READABLE)?;
@@ -61,7 +64,12 @@ impl Server {
             .register(&mut signals, SIGNALS, Interest::READABLE)?;
         let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
         let worker_stats = Arc::new(WorkerStats::default());
-        let worker = Worker::spawn(config.outbound.clone(), waker, Arc::clone(&worker_stats))?;
+        let worker = Worker::spawn(
+            config.outbound.clone(),
+            config.dead_letter.clone(),
+            waker,
+            Arc::clone(&worker_stats),
+        )?;
         let now = Instant::now();
         let mut server = Server {
             poll,
@@ -71,9 +79,15 @@ impl Server {
                 listener,
                 config.max_connections,
                 config.limits.clone(),
+                config.max_buffered_bytes,
                 now,
             ),
-            service: Service::new(worker_stats, config.limits.max_body_bytes, now),
+            service: Service::new(
+                worker_stats,
+                config.limits.max_body_bytes,
+                now,
+                config.auth.clone(),
+            ),
             pipeline: Pipeline::new(
                 config.ring_capacity(),
                 config.batch_size,
@@ -141,6 +155,8 @@ impl Server {
             };
             self.connections
                 .continue_unfinished(self.poll.registry(), &mut app);
+            self.connections
+                .release_held(self.poll.registry(), &mut app);
             if self.pipeline.is_busy() {
                 // The endpoint's answer may be waiting for this core: one yield per
                 // turn (tens of requests under load) keeps the POST cycle short.
@@ -158,6 +174,9 @@ impl Server {
             if let Some(stop) = self.pipeline.tick(self.connections.any_under_way()) {
                 return self.finish(stop);
             }
+            if self.connections.trim_due(now) {
+                crate::os::trim_free_memory();
+            }
             self.log_due = crate::logging::flush_due(now);
         }
     }
@@ -172,6 +191,7 @@ impl Server {
             self.pipeline.due(now),
             self.pipeline.wait_deadline(),
             self.connections.deadline(),
+            self.connections.trim_deadline(),
             self.log_due,
         ]
         .into_iter()
@@ -189,8 +209,9 @@ impl Server {
     fn forward(&mut self, now: Instant) -> Option<Stop> {
         if self.pipeline.is_busy() {
             match self.worker.poll_outcome()? {
-                Outcome::Delivered { batch } => {
-                    let stop = self.pipeline.delivered(batch);
+                Outcome::Delivered { batch, set_aside } => {
+                    self.service.metrics.dead_lettered += set_aside as u64;
+                    let stop = self.pipeline.delivered(batch, set_aside);
                     self.retire_finished_replay();
                     if stop.is_some() {
                         return stop;
@@ -310,9 +331,13 @@ impl Server {
         if let Some((path, left)) = &stop.replay_left {
             warn!(path:% = path.display(), left = left; "replay unfinished: its file stays in place for the next --replay");
         }
+        // The worker is idle here (every stop waits for its outcome): end it, so its
+        // last lines come before the summary.
+        self.worker.stop();
         let totals = self.pipeline.totals();
         info!(
-            exit:? = stop.exit,
+            exit_status = stop.exit.status(),
+            reason = exit_reason(stop.exit),
             accepted = totals.accepted,
             delivered = totals.delivered,
             dead_lettered = self.service.metrics.dead_lettered;
@@ -336,6 +361,15 @@ fn watch_signals() -> io::Result<UnixStream> {
         signal_hook::low_level::pipe::register(signal, write.try_clone()?)?;
     }
     Ok(UnixStream::from_std(read))
+}
+
+/// Why the run ended, in the words an operator reads in the last log line.
+fn exit_reason(exit: Exit) -> &'static str {
+    match exit {
+        Exit::Drained => "drained",
+        Exit::DeliveryFailed => "delivery failed after retries",
+        Exit::Forced => "second signal",
+    }
 }
 
 fn bind_first(addrs: &[SocketAddr]) -> io::Result<TcpListener> {

@@ -165,7 +165,7 @@ fn answered(events: &mut Vec<Event>, response: &Response<'_>, early: bool) {
 impl Handler for App {
     type Route = Route;
 
-    fn route(&mut self, method: Method, path: &str) -> Route {
+    fn route(&mut self, method: Method, path: &str, _authorization: Option<&[u8]>) -> Route {
         let route = match (method, path) {
             (Method::Get | Method::Head, "/healthz") => Route::Health,
             (_, "/healthz") => Route::WrongMethod,

@@ -6,6 +6,7 @@
 //! outcome. Whether a batch is in flight is the pipeline's to know, not this handle's:
 //! the loop asks for an outcome only while the pipeline says one is owed.
 
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
 use std::thread::JoinHandle;
@@ -16,12 +17,16 @@ use log::{error, info, warn};
 mod proxy;
 mod resolver;
 
-use crate::config::Outbound;
+use crate::config::{Outbound, PostCompression};
+use crate::gzip::GzipEncoder;
 use crate::metrics::WorkerStats;
 use crate::record::Record;
 use resolver::CachingResolver;
 use std::sync::atomic::Ordering;
 use ureq::unversioned::transport::Connector;
+
+/// The serialized-batch buffer is kept between batches up to this size.
+const MAX_KEPT_BODY: usize = 1024 * 1024;
 
 /// Retries after the first attempt fails.
 pub const RETRIES: u32 = 3;
@@ -34,10 +39,39 @@ enum Job {
 
 #[derive(Debug)]
 pub enum Outcome {
-    /// Delivered; the batch comes back emptied so its allocation is reused.
-    Delivered { batch: Vec<Record> },
-    /// Every attempt failed, or the post was aborted; the records come back untouched.
+    /// Delivered, but for `set_aside` records the endpoint refused (400, 413, 422),
+    /// which are in the dead-letter file now; the batch comes back emptied so its
+    /// allocation is reused.
+    Delivered {
+        batch: Vec<Record>,
+        set_aside: usize,
+    },
+    /// Every attempt failed, or the post was aborted; the records not delivered come
+    /// back untouched, in order.
     Failed { batch: Vec<Record>, reason: String },
+}
+
+/// Statuses by which an endpoint refuses the content, not the moment: such an answer
+/// is not retried; the batch is split to find the records it refuses.
+fn refuses_content(status: u16) -> bool {
+    matches!(status, 400 | 413 | 422)
+}
+
+/// What became of one set of records posted with the retry rule.
+enum Posted {
+    Delivered,
+    /// The endpoint refused the content (see `refuses_content`).
+    Refused(u16),
+    /// Retries ran out, or the post was aborted.
+    Failed(String),
+}
+
+/// Where each record of a batch being split stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Fate {
+    Pending,
+    Delivered,
+    Refused,
 }
 
 /// The loop's handle on the worker thread.
@@ -48,8 +82,10 @@ pub struct Worker {
 }
 
 impl Worker {
+    /// `dead_letter`: where records the endpoint refuses are set aside.
     pub fn spawn(
         settings: Outbound,
+        dead_letter: PathBuf,
         waker: Arc<mio::Waker>,
         stats: Arc<WorkerStats>,
     ) -> std::io::Result<Worker> {
@@ -57,7 +93,9 @@ impl Worker {
         let (outcome_tx, outcomes) = mpsc::channel();
         let thread = std::thread::Builder::new()
             .name("forwarder".into())
-            .spawn(move || Poster::new(settings, stats).run(job_rx, outcome_tx, waker))?;
+            .spawn(move || {
+                Poster::new(settings, dead_letter, stats).run(job_rx, outcome_tx, waker)
+            })?;
         Ok(Worker {
             jobs,
             outcomes,
@@ -95,8 +133,9 @@ impl Worker {
     }
 }
 
-impl Drop for Worker {
-    fn drop(&mut self) {
+impl Worker {
+    /// Ends the worker thread once it is idle, its last log lines written.
+    pub fn stop(&mut self) {
         // Closing the job channel ends the worker's loop.
         let (closed, _) = mpsc::channel();
         self.jobs = closed;
@@ -106,15 +145,42 @@ impl Drop for Worker {
     }
 }
 
+impl Drop for Worker {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// Waits for the next job, writing this thread's log lines when they are due (the
+/// worker writes its own, so it never waits on the loop for a log line, nor the
+/// loop on it). `None` once the loop has gone.
+fn next_job(jobs: &Receiver<Job>) -> Option<Job> {
+    loop {
+        let Some(due) = crate::logging::flush_due(Instant::now()) else {
+            return jobs.recv().ok();
+        };
+        match jobs.recv_timeout(due.saturating_duration_since(Instant::now())) {
+            Ok(job) => return Some(job),
+            Err(RecvTimeoutError::Timeout) => {}
+            Err(RecvTimeoutError::Disconnected) => return None,
+        }
+    }
+}
+
 /// The worker thread's side: the agent and the reusable body buffer.
 struct Poster {
     settings: Outbound,
+    dead_letter: PathBuf,
     agent: ureq::Agent,
     /// The endpoint's address, kept between requests; forgotten when a connection fails.
     resolver: CachingResolver,
     /// The serialized batch, reused from one batch to the next.
     body: Vec<u8>,
     stats: Arc<WorkerStats>,
+    /// With `--post-compression gzip`: made at the first batch, then reused.
+    gzip: Option<GzipEncoder>,
+    /// The batch in hand went through gzip and is sent from `gzip`.
+    gzipped: bool,
 }
 
 /// One attempt's result: a status code, or why no status came back.
@@ -124,7 +190,7 @@ enum Attempt {
 }
 
 impl Poster {
-    fn new(settings: Outbound, stats: Arc<WorkerStats>) -> Poster {
+    fn new(settings: Outbound, dead_letter: PathBuf, stats: Arc<WorkerStats>) -> Poster {
         // Chosen by config::proxy_for, per the endpoint's scheme. An http:// endpoint
         // behind an HTTP proxy gets absolute-form requests (see `proxy`), not ureq's
         // CONNECT tunnel.
@@ -169,26 +235,29 @@ impl Poster {
         };
         Poster {
             settings,
+            dead_letter,
             agent,
             resolver,
             body: Vec::with_capacity(16 * 1024),
             stats,
+            gzip: None,
+            gzipped: false,
         }
     }
 
     fn run(mut self, jobs: Receiver<Job>, outcomes: Sender<Outcome>, waker: Arc<mio::Waker>) {
         crate::os::request_short_slice();
-        while let Ok(job) = jobs.recv() {
+        while let Some(job) = next_job(&jobs) {
             let Job::Batch(mut batch) = job else { continue };
             // A panic in the HTTP or TLS stack must not take the batch with it: the
             // records come back and go to the dead-letter file like any failure.
             let attempt = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                self.deliver(&batch, &jobs)
+                self.deliver(&mut batch, &jobs)
             }));
             let outcome = match attempt {
-                Ok(Ok(())) => {
+                Ok(Ok(set_aside)) => {
                     batch.clear();
-                    Outcome::Delivered { batch }
+                    Outcome::Delivered { batch, set_aside }
                 }
                 Ok(Err(reason)) => Outcome::Failed { batch, reason },
                 Err(_) => Outcome::Failed {
@@ -196,30 +265,110 @@ impl Poster {
                     reason: "the forwarder thread panicked".into(),
                 },
             };
-            if outcomes.send(outcome).is_err() {
-                return;
+            // A rare huge batch must not keep its buffer for good.
+            if self.body.capacity() > MAX_KEPT_BODY {
+                self.body = Vec::with_capacity(16 * 1024);
             }
-            // The loop flushes the log (ours included) when it wakes; doing it here
-            // would write the loop's lines from this thread, inside the POST cycle.
+            if outcomes.send(outcome).is_err() {
+                break;
+            }
             let _ = waker.wake();
         }
+        crate::logging::flush();
     }
 
-    /// Posts the batch with the retry rule; Err says why it was given up.
-    fn deliver(&mut self, batch: &[Record], jobs: &Receiver<Job>) -> Result<(), String> {
+    /// Delivers the batch: the whole of it with the retry rule, and when the endpoint
+    /// refuses the content, halves of it, recursively, until the refused records
+    /// stand alone; those are set aside in the dead-letter file and the rest is
+    /// delivered. Returns how many were set aside. When it fails, says why and leaves
+    /// in `batch` only the records not delivered.
+    fn deliver(&mut self, batch: &mut Vec<Record>, jobs: &Receiver<Job>) -> Result<usize, String> {
+        let status = match self.post_with_retries(batch, jobs, false) {
+            Posted::Delivered => return Ok(0),
+            Posted::Failed(reason) => return Err(reason),
+            Posted::Refused(status) => status,
+        };
+        // The rare path: one fate per record, to find the ones refused.
+        let mut fates = vec![Fate::Pending; batch.len()];
+        let split = self.split(batch, 0, &mut fates, jobs);
+        if let Err(reason) = split {
+            keep_undelivered(batch, &fates);
+            return Err(reason);
+        }
+        if fates.iter().all(|&f| f == Fate::Refused) {
+            // Refusing every record on its own is the endpoint's fault, not the
+            // records': the ordinary rule applies, retries and then the dead letters.
+            warn!(batch_size = batch.len(), status = status; "the endpoint refuses every record of the batch");
+            return match self.post_with_retries(batch, jobs, true) {
+                Posted::Delivered => Ok(0),
+                Posted::Failed(reason) => Err(reason),
+                Posted::Refused(status) => Err(format!("status {status}")),
+            };
+        }
+        let mut refused = Vec::new();
+        let mut fate = fates.iter();
+        batch.retain_mut(|record| {
+            if fate.next() == Some(&Fate::Refused) {
+                refused.push(std::mem::take(record));
+            }
+            true
+        });
+        let written = crate::deadletter::write_records(&self.dead_letter, &refused);
+        error!(records = refused.len(), status = status, dead_letter:% = self.dead_letter.display(), written_to:? = written; "the endpoint refused these records; set aside, the rest delivered");
+        Ok(refused.len())
+    }
+
+    /// Posts `batch[start..start + fates.len()]`'s halves, splitting further those the
+    /// endpoint refuses, and marks each record's fate.
+    fn split(
+        &mut self,
+        batch: &[Record],
+        start: usize,
+        fates: &mut [Fate],
+        jobs: &Receiver<Job>,
+    ) -> Result<(), String> {
+        if fates.len() == 1 {
+            fates[0] = Fate::Refused;
+            return Ok(());
+        }
+        let middle = fates.len() / 2;
+        let (low, high) = fates.split_at_mut(middle);
+        for (offset, half) in [(0, low), (middle, high)] {
+            let records = &batch[start + offset..start + offset + half.len()];
+            match self.post_with_retries(records, jobs, false) {
+                Posted::Delivered => half.fill(Fate::Delivered),
+                Posted::Refused(_) => self.split(batch, start + offset, half, jobs)?,
+                Posted::Failed(reason) => return Err(reason),
+            }
+        }
+        Ok(())
+    }
+
+    /// Posts `records` with the retry rule: up to RETRIES more attempts, `retry_wait`
+    /// apart. A refusal of the content ends it at once, unless `refusals_retried`
+    /// (then it counts as a failure, and the first attempt is taken as made).
+    fn post_with_retries(
+        &mut self,
+        records: &[Record],
+        jobs: &Receiver<Job>,
+        refusals_retried: bool,
+    ) -> Posted {
         self.body.clear();
         // Records are plain data; this cannot fail, but never drop them if it does.
-        serde_json::to_writer(&mut self.body, batch)
-            .map_err(|e| format!("serializing the batch failed: {e}"))?;
-        let size = batch.len();
+        if let Err(e) = serde_json::to_writer(&mut self.body, records) {
+            return Posted::Failed(format!("serializing the batch failed: {e}"));
+        }
+        let size = records.len();
+        self.gzipped = self.compress();
         let mut last = String::new();
-        for attempt in 1..=RETRIES + 1 {
+        let first = if refusals_retried { 2 } else { 1 };
+        for attempt in first..=RETRIES + 1 {
             if attempt > 1 {
                 warn!(batch_size = size, attempt = attempt, wait_ms = self.settings.retry_wait.as_millis() as u64, last = last.as_str(); "retrying batch");
                 match jobs.recv_timeout(self.settings.retry_wait) {
                     Err(RecvTimeoutError::Timeout) => {}
                     Ok(_) | Err(RecvTimeoutError::Disconnected) => {
-                        return Err(format!("aborted during retries; last: {last}"));
+                        return Posted::Failed(format!("aborted during retries; last: {last}"));
                     }
                 }
             }
@@ -235,7 +384,11 @@ impl Poster {
             match result {
                 Attempt::Status(status) if (200..300).contains(&status) => {
                     info!(batch_size = size, status = status, duration_ms = duration_ms, attempt = attempt; "batch sent");
-                    return Ok(());
+                    return Posted::Delivered;
+                }
+                Attempt::Status(status) if refuses_content(status) && !refusals_retried => {
+                    warn!(batch_size = size, status = status, duration_ms = duration_ms, attempt = attempt; "the endpoint refuses the content");
+                    return Posted::Refused(status);
                 }
                 Attempt::Status(status) => {
                     warn!(batch_size = size, status = status, duration_ms = duration_ms, attempt = attempt; "batch post failed");
@@ -248,11 +401,30 @@ impl Poster {
             }
             // An abort that arrived during the post stops us before the next wait.
             if let Ok(Job::Abort) = jobs.try_recv() {
-                return Err(format!("aborted; last: {last}"));
+                return Posted::Failed(format!("aborted; last: {last}"));
             }
         }
         error!(batch_size = size, attempts = RETRIES + 1, last = last.as_str(); "batch delivery failed after all retries");
-        Err(last)
+        Posted::Failed(last)
+    }
+
+    /// Compresses the serialized batch, once for all its attempts, when asked to.
+    /// False: it goes as it is (gzip cannot fail on a buffer, but if it did, a plain
+    /// body is still a correct POST).
+    fn compress(&mut self) -> bool {
+        if self.settings.compression != PostCompression::Gzip {
+            return false;
+        }
+        let gzip = self.gzip.get_or_insert_with(GzipEncoder::default);
+        // Like `body`: a rare huge batch must not keep its buffer for good.
+        gzip.release_buffer_above(MAX_KEPT_BODY);
+        match gzip.encode(&self.body) {
+            Ok(_) => true,
+            Err(e) => {
+                warn!(error = e.as_str(); "sending the batch uncompressed");
+                false
+            }
+        }
     }
 
     fn post_once(&mut self) -> Attempt {
@@ -266,12 +438,23 @@ impl Poster {
         if !own_type {
             request = request.header("Content-Type", "application/json");
         }
+        let body = match &self.gzip {
+            Some(gzip) if self.gzipped => {
+                request = request.header("Content-Encoding", "gzip");
+                gzip.output()
+            }
+            _ => &self.body[..],
+        };
         for (name, value) in &self.settings.headers {
             request = request.header(name, value);
         }
-        match request.send(&self.body[..]) {
+        self.stats.observe_sent(body.len());
+        match request.send(body) {
             Ok(mut response) => {
                 let status = response.status().as_u16();
+                if (200..300).contains(&status) {
+                    self.stats.observe_delivery(std::time::SystemTime::now());
+                }
                 // Read the (small) answer so the connection can be reused.
                 let _ = response
                     .body_mut()
@@ -288,6 +471,12 @@ impl Poster {
             }
         }
     }
+}
+
+/// Leaves in `batch` only the records not delivered, in order.
+fn keep_undelivered(batch: &mut Vec<Record>, fates: &[Fate]) {
+    let mut fate = fates.iter();
+    batch.retain(|_| fate.next() != Some(&Fate::Delivered));
 }
 
 /// The bundled web PKI roots plus the operator's own CAs.

@@ -18,11 +18,14 @@ struct App {
     bodies: Vec<Vec<u8>>,
     log: Vec<(String, String, u16)>,
     scratch: Vec<u8>,
+    /// The `Authorization` value each `route` call was given.
+    authorizations: Vec<Option<Vec<u8>>>,
 }
 
 impl Handler for App {
     type Route = Route;
-    fn route(&mut self, method: Method, path: &str) -> Route {
+    fn route(&mut self, method: Method, path: &str, authorization: Option<&[u8]>) -> Route {
+        self.authorizations.push(authorization.map(<[u8]>::to_vec));
         match (method, path) {
             (Method::Get | Method::Head, "/healthz") => Route::Health,
             (_, "/log") => Route::Log,
@@ -157,6 +160,20 @@ fn a_request_split_at_every_byte_boundary_gives_the_same_answer() {
         assert_eq!(h.written, expected, "split at {split}");
         assert_eq!(h.app.bodies, vec![b"{\"user_id\":1}".to_vec()]);
     }
+}
+
+#[test]
+fn the_router_sees_the_one_authorization_header() {
+    let mut h = Harness::new();
+    h.feed(b"GET /healthz HTTP/1.1\r\nHost: x\r\nauthorization:  Bearer a b \r\n\r\n");
+    h.feed(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n");
+    // Repeated, it is ambiguous: the router is told of none.
+    h.feed(b"GET /healthz HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer a\r\nAuthorization: Bearer b\r\n\r\n");
+    assert_eq!(
+        h.app.authorizations,
+        vec![Some(b"Bearer a b".to_vec()), None, None]
+    );
+    assert!(h.responses().iter().all(|r| r.status == 200));
 }
 
 #[test]

@@ -1,18 +1,9 @@
-//! One line per event, logfmt or JSON, to stderr, without a syscall per line.
-//!
-//! Lines are formatted into a shared buffer that the poll loop writes out when it is
-//! due (`flush_due`): once 16 KiB have gathered, or when the oldest line has waited
-//! 20 ms. Under load one `write(2)` carries hundreds of lines; when traffic stops, the
-//! loop wakes once to write the last ones and sleeps again. Warnings and errors are
-//! written at once, and the buffer never grows past `FLUSH_AT`: the logging thread
-//! writes it out itself.
+//! One log record as one line: logfmt (`ts=… level=… msg="…" key=value …`) or a
+//! JSON object with the same keys.
 
 use std::fmt::Write as _;
-use std::io::Write as _;
-use std::sync::Mutex;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::SystemTime;
 
-use log::LevelFilter;
 use log::kv::{Key, Value, VisitSource};
 
 use crate::clock::StampCache;
@@ -21,93 +12,6 @@ use crate::clock::StampCache;
 pub enum LogFormat {
     Logfmt,
     Json,
-}
-
-const FLUSH_AT: usize = 64 * 1024;
-/// Write the buffer once it holds this much...
-const FLUSH_SOON_BYTES: usize = 16 * 1024;
-/// ...or once its oldest line has waited this long.
-pub const FLUSH_DELAY: Duration = Duration::from_millis(20);
-
-/// Formatted lines waiting for the next flush, and the timestamp cache they share.
-struct Pending {
-    lines: Vec<u8>,
-    stamps: StampCache,
-    /// When the oldest unwritten line was added.
-    oldest: Option<Instant>,
-}
-
-static PENDING: Mutex<Pending> = Mutex::new(Pending {
-    lines: Vec::new(),
-    stamps: StampCache::new(),
-    oldest: None,
-});
-
-fn pending() -> std::sync::MutexGuard<'static, Pending> {
-    // Nothing panics while holding the lock; if something ever did, keep logging.
-    PENDING
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
-}
-
-/// Installs the logger. Chatty dependencies are held to warnings.
-pub fn init(level: LevelFilter, format: LogFormat) -> Result<(), log::SetLoggerError> {
-    fern::Dispatch::new()
-        .level(level)
-        .level_for("ureq", LevelFilter::Warn)
-        .level_for("ureq_proto", LevelFilter::Warn)
-        .level_for("rustls", LevelFilter::Warn)
-        .chain(fern::Output::call(move |record| append(record, format)))
-        .apply()
-}
-
-/// Writes buffered lines to stderr now.
-pub fn flush() {
-    let mut guard = pending();
-    guard.oldest = None;
-    write_out(&mut guard.lines);
-}
-
-/// Writes buffered lines if they are due; otherwise says when they will be, so the
-/// poll loop can wake for it. `None`: nothing is waiting.
-pub fn flush_due(now: Instant) -> Option<Instant> {
-    let mut guard = pending();
-    let due = guard.oldest? + FLUSH_DELAY;
-    if now >= due || guard.lines.len() >= FLUSH_SOON_BYTES {
-        guard.oldest = None;
-        write_out(&mut guard.lines);
-        return None;
-    }
-    Some(due)
-}
-
-fn write_out(buffer: &mut Vec<u8>) {
-    if buffer.is_empty() {
-        return;
-    }
-    // Nothing sensible can be done if stderr is gone; the lines are dropped.
-    let _ = std::io::stderr().lock().write_all(buffer);
-    buffer.clear();
-    if buffer.capacity() > 4 * FLUSH_AT {
-        buffer.shrink_to(FLUSH_AT);
-    }
-}
-
-fn append(record: &log::Record<'_>, format: LogFormat) {
-    let mut guard = pending();
-    let Pending {
-        lines,
-        stamps,
-        oldest,
-    } = &mut *guard;
-    if lines.is_empty() {
-        *oldest = Some(Instant::now());
-    }
-    format_line(lines, stamps, SystemTime::now(), record, format);
-    if lines.len() >= FLUSH_AT || record.level() <= log::Level::Warn {
-        *oldest = None;
-        write_out(lines);
-    }
 }
 
 /// Formats one record as a line: `ts=… level=… msg="…" key=value …`, or a JSON object
@@ -255,25 +159,6 @@ mod tests {
         let now = UNIX_EPOCH + Duration::from_millis(1_785_405_600_123);
         build(&mut |record| format_line(&mut out, &mut StampCache::new(), now, record, format));
         String::from_utf8(out).unwrap()
-    }
-
-    #[test]
-    fn buffered_lines_are_due_after_the_delay() {
-        // The one test that touches the process-wide buffer.
-        flush();
-        let start = Instant::now();
-        assert_eq!(flush_due(start), None, "nothing waiting");
-        append(
-            &log::Record::builder()
-                .level(log::Level::Info)
-                .args(format_args!("x"))
-                .build(),
-            LogFormat::Logfmt,
-        );
-        let due = flush_due(Instant::now()).expect("a line waits");
-        assert!(due >= start + FLUSH_DELAY && due <= Instant::now() + FLUSH_DELAY);
-        assert_eq!(flush_due(due), None, "written once due");
-        assert_eq!(flush_due(due + FLUSH_DELAY), None, "and nothing left");
     }
 
     #[test]

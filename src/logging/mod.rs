@@ -1,0 +1,236 @@
+//! One line per event, logfmt or JSON, to stderr, without a syscall per line and
+//! without ever blocking the thread that logs.
+//!
+//! Each thread formats into its own buffer and writes it itself, so the poll loop
+//! and the worker never wait on each other for a log line. A buffer is written when
+//! it is due (`flush_due`): once 16 KiB have gathered, or when its oldest line has
+//! waited 20 ms; under load one write carries hundreds of lines. Warnings and
+//! errors are written at once. Writes never block: stderr is asked first whether it
+//! would take them (`os::stderr_writable`), and what it will not take waits in the
+//! buffer. Past `MAX_BACKLOG` new lines are dropped and counted, and once writing
+//! works again one line says how many were lost.
+
+mod format;
+
+use std::cell::RefCell;
+use std::io::Write as _;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant, SystemTime};
+
+use log::LevelFilter;
+
+use crate::clock::StampCache;
+pub use format::{LogFormat, format_line};
+
+/// Write the buffer once it holds this much...
+const FLUSH_SOON_BYTES: usize = 16 * 1024;
+/// ...or once its oldest line has waited this long.
+pub const FLUSH_DELAY: Duration = Duration::from_millis(20);
+/// Most bytes one write hands stderr: a pipe that says it is writable takes a page.
+const WRITE_CHUNK: usize = 4096;
+/// Lines a thread keeps while stderr takes nothing. Past this, lines are dropped.
+const MAX_BACKLOG: usize = 1024 * 1024;
+/// How long the last flush before exit waits for a stderr that takes nothing.
+const EXIT_FLUSH_WAIT: Duration = Duration::from_secs(1);
+
+/// Lines dropped because stderr was not taking them, since start.
+static DROPPED: AtomicU64 = AtomicU64::new(0);
+/// Of those, the ones a "dropped" line has already reported.
+static REPORTED: AtomicU64 = AtomicU64::new(0);
+
+/// One thread's formatted lines waiting to be written.
+struct Pending {
+    lines: Vec<u8>,
+    stamps: StampCache,
+    /// When the oldest unwritten line was added.
+    oldest: Option<Instant>,
+}
+
+thread_local! {
+    static PENDING: RefCell<Pending> = const {
+        RefCell::new(Pending {
+            lines: Vec::new(),
+            stamps: StampCache::new(),
+            oldest: None,
+        })
+    };
+}
+
+/// Installs the logger. Chatty dependencies are held to warnings.
+pub fn init(level: LevelFilter, format: LogFormat) -> Result<(), log::SetLoggerError> {
+    fern::Dispatch::new()
+        .level(level)
+        .level_for("ureq", LevelFilter::Warn)
+        .level_for("ureq_proto", LevelFilter::Warn)
+        .level_for("rustls", LevelFilter::Warn)
+        .chain(fern::Output::call(move |record| append(record, format)))
+        .apply()
+}
+
+/// Lines dropped since start because stderr took nothing (for `/metrics`).
+pub fn dropped_lines() -> u64 {
+    DROPPED.load(Ordering::Relaxed)
+}
+
+fn append(record: &log::Record<'_>, format: LogFormat) {
+    let written_at_once = record.level() <= log::Level::Warn;
+    let added = PENDING.with(|cell| {
+        // Only a log call from inside formatting could find it borrowed; drop that
+        // line rather than panic.
+        let Ok(mut pending) = cell.try_borrow_mut() else {
+            return false;
+        };
+        if pending.lines.len() >= MAX_BACKLOG {
+            return false;
+        }
+        let Pending {
+            lines,
+            stamps,
+            oldest,
+        } = &mut *pending;
+        if lines.is_empty() {
+            *oldest = Some(Instant::now());
+        }
+        format_line(lines, stamps, SystemTime::now(), record, format);
+        true
+    });
+    if !added {
+        DROPPED.fetch_add(1, Ordering::Relaxed);
+        return;
+    }
+    if written_at_once {
+        write_pending(Duration::ZERO);
+    }
+}
+
+/// Writes this thread's lines if they are due; otherwise says when they will be, so
+/// the caller can wake for it. `None`: nothing is waiting.
+pub fn flush_due(now: Instant) -> Option<Instant> {
+    let due = PENDING.with(|cell| {
+        let pending = cell.try_borrow().ok()?;
+        let due = pending.oldest? + FLUSH_DELAY;
+        Some(if pending.lines.len() >= FLUSH_SOON_BYTES {
+            now
+        } else {
+            due
+        })
+    })?;
+    if now < due {
+        return Some(due);
+    }
+    write_pending(Duration::ZERO);
+    // Whatever stderr did not take is tried again a little later.
+    PENDING.with(|cell| {
+        let pending = cell.try_borrow().ok()?;
+        (!pending.lines.is_empty()).then(|| now + FLUSH_DELAY)
+    })
+}
+
+/// Writes this thread's lines now, waiting a little for a stderr that is full
+/// (before exit, and before records go to stderr as a last resort).
+pub fn flush() {
+    write_pending(EXIT_FLUSH_WAIT);
+}
+
+/// Hands stderr as much of this thread's buffer as it takes without blocking, or
+/// within `patience` when it is full; then reports lines dropped meanwhile.
+fn write_pending(patience: Duration) {
+    let deadline = Instant::now() + patience;
+    let emptied = PENDING.with(|cell| {
+        let Ok(mut pending) = cell.try_borrow_mut() else {
+            return false;
+        };
+        let lines = &mut pending.lines;
+        let mut written = 0;
+        let mut stderr = std::io::stderr().lock();
+        while written < lines.len() {
+            let wait = deadline.saturating_duration_since(Instant::now());
+            if !crate::os::stderr_writable(wait) {
+                break;
+            }
+            let end = lines.len().min(written + WRITE_CHUNK);
+            match stderr.write(&lines[written..end]) {
+                Ok(0) => break,
+                Ok(n) => written += n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                // stderr is gone (closed, EPIPE): nothing will ever take these lines.
+                Err(_) => {
+                    let lost = lines[written..].iter().filter(|&&b| b == b'\n').count();
+                    DROPPED.fetch_add(lost as u64, Ordering::Relaxed);
+                    written = lines.len();
+                }
+            }
+        }
+        lines.drain(..written);
+        if lines.is_empty() {
+            pending.oldest = None;
+            // A burst of lines leaves a large buffer; give most of it back.
+            if pending.lines.capacity() > 4 * FLUSH_SOON_BYTES {
+                pending.lines.shrink_to(FLUSH_SOON_BYTES);
+            }
+            true
+        } else {
+            false
+        }
+    });
+    if emptied {
+        report_dropped();
+    }
+}
+
+/// One line for the lines lost while stderr took nothing, once it takes them again.
+fn report_dropped() {
+    let dropped = DROPPED.load(Ordering::Relaxed);
+    let reported = REPORTED.swap(dropped, Ordering::Relaxed);
+    if dropped > reported {
+        log::warn!(dropped = dropped - reported, total = dropped; "log lines dropped: stderr was not taking them");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn buffered_lines_are_due_after_the_delay() {
+        // A thread of its own: the buffer is per thread.
+        std::thread::spawn(|| {
+            let start = Instant::now();
+            assert_eq!(flush_due(start), None, "nothing waiting");
+            append(
+                &log::Record::builder()
+                    .level(log::Level::Info)
+                    .args(format_args!("x"))
+                    .build(),
+                LogFormat::Logfmt,
+            );
+            let due = flush_due(Instant::now()).expect("a line waits");
+            assert!(due >= start + FLUSH_DELAY && due <= Instant::now() + FLUSH_DELAY);
+            assert_eq!(flush_due(due), None, "written once due");
+            assert_eq!(flush_due(due + FLUSH_DELAY), None, "and nothing left");
+        })
+        .join()
+        .unwrap();
+    }
+
+    #[test]
+    fn each_thread_keeps_its_own_lines() {
+        std::thread::spawn(|| {
+            append(
+                &log::Record::builder()
+                    .level(log::Level::Info)
+                    .args(format_args!("worker line"))
+                    .build(),
+                LogFormat::Logfmt,
+            );
+            let other = std::thread::spawn(|| flush_due(Instant::now()))
+                .join()
+                .unwrap();
+            assert_eq!(other, None, "another thread sees none of these lines");
+            assert!(flush_due(Instant::now()).is_some());
+            flush();
+        })
+        .join()
+        .unwrap();
+    }
+}
