@@ -334,8 +334,10 @@ pub fn redact_urls_in(text: &str) -> String {
     let mut rest = text;
     while let Some(at) = rest.find("://") {
         let start = rest[..at]
-            .rfind(|c: char| !(c.is_ascii_alphanumeric() || "+-.".contains(c)))
-            .map_or(0, |i| i + 1);
+            .char_indices()
+            .rev()
+            .find(|&(_, c)| !(c.is_ascii_alphanumeric() || "+-.".contains(c)))
+            .map_or(0, |(i, c)| i + c.len_utf8());
         let end = rest[at..]
             .find(|c: char| c.is_whitespace() || "\"'<>`".contains(c))
             .map_or(rest.len(), |i| at + i);
@@ -503,7 +505,23 @@ mod tests {
             "bad uri: http://h/a/… has no host; see \"https://x/y/…\""
         );
         assert_eq!(redact_urls_in("no url here"), "no url here");
+        assert_eq!(redact_urls_in("é://u:p@h/a/b é"), "é://h/a/… é");
+        assert_eq!(redact_urls_in("…://"), "…://");
         assert_eq!(redact_urls_in("://a/b/c ://"), "://a/b/… ://");
+    }
+
+    #[test]
+    fn redaction_never_panics_on_odd_text() {
+        let text = "é://ü:p@[::1]:9/ä/…?x=@#y ://@/?#é@é://";
+        let cuts: Vec<usize> = text.char_indices().map(|(i, _)| i).collect();
+        for &a in &cuts {
+            for &b in cuts.iter().filter(|&&b| b >= a) {
+                let piece = &text[a..b];
+                let _ = redact_url(piece);
+                let _ = redact_urls_in(piece);
+                let _ = no_proxy_matches(piece, piece);
+            }
+        }
     }
 
     #[test]
