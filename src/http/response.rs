@@ -45,26 +45,35 @@ impl<'a> Response<'a> {
     }
 }
 
+/// Every status this server answers with, and its reason phrase: the one list the
+/// status line and the metrics both use.
+pub const STATUSES: [(u16, &str); 17] = [
+    (100, "Continue"),
+    (200, "OK"),
+    (201, "Created"),
+    (204, "No Content"),
+    (400, "Bad Request"),
+    (401, "Unauthorized"),
+    (404, "Not Found"),
+    (405, "Method Not Allowed"),
+    (408, "Request Timeout"),
+    (413, "Content Too Large"),
+    (417, "Expectation Failed"),
+    (429, "Too Many Requests"),
+    (431, "Request Header Fields Too Large"),
+    (500, "Internal Server Error"),
+    (501, "Not Implemented"),
+    (503, "Service Unavailable"),
+    (505, "HTTP Version Not Supported"),
+];
+
+/// Where `status` stands in `STATUSES`.
+pub fn status_index(status: u16) -> Option<usize> {
+    STATUSES.iter().position(|&(code, _)| code == status)
+}
+
 pub fn reason(status: u16) -> &'static str {
-    match status {
-        100 => "Continue",
-        200 => "OK",
-        201 => "Created",
-        204 => "No Content",
-        400 => "Bad Request",
-        401 => "Unauthorized",
-        404 => "Not Found",
-        405 => "Method Not Allowed",
-        408 => "Request Timeout",
-        413 => "Content Too Large",
-        417 => "Expectation Failed",
-        431 => "Request Header Fields Too Large",
-        500 => "Internal Server Error",
-        501 => "Not Implemented",
-        503 => "Service Unavailable",
-        505 => "HTTP Version Not Supported",
-        _ => "Unknown",
-    }
+    status_index(status).map_or("Unknown", |i| STATUSES[i].1)
 }
 
 /// How the response tells the client what happens to the connection.
