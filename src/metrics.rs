@@ -9,8 +9,9 @@ use std::io::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use crate::http::response::{STATUSES, push_decimal, status_index};
+use crate::http::response::{STATUSES, status_index};
 use crate::process::Process;
+use crate::text::push_decimal;
 
 /// What a request was for, as far as metrics care.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 use super::chunked::{ChunkError, ChunkedDecoder};
 use super::refusal::Refusal;
 use super::response::{self, Persistence, Response};
+use crate::text::FixedText;
 
 /// What a peer can make one connection hold, and for how long.
 #[derive(Debug, Clone)]
@@ -62,30 +63,6 @@ impl Method {
             "POST" => Method::Post,
             _ => Method::Other,
         }
-    }
-}
-
-/// A short copy of a request's text (method or path) kept for the log line after the
-/// head's bytes are gone. Fixed size, so keeping it costs no allocation.
-#[derive(Clone, Copy)]
-struct Label<const N: usize> {
-    bytes: [u8; N],
-    len: usize,
-}
-
-impl<const N: usize> Label<N> {
-    fn new(text: &str) -> Self {
-        let mut len = text.len().min(N);
-        while !text.is_char_boundary(len) {
-            len -= 1;
-        }
-        let mut bytes = [0u8; N];
-        bytes[..len].copy_from_slice(&text.as_bytes()[..len]);
-        Label { bytes, len }
-    }
-
-    fn as_str(&self) -> &str {
-        std::str::from_utf8(&self.bytes[..self.len]).unwrap_or("-")
     }
 }
 
@@ -193,8 +170,9 @@ enum Framing {
 #[derive(Clone, Copy)]
 struct Pending<R> {
     route: R,
-    method: Label<16>,
-    path: Label<64>,
+    /// Kept for the log line after the head's bytes are gone.
+    method: FixedText<16>,
+    path: FixedText<64>,
     head_only: bool,
     persistence: Persistence,
     framing: Framing,
@@ -663,8 +641,8 @@ impl<R: Copy> Machine<R> {
         };
         let pending = Pending {
             route,
-            method: Label::new(method_text),
-            path: Label::new(path),
+            method: FixedText::new(method_text),
+            path: FixedText::new(path),
             head_only: method == Method::Head,
             persistence,
             framing,

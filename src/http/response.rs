@@ -1,5 +1,7 @@
 //! Serializing responses straight into a connection's output buffer.
 
+use crate::text::push_decimal;
+
 /// A response as the application decides it; framing headers are added when written.
 #[derive(Debug, Clone, Copy)]
 pub struct Response<'a> {
@@ -160,20 +162,6 @@ pub fn write_static_error(
         out.extend_from_slice(message.as_bytes());
         out.extend_from_slice(CLOSE);
     }
-}
-
-pub fn push_decimal(out: &mut Vec<u8>, mut value: u64) {
-    let mut digits = [0u8; 20];
-    let mut at = digits.len();
-    loop {
-        at -= 1;
-        digits[at] = b'0' + (value % 10) as u8;
-        value /= 10;
-        if value == 0 {
-            break;
-        }
-    }
-    out.extend_from_slice(&digits[at..]);
 }
 
 /// The most an error body written by `write_json_message` takes. Messages may quote
@@ -353,14 +341,5 @@ mod tests {
         assert!(head.contains("Connection: close"));
         let v: serde_json::Value = serde_json::from_str(body).unwrap();
         assert_eq!(v["message"], "request head too large");
-    }
-
-    #[test]
-    fn decimals() {
-        for n in [0u64, 7, 10, 201, 1_048_576, u64::MAX] {
-            let mut out = Vec::new();
-            push_decimal(&mut out, n);
-            assert_eq!(out, n.to_string().as_bytes());
-        }
     }
 }
