@@ -57,8 +57,12 @@ impl<const N: usize> FixedText<N> {
         // A value longer than N fails the write part-way; what fits is kept.
         let _ = write!(cursor, "{value}");
         let written = cursor.position() as usize;
-        let text = String::from_utf8_lossy(&bytes[..written]).into_owned();
-        FixedText::new(&text)
+        // A character cut by the limit is dropped whole.
+        let len = match std::str::from_utf8(&bytes[..written]) {
+            Ok(_) => written,
+            Err(e) => e.valid_up_to(),
+        };
+        FixedText { bytes, len }
     }
 
     pub fn as_str(&self) -> &str {
@@ -99,5 +103,6 @@ mod tests {
             "[2001:db8::1]:8080"
         );
         assert_eq!(FixedText::<5>::display(addr).as_str(), "[2001");
+        assert_eq!(FixedText::<3>::display("aé€").as_str(), "aé");
     }
 }
