@@ -6,6 +6,8 @@
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use crate::text::push_padded;
+
 fn is_leap(year: i64) -> bool {
     (year % 4 == 0 && year % 100 != 0) || year % 400 == 0
 }
@@ -66,19 +68,19 @@ fn utc(time: SystemTime) -> Utc {
 /// `2026-11-29T10:00:00.123Z`, the log line timestamp.
 pub fn write_rfc3339_millis(out: &mut Vec<u8>, time: SystemTime) {
     let t = utc(time);
-    push_num(out, t.year.clamp(0, 9999) as u32, 4);
+    push_padded(out, t.year.clamp(0, 9999) as u32, 4);
     out.push(b'-');
-    push_num(out, t.month, 2);
+    push_padded(out, t.month, 2);
     out.push(b'-');
-    push_num(out, t.day, 2);
+    push_padded(out, t.day, 2);
     out.push(b'T');
-    push_num(out, t.hour, 2);
+    push_padded(out, t.hour, 2);
     out.push(b':');
-    push_num(out, t.minute, 2);
+    push_padded(out, t.minute, 2);
     out.push(b':');
-    push_num(out, t.second, 2);
+    push_padded(out, t.second, 2);
     out.push(b'.');
-    push_num(out, t.millis, 3);
+    push_padded(out, t.millis, 3);
     out.push(b'Z');
 }
 
@@ -109,7 +111,7 @@ impl StampCache {
         }
         out.extend_from_slice(&self.prefix);
         out.push(b'.');
-        push_num(out, since.subsec_millis(), 3);
+        push_padded(out, since.subsec_millis(), 3);
         out.push(b'Z');
     }
 }
@@ -117,6 +119,29 @@ impl StampCache {
 impl Default for StampCache {
     fn default() -> Self {
         StampCache::new()
+    }
+}
+
+/// The `Date` header value, formatted once per second rather than once per response.
+#[derive(Default)]
+pub struct HttpDateCache {
+    second: u64,
+    text: Vec<u8>,
+}
+
+impl HttpDateCache {
+    pub fn refresh(&mut self) {
+        let now = SystemTime::now();
+        let second = now.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+        if second != self.second || self.text.is_empty() {
+            self.second = second;
+            self.text.clear();
+            write_http_date(&mut self.text, now);
+        }
+    }
+
+    pub fn value(&self) -> &[u8] {
+        &self.text
     }
 }
 
@@ -130,28 +155,18 @@ pub fn write_http_date(out: &mut Vec<u8>, time: SystemTime) {
     let t = utc(time);
     out.extend_from_slice(DAYS[t.weekday as usize % 7]);
     out.extend_from_slice(b", ");
-    push_num(out, t.day, 2);
+    push_padded(out, t.day, 2);
     out.push(b' ');
     out.extend_from_slice(MONTHS[(t.month as usize + 11) % 12]);
     out.push(b' ');
-    push_num(out, t.year.clamp(0, 9999) as u32, 4);
+    push_padded(out, t.year.clamp(0, 9999) as u32, 4);
     out.push(b' ');
-    push_num(out, t.hour, 2);
+    push_padded(out, t.hour, 2);
     out.push(b':');
-    push_num(out, t.minute, 2);
+    push_padded(out, t.minute, 2);
     out.push(b':');
-    push_num(out, t.second, 2);
+    push_padded(out, t.second, 2);
     out.extend_from_slice(b" GMT");
-}
-
-fn push_num(out: &mut Vec<u8>, value: u32, width: usize) {
-    let mut digits = [b'0'; 10];
-    let mut v = value;
-    for slot in digits.iter_mut().rev().take(width) {
-        *slot = b'0' + (v % 10) as u8;
-        v /= 10;
-    }
-    out.extend_from_slice(&digits[10 - width..]);
 }
 
 /// Checks the RFC 3339 layout Go's `time.Time` accepts in JSON:

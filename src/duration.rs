@@ -184,7 +184,7 @@ pub fn format_go_duration(nanos: i64) -> String {
         } else {
             ("ms", MILLISECOND)
         };
-        push_decimal(&mut out, magnitude / size, magnitude % size, size);
+        push_trimmed_fraction(&mut out, magnitude / size, magnitude % size, size);
         out.push_str(unit);
         return out;
     }
@@ -199,13 +199,13 @@ pub fn format_go_duration(nanos: i64) -> String {
         out.push_str(&minutes.to_string());
         out.push('m');
     }
-    push_decimal(&mut out, rest / SECOND, rest % SECOND, SECOND);
+    push_trimmed_fraction(&mut out, rest / SECOND, rest % SECOND, SECOND);
     out.push('s');
     out
 }
 
 /// Writes `whole.fraction` with the fraction's trailing zeros trimmed (none if zero).
-fn push_decimal(out: &mut String, whole: u64, fraction: u64, unit: u64) {
+fn push_trimmed_fraction(out: &mut String, whole: u64, fraction: u64, unit: u64) {
     out.push_str(&whole.to_string());
     if fraction == 0 {
         return;

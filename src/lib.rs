@@ -23,6 +23,7 @@ pub mod record;
 pub mod ring;
 pub mod server;
 pub mod service;
+pub mod text;
 pub mod worker;
 
 /// Test and fuzzing support: fuzz target bodies and a strict response reader. Only in

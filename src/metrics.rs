@@ -9,8 +9,9 @@ use std::io::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use crate::http::response::push_decimal;
+use crate::http::response::{STATUSES, status_index};
 use crate::process::Process;
+use crate::text::push_decimal;
 
 /// What a request was for, as far as metrics care.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -56,10 +57,8 @@ impl Endpoint {
     }
 }
 
-/// Status codes the server can answer; anything else is counted as `other`.
-const CODES: [u16; 14] = [
-    200, 201, 400, 401, 404, 405, 408, 413, 417, 431, 500, 501, 503, 505,
-];
+/// The statuses a request can be counted under (`STATUSES`), and `other` last.
+const CODES: usize = STATUSES.len();
 
 #[derive(Debug, Clone, Copy)]
 pub enum Rejected {
@@ -150,7 +149,7 @@ pub struct Totals {
 
 /// Kept by the loop thread.
 pub struct Metrics {
-    requests: [[u64; CODES.len() + 1]; Endpoint::ALL.len()],
+    requests: [[u64; CODES + 1]; Endpoint::ALL.len()],
     rejected: [u64; 4],
     /// 401s, by endpoint: a missing or wrong bearer token.
     unauthorized: [u64; Endpoint::ALL.len()],
@@ -175,7 +174,7 @@ pub struct Gauges {
 impl Default for Metrics {
     fn default() -> Self {
         Metrics {
-            requests: [[0; CODES.len() + 1]; Endpoint::ALL.len()],
+            requests: [[0; CODES + 1]; Endpoint::ALL.len()],
             rejected: [0; 4],
             unauthorized: [0; Endpoint::ALL.len()],
             request_body_bytes: 0,
@@ -187,10 +186,7 @@ impl Default for Metrics {
 
 impl Metrics {
     pub fn count_request(&mut self, endpoint: Endpoint, status: u16) {
-        let code = CODES
-            .iter()
-            .position(|&c| c == status)
-            .unwrap_or(CODES.len());
+        let code = status_index(status).unwrap_or(CODES);
         self.requests[endpoint as usize][code] += 1;
     }
 
@@ -236,17 +232,17 @@ impl Metrics {
         );
         for endpoint in Endpoint::ALL {
             for (i, &count) in self.requests[endpoint as usize].iter().enumerate() {
-                let possible = CODES
+                let possible = STATUSES
                     .get(i)
-                    .is_some_and(|code| endpoint.possible_codes().contains(code));
+                    .is_some_and(|(code, _)| endpoint.possible_codes().contains(code));
                 if count == 0 && !possible {
                     continue;
                 }
                 out.extend_from_slice(b"webhook_http_requests_total{route=\"");
                 out.extend_from_slice(endpoint.label().as_bytes());
                 out.extend_from_slice(b"\",code=\"");
-                match CODES.get(i) {
-                    Some(&code) => push_decimal(out, u64::from(code)),
+                match STATUSES.get(i) {
+                    Some(&(code, _)) => push_decimal(out, u64::from(code)),
                     None => out.extend_from_slice(b"other"),
                 }
                 out.extend_from_slice(b"\"} ");

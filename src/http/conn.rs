@@ -13,7 +13,9 @@ use std::mem::MaybeUninit;
 use std::time::{Duration, Instant};
 
 use super::chunked::{ChunkError, ChunkedDecoder};
+use super::refusal::Refusal;
 use super::response::{self, Persistence, Response};
+use crate::text::FixedText;
 
 /// What a peer can make one connection hold, and for how long.
 #[derive(Debug, Clone)]
@@ -61,30 +63,6 @@ impl Method {
             "POST" => Method::Post,
             _ => Method::Other,
         }
-    }
-}
-
-/// A short copy of a request's text (method or path) kept for the log line after the
-/// head's bytes are gone. Fixed size, so keeping it costs no allocation.
-#[derive(Clone, Copy)]
-struct Label<const N: usize> {
-    bytes: [u8; N],
-    len: usize,
-}
-
-impl<const N: usize> Label<N> {
-    fn new(text: &str) -> Self {
-        let mut len = text.len().min(N);
-        while !text.is_char_boundary(len) {
-            len -= 1;
-        }
-        let mut bytes = [0u8; N];
-        bytes[..len].copy_from_slice(&text.as_bytes()[..len]);
-        Label { bytes, len }
-    }
-
-    fn as_str(&self) -> &str {
-        std::str::from_utf8(&self.bytes[..self.len]).unwrap_or("-")
     }
 }
 
@@ -192,8 +170,9 @@ enum Framing {
 #[derive(Clone, Copy)]
 struct Pending<R> {
     route: R,
-    method: Label<16>,
-    path: Label<64>,
+    /// Kept for the log line after the head's bytes are gone.
+    method: FixedText<16>,
+    path: FixedText<64>,
     head_only: bool,
     persistence: Persistence,
     framing: Framing,
@@ -301,14 +280,9 @@ impl<R: Copy> Conn<R> {
             // The request is whole; the application bounds its own wait.
             Phase::Waiting(_) => return,
             Phase::Idle => self.machine.closing = true,
-            Phase::Head => self
-                .machine
-                .fail(408, "request not received in time", io, None),
+            Phase::Head => self.machine.fail(Refusal::TIMEOUT, io, None),
             // The head is known: the answer and the log line belong to that request.
-            Phase::Body(pending) => {
-                self.machine
-                    .fail(408, "request not received in time", io, Some(&pending))
-            }
+            Phase::Body(pending) => self.machine.fail(Refusal::TIMEOUT, io, Some(&pending)),
         }
         self.settle(io);
     }
@@ -491,7 +465,7 @@ impl<R: Copy> Machine<R> {
                         HeadOutcome::Consumed(n) => pos += n,
                         HeadOutcome::Partial => {
                             if rest.len() > io.limits.max_head_bytes {
-                                self.fail(431, "request head too large", io, None);
+                                self.fail(Refusal::HEAD_TOO_LARGE, io, None);
                             }
                             break;
                         }
@@ -542,20 +516,14 @@ impl<R: Copy> Machine<R> {
                             self.phase = Phase::Body(pending);
                             break;
                         }
-                        BodyStep::Broken(ChunkError::Malformed) => {
-                            self.fail(400, "malformed chunked body", io, Some(&pending));
+                        BodyStep::Broken(error) => {
+                            let refusal = match error {
+                                ChunkError::Malformed => Refusal::MALFORMED_CHUNKED,
+                                ChunkError::TooLarge => Refusal::BODY_TOO_LARGE,
+                                ChunkError::LinesTooLong => Refusal::CHUNK_LINES,
+                            };
+                            self.fail(refusal, io, Some(&pending));
                         }
-                        BodyStep::Broken(ChunkError::TooLarge) => {
-                            self.fail(413, "request body too large", io, Some(&pending));
-                        }
-                        // 400, not 431 or 413: these are neither header fields nor
-                        // content, and RFC 9112 7.1.1 asks only for a fitting 4xx.
-                        BodyStep::Broken(ChunkError::LinesTooLong) => self.fail(
-                            400,
-                            "chunk-size lines and extensions too long for one body",
-                            io,
-                            Some(&pending),
-                        ),
                     }
                 }
             }
@@ -580,18 +548,11 @@ impl<R: Copy> Machine<R> {
         match request.parse_with_uninit_headers(window, &mut headers[..allowed]) {
             Ok(httparse::Status::Partial) => HeadOutcome::Partial,
             Ok(httparse::Status::Complete(n)) if n > io.limits.max_head_bytes => {
-                self.fail(431, "request head too large", io, None);
+                self.fail(Refusal::HEAD_TOO_LARGE, io, None);
                 HeadOutcome::Failed
             }
             Ok(httparse::Status::Complete(n)) if has_bare_lf(&window[..n]) => {
-                // httparse ends a line at a bare LF; a proxy in front may not, and would
-                // read a different set of headers (RFC 9112 2.2 lets us refuse).
-                self.fail(
-                    400,
-                    "bare LF in the request head, lines must end in CRLF",
-                    io,
-                    None,
-                );
+                self.fail(Refusal::BARE_LF, io, None);
                 HeadOutcome::Failed
             }
             Ok(httparse::Status::Complete(n)) => {
@@ -602,15 +563,15 @@ impl<R: Copy> Machine<R> {
                 }
             }
             Err(httparse::Error::TooManyHeaders) => {
-                self.fail(431, "too many header fields", io, None);
+                self.fail(Refusal::TOO_MANY_HEADERS, io, None);
                 HeadOutcome::Failed
             }
             Err(httparse::Error::Version) => {
-                self.fail(505, "only HTTP/1.0 and HTTP/1.1 are supported", io, None);
+                self.fail(Refusal::VERSION, io, None);
                 HeadOutcome::Failed
             }
             Err(_) => {
-                self.fail(400, "malformed request head", io, None);
+                self.fail(Refusal::MALFORMED_HEAD, io, None);
                 HeadOutcome::Failed
             }
         }
@@ -631,21 +592,25 @@ impl<R: Copy> Machine<R> {
         let head = HeadFields::read(request.headers);
         let authorization = head.as_ref().ok().and_then(HeadFields::authorization);
         let route = io.handler.route(method, path, authorization);
-        let refuse =
-            |machine: &mut Self, status: u16, message: &'static str, io: &mut Io<'_, H>| {
-                machine.write_failure(status, message, io, Some(route), method_text, path, io.now);
-                false
+        let refuse = |machine: &mut Self, refusal: Refusal, io: &mut Io<'_, H>| {
+            let subject = Subject {
+                route: Some(route),
+                method: method_text,
+                path,
+                started: io.now,
             };
+            machine.write_failure(refusal, io, subject);
+            false
+        };
         let head = match head {
             Ok(head) => head,
-            Err((status, message)) => return refuse(self, status, message, io),
+            Err(refusal) => return refuse(self, refusal, io),
         };
         if !http11 && head.chunked {
-            // RFC 9112 6.1: HTTP/1.0 has no Transfer-Encoding; such framing is faulty.
-            return refuse(self, 400, "Transfer-Encoding is not HTTP/1.0", io);
+            return refuse(self, Refusal::CODING_IN_HTTP10, io);
         }
         if http11 && head.hosts != 1 {
-            return refuse(self, 400, "exactly one Host header is required", io);
+            return refuse(self, Refusal::HOST, io);
         }
         let framing = if head.chunked {
             // Chunk-size lines may cost as much as a head, once per body: past that a
@@ -654,7 +619,7 @@ impl<R: Copy> Machine<R> {
         } else {
             match head.content_length {
                 Some(n) if n > io.limits.max_body_bytes as u64 => {
-                    return refuse(self, 413, "request body too large", io);
+                    return refuse(self, Refusal::BODY_TOO_LARGE, io);
                 }
                 Some(n) => Framing::Length(n as usize),
                 None => Framing::Length(0),
@@ -662,7 +627,7 @@ impl<R: Copy> Machine<R> {
         };
         let has_body = !matches!(framing, Framing::Length(0));
         if head.unknown_expectation && http11 {
-            return refuse(self, 417, "only Expect: 100-continue is supported", io);
+            return refuse(self, Refusal::EXPECTATION, io);
         }
         let keep_alive = if http11 {
             !head.close
@@ -676,8 +641,8 @@ impl<R: Copy> Machine<R> {
         };
         let pending = Pending {
             route,
-            method: Label::new(method_text),
-            path: Label::new(path),
+            method: FixedText::new(method_text),
+            path: FixedText::new(path),
             head_only: method == Method::Head,
             persistence,
             framing,
@@ -812,52 +777,64 @@ impl<R: Copy> Machine<R> {
     /// we cannot know where the next request would start.
     fn fail<H: Handler<Route = R>>(
         &mut self,
-        status: u16,
-        message: &'static str,
+        refusal: Refusal,
         io: &mut Io<'_, H>,
         pending: Option<&Pending<R>>,
     ) {
-        match pending {
-            Some(p) => self.write_failure(
-                status,
-                message,
-                io,
-                Some(p.route),
-                p.method.as_str(),
-                p.path.as_str(),
-                p.started,
-            ),
-            None => self.write_failure(status, message, io, None, "-", "-", io.now),
-        }
+        let subject = match pending {
+            Some(p) => Subject {
+                route: Some(p.route),
+                method: p.method.as_str(),
+                path: p.path.as_str(),
+                started: p.started,
+            },
+            None => Subject {
+                route: None,
+                method: "-",
+                path: "-",
+                started: io.now,
+            },
+        };
+        self.write_failure(refusal, io, subject);
     }
 
-    #[allow(clippy::too_many_arguments)]
     fn write_failure<H: Handler<Route = R>>(
         &mut self,
-        status: u16,
-        message: &'static str,
+        refusal: Refusal,
         io: &mut Io<'_, H>,
-        route: Option<R>,
-        method: &str,
-        path: &str,
-        started: Instant,
+        subject: Subject<'_, R>,
     ) {
         self.begin_output(io);
         // A response to HEAD never has a body, even an error.
-        response::write_static_error(&mut self.out, status, message, method == "HEAD", io.date);
+        let head_only = subject.method == "HEAD";
+        response::write_static_error(
+            &mut self.out,
+            refusal.status,
+            refusal.message,
+            head_only,
+            io.date,
+        );
         self.body.clear();
         io.handler.exchanged(&Exchange {
-            route,
-            method,
-            path,
-            status,
-            started,
+            route: subject.route,
+            method: subject.method,
+            path: subject.path,
+            status: refusal.status,
+            started: subject.started,
             waited: None,
-            refused: Some(message),
+            refused: Some(refusal.message),
         });
         self.closing = true;
         self.phase = Phase::Idle;
     }
+}
+
+/// The request a refusal answers, as far as it is known, for the log line.
+struct Subject<'a, R> {
+    route: Option<R>,
+    method: &'a str,
+    path: &'a str,
+    started: Instant,
 }
 
 /// What the headers of one request say about framing, the connection and access.
@@ -876,7 +853,7 @@ struct HeadFields<'h> {
 }
 
 impl<'h> HeadFields<'h> {
-    fn read(headers: &[httparse::Header<'h>]) -> Result<HeadFields<'h>, (u16, &'static str)> {
+    fn read(headers: &[httparse::Header<'h>]) -> Result<HeadFields<'h>, Refusal> {
         let mut fields = HeadFields::default();
         let mut transfer_codings = 0usize;
         let mut chunked_codings = 0usize;
@@ -886,10 +863,10 @@ impl<'h> HeadFields<'h> {
             let value = header.value;
             if name.eq_ignore_ascii_case("content-length") {
                 if fields.content_length.is_some() {
-                    return Err((400, "repeated Content-Length"));
+                    return Err(Refusal::REPEATED_LENGTH);
                 }
                 fields.content_length =
-                    Some(parse_content_length(value).ok_or((400, "invalid Content-Length"))?);
+                    Some(parse_content_length(value).ok_or(Refusal::BAD_LENGTH)?);
             } else if name.eq_ignore_ascii_case("transfer-encoding") {
                 for coding in value.split(|&b| b == b',') {
                     let coding = coding.trim_ascii();
@@ -901,7 +878,7 @@ impl<'h> HeadFields<'h> {
                     chunked_codings += usize::from(last_is_chunked);
                 }
                 if transfer_codings == 0 {
-                    return Err((400, "empty Transfer-Encoding"));
+                    return Err(Refusal::EMPTY_CODING);
                 }
             } else if name.eq_ignore_ascii_case("connection") {
                 for option in value.split(|&b| b == b',') {
@@ -924,13 +901,13 @@ impl<'h> HeadFields<'h> {
         }
         if transfer_codings > 0 {
             if fields.content_length.is_some() {
-                return Err((400, "both Content-Length and Transfer-Encoding"));
+                return Err(Refusal::LENGTH_AND_CODING);
             }
             if !last_is_chunked || chunked_codings > 1 {
-                return Err((400, "chunked must be the final transfer coding, once"));
+                return Err(Refusal::CHUNKED_NOT_LAST);
             }
             if transfer_codings > chunked_codings {
-                return Err((501, "only the chunked transfer coding is supported"));
+                return Err(Refusal::UNKNOWN_CODING);
             }
             fields.chunked = true;
         }

@@ -2,7 +2,9 @@
 
 pub mod chunked;
 pub mod conn;
+pub mod refusal;
 pub mod response;
 
 pub use conn::{BufferPool, Conn, Exchange, Handler, Io, Limits, Method, Reply};
+pub use refusal::Refusal;
 pub use response::Response;

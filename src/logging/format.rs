@@ -87,7 +87,7 @@ impl<'kvs> VisitSource<'kvs> for Pairs<'_> {
             }
         }
         if let Some(n) = value.to_u64() {
-            crate::http::response::push_decimal(out, n);
+            crate::text::push_decimal(out, n);
         } else if let Some(n) = value.to_i64() {
             let _ = write!(AsFmt(out), "{n}");
         } else if let Some(x) = value.to_f64() {

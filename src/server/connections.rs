@@ -13,9 +13,11 @@ use log::{debug, info, warn};
 use mio::net::{TcpListener, TcpStream};
 use mio::{Interest, Registry, Token};
 
+use crate::clock::HttpDateCache;
 use crate::http::{BufferPool, Conn, Io, Limits};
 use crate::pipeline::{Pipeline, Ticket};
 use crate::service::{ConnectionGauges, Peer, Route, Service, WaitOutcome};
+use crate::text::FixedText;
 
 /// One socket read; also the most a connection can add to its input in one go.
 const READ_CHUNK: usize = 64 * 1024;
@@ -55,7 +57,7 @@ struct Client {
     /// Tells this connection from a later one in the same slot (see `Ticket`).
     serial: u64,
     /// The peer's address, formatted once for every log line it will appear in.
-    remote: PeerName,
+    remote: FixedText<64>,
     conn: Conn<Route>,
     /// Registered for WRITABLE too (only while output is pending).
     wants_writable: bool,
@@ -95,7 +97,7 @@ pub struct Connections {
     limits: Limits,
     pool: BufferPool,
     read_buf: Box<[u8]>,
-    date: HttpDate,
+    date: HttpDateCache,
     next_sweep: Option<Instant>,
     last_sweep: Instant,
     /// Clients with input left to read after their per-turn budget ran out.
@@ -130,7 +132,7 @@ impl Connections {
             limits,
             pool: BufferPool::new(64),
             read_buf: vec![0u8; READ_CHUNK].into_boxed_slice(),
-            date: HttpDate::default(),
+            date: HttpDateCache::default(),
             next_sweep: None,
             last_sweep: now,
             unfinished: Vec::new(),
@@ -267,7 +269,8 @@ impl Connections {
         let client = Client {
             stream,
             serial: self.accepted_total,
-            remote: PeerName::new(remote),
+            // The longest IPv6 socket address with a scope id fits in 64 bytes.
+            remote: FixedText::display(remote),
             conn: Conn::new(now),
             wants_writable: false,
             read_drained: false,
@@ -677,53 +680,4 @@ fn drain_lingering(client: &mut Client, buf: &mut [u8]) -> bool {
         }
     }
     false
-}
-
-/// A socket address as text, without a heap allocation per connection.
-struct PeerName {
-    bytes: [u8; 64],
-    len: usize,
-}
-
-impl PeerName {
-    fn new(addr: SocketAddr) -> PeerName {
-        let mut name = PeerName {
-            bytes: [0; 64],
-            len: 0,
-        };
-        let mut cursor = io::Cursor::new(&mut name.bytes[..]);
-        // The longest IPv6 socket address with a scope id fits in 64 bytes.
-        let _ = write!(cursor, "{addr}");
-        name.len = cursor.position() as usize;
-        name
-    }
-
-    fn as_str(&self) -> &str {
-        std::str::from_utf8(&self.bytes[..self.len]).unwrap_or("-")
-    }
-}
-
-/// The `Date` header value, formatted once per second rather than once per response.
-#[derive(Default)]
-struct HttpDate {
-    second: u64,
-    text: Vec<u8>,
-}
-
-impl HttpDate {
-    fn refresh(&mut self) {
-        let now = std::time::SystemTime::now();
-        let second = now
-            .duration_since(std::time::SystemTime::UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs());
-        if second != self.second || self.text.is_empty() {
-            self.second = second;
-            self.text.clear();
-            crate::clock::write_http_date(&mut self.text, now);
-        }
-    }
-
-    fn value(&self) -> &[u8] {
-        &self.text
-    }
 }

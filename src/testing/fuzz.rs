@@ -5,7 +5,9 @@ use std::time::{Duration, Instant};
 
 use crate::duration::{format_go_duration, parse_go_duration};
 use crate::http::chunked::{ChunkError, ChunkedDecoder, MAX_LINE_EXTRA, MAX_TRAILER_BYTES};
-use crate::http::{BufferPool, Conn, Exchange, Handler, Io, Limits, Method, Reply, Response};
+use crate::http::{
+    BufferPool, Conn, Exchange, Handler, Io, Limits, Method, Refusal, Reply, Response,
+};
 use crate::record::{self, Rejection};
 use crate::testing::check::{ParsedResponse, split_responses};
 
@@ -98,7 +100,15 @@ const ECHO_MAX: usize = 256;
 /// Status line and every header we write, with room to spare.
 const HEAD_ALLOWANCE: usize = 512;
 /// Statuses the connection produces on its own, never the application.
-const MACHINE_STATUSES: [u16; 7] = [400, 408, 413, 417, 431, 501, 505];
+const MACHINE_STATUSES: [u16; Refusal::ALL.len()] = {
+    let mut statuses = [0; Refusal::ALL.len()];
+    let mut i = 0;
+    while i < statuses.len() {
+        statuses[i] = Refusal::ALL[i].status;
+        i += 1;
+    }
+    statuses
+};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Route {
