@@ -382,3 +382,22 @@ fn bind_first(addrs: &[SocketAddr]) -> io::Result<TcpListener> {
     }
     Err(last)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Signals raised before the loop reads are each one byte, where a pending flag
+    /// per signal would read as one. (The kernel itself folds a signal into one still
+    /// pending, so two `kill`s count as two once the first has been delivered.)
+    #[test]
+    fn every_signal_delivery_is_counted() {
+        let mut signals = watch_signals().unwrap();
+        for _ in 0..3 {
+            // Delivered to this thread, and its handler run, before raise returns.
+            signal_hook::low_level::raise(SIGHUP).unwrap();
+        }
+        let mut bytes = [0u8; 16];
+        assert_eq!(io::Read::read(&mut signals, &mut bytes).unwrap(), 3);
+    }
+}
