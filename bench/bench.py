@@ -783,6 +783,92 @@ def idle_connections(procs):
         procs.stop(fw)
 
 
+BURSTS = (1000, 2000)  # clients per burst
+BURST_ROUNDS = 3
+
+
+def slow_bodies(port, clients, sent=512 * 1024):
+    """`clients` connections that announce a 1 MiB body, send `sent` bytes of it as
+    far as the sockets take them without blocking, and stall."""
+    head = (f"POST /log HTTP/1.1\r\nHost: bench\r\nContent-Length: {MIB}\r\n\r\n").encode()
+    body = b'{"user_id": 1, "title": "' + b"x" * sent
+    socks = []
+    for _ in range(clients):
+        s = socket.create_connection(("127.0.0.1", port), timeout=5.0)
+        s.sendall(head)
+        s.setblocking(False)
+        try:
+            at = 0
+            while at < len(body):
+                at += s.send(body[at:at + 65536])
+        except BlockingIOError:
+            pass
+        socks.append(s)
+    return socks
+
+
+def burst_memory(procs):
+    """RSS while 1000 and 2000 clients hold half-sent 1 MiB bodies, and 10 s after
+    they close, over three rounds each (issue 14: bounded by the body budget, given
+    back after the burst, no ratchet)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    limit = NOFILE if hard == resource.RLIM_INFINITY else min(NOFILE, hard)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (limit, hard))
+    fw, port = start_forwarder(procs, "bursts", 9, nofile=limit)
+    out = {"idle_kib": status_kib(fw.pid, "VmRSS"), "bursts": {}}
+    try:
+        for clients in BURSTS:
+            rounds = []
+            for _ in range(BURST_ROUNDS):
+                socks = slow_bodies(port, clients)
+                time.sleep(1.0)
+                during = status_kib(fw.pid, "VmRSS")
+                for s in socks:
+                    s.close()
+                time.sleep(10.0)
+                rounds.append({"during_kib": during, "after_10s_kib": status_kib(fw.pid, "VmRSS")})
+            out["bursts"][str(clients)] = rounds
+    finally:
+        procs.stop(fw)
+    return out
+
+
+def chunk_extension_flood(procs):
+    """Service CPU per wire byte for a body sent as 1-byte chunks with 100-byte
+    extensions, against a plain body of the same wire size (issue 14: a body costs
+    CPU in proportion to its size; the per-request budget cuts the flood short)."""
+    fw, port = start_forwarder(procs, "chunks", 9)
+    results = {}
+    try:
+        chunk = b"1;" + b"e" * 100 + b"\r\nx\r\n"
+        flood = chunk * 10000
+        plain_body = b'{"user_id": 1, "title": "' + b"x" * (len(flood) - 30) + b'"}'
+        cases = {
+            "extensions": b"POST /log HTTP/1.1\r\nHost: b\r\nTransfer-Encoding: chunked\r\n\r\n" + flood + b"0\r\n\r\n",
+            "plain": (f"POST /log HTTP/1.1\r\nHost: b\r\nContent-Length: {len(plain_body)}\r\n\r\n").encode() + plain_body,
+        }
+        for name, payload in cases.items():
+            ticks0, sent = cpu_ticks(fw.pid), 0
+            for _ in range(20):
+                s = socket.create_connection(("127.0.0.1", port), timeout=5.0)
+                try:
+                    s.sendall(payload)
+                    sent += len(payload)
+                except OSError:
+                    pass  # refused part-way: the connection was closed on us
+                try:
+                    read_response(s)
+                except (OSError, RuntimeError, ValueError):
+                    pass
+                s.close()
+            ticks = cpu_ticks(fw.pid) - ticks0
+            results[name] = {"wire_bytes": sent, "cpu_s": ticks / CLK_TCK,
+                             "ns_per_byte": ticks / CLK_TCK * 1e9 / sent if sent else None}
+    finally:
+        procs.stop(fw)
+    return results
+
+
 # --- report ----------------------------------------------------------------------
 
 
@@ -921,6 +1007,20 @@ def table(results):
     rows.append((f"RSS before / with {fmt_int(ic['connections'])} idle conns",
                  f"{fmt_mib(ic['rss_before_kib'])} / {fmt_mib(ic['rss_with_kib'])}", "", "", ""))
     rows.append(("RSS per idle connection", f"{ic['bytes_per_connection']:,.0f} B", "", "", ""))
+    bursts = results["bursts"]
+    for clients, rounds in bursts["bursts"].items():
+        during = " / ".join(fmt_mib(r["during_kib"]) for r in rounds)
+        after = " / ".join(fmt_mib(r["after_10s_kib"]) for r in rounds)
+        ok = all(r["after_10s_kib"] <= bursts["idle_kib"] + 8 * 1024 for r in rounds)
+        rows.append((f"RSS, {clients} slow bodies: during / 10 s after",
+                     during, after, f"after <= idle ({fmt_mib(bursts['idle_kib'])}) + 8 MiB",
+                     verdict(ok)))
+    ch = results["chunks"]
+    if ch["plain"]["ns_per_byte"] and ch["extensions"]["ns_per_byte"]:
+        ratio = ch["extensions"]["ns_per_byte"] / ch["plain"]["ns_per_byte"]
+        rows.append(("CPU per wire byte: chunk extensions / plain",
+                     f"{ch['extensions']['ns_per_byte']:.1f} / {ch['plain']['ns_per_byte']:.1f} ns",
+                     f"{ratio:.1f}x", "", ""))
 
     header = ("figure", "-c64", "-c8", "target", "result")
     widths = [max(len(r[i]) for r in [header] + [r for r in rows if r]) for i in range(5)]
@@ -1033,6 +1133,10 @@ def measure(procs):
     results["binary"] = stripped_size(procs)
     log(f"{IDLE_CONNECTIONS} idle keep-alive connections")
     results["idle_connections"] = idle_connections(procs)
+    log(f"bursts of {' and '.join(map(str, BURSTS))} half-sent 1 MiB bodies, {BURST_ROUNDS} rounds each")
+    results["bursts"] = burst_memory(procs)
+    log("chunk-extension flood against a plain body")
+    results["chunks"] = chunk_extension_flood(procs)
     return results
 
 

@@ -211,6 +211,13 @@ impl Metrics {
         worker: &WorkerStats,
         process: &Process,
     ) {
+        self.render_requests(out);
+        self.render_delivery(out, gauges, worker);
+        self.render_process(out, process);
+    }
+
+    /// Build info, requests by route and status, bodies received, refusals.
+    fn render_requests(&self, out: &mut Vec<u8>) {
         header(
             out,
             "webhook_build_info",
@@ -256,6 +263,10 @@ impl Metrics {
             "Bytes of POST /log request bodies received.",
             self.request_body_bytes,
         );
+    }
+
+    /// Records, batches, POSTs, the queue and its waits, connections, the log.
+    fn render_delivery(&self, out: &mut Vec<u8>, gauges: &Gauges, worker: &WorkerStats) {
         counter(
             out,
             "webhook_records_accepted_total",
@@ -442,6 +453,10 @@ impl Metrics {
             "Log lines dropped because stderr was not taking them.",
             crate::logging::dropped_lines(),
         );
+    }
+
+    /// The standard `process_*` series.
+    fn render_process(&self, out: &mut Vec<u8>, process: &Process) {
         let start = self
             .start_time
             .duration_since(UNIX_EPOCH)

@@ -455,12 +455,10 @@ impl Poster {
                 if (200..300).contains(&status) {
                     self.stats.observe_delivery(std::time::SystemTime::now());
                 }
-                // Read the (small) answer so the connection can be reused.
-                let _ = response
-                    .body_mut()
-                    .with_config()
-                    .limit(64 * 1024)
-                    .read_to_vec();
+                // Read the (small) answer so the connection can be reused; into a
+                // stack buffer and away, so a batch costs no allocation here.
+                let mut answer = response.body_mut().with_config().limit(64 * 1024).reader();
+                let _ = std::io::copy(&mut answer, &mut std::io::sink());
                 Attempt::Status(status)
             }
             Err(e) => {
