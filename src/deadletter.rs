@@ -185,15 +185,20 @@ pub fn load_replay(path: &Path) -> io::Result<Option<Replay>> {
     };
     let mut records = std::collections::VecDeque::new();
     let mut rejected = Vec::new();
+    let mut kept = Vec::new();
     for (index, line) in BufReader::new(file).split(b'\n').enumerate() {
         let line = line?;
         if line.iter().all(u8::is_ascii_whitespace) {
             continue;
         }
         match record::decode(&line) {
-            Ok(record) => records.push_back(record),
+            Ok(record) => {
+                records.push_back(record);
+                kept.extend_from_slice(&line);
+                kept.push(b'\n');
+            }
             Err(why) => {
-                warn!(path:% = path.display(), line = index + 1, reason = why.message(); "replay: line not valid, kept in the .rejected file");
+                warn!(path:% = path.display(), line = index + 1, reason = why.message(); "replay: line not valid, moved to the .rejected file");
                 rejected.extend_from_slice(&line);
                 rejected.push(b'\n');
             }
@@ -201,6 +206,9 @@ pub fn load_replay(path: &Path) -> io::Result<Option<Replay>> {
     }
     if !rejected.is_empty() {
         append_synced(&sibling(path, ".rejected"), &rejected)?;
+        // Moved, not copied: a replay that fails leaves its file for the next one,
+        // which must not put the same lines in PATH.rejected again.
+        rewrite_synced(path, &kept)?;
     }
     let total = records.len();
     info!(path:% = path.display(), records = total; "replaying records ahead of new ones");
@@ -209,6 +217,16 @@ pub fn load_replay(path: &Path) -> io::Result<Option<Replay>> {
         records,
         total,
     }))
+}
+
+/// Replaces `path`'s contents whole: written beside it, synced, then renamed over it,
+/// so a crash leaves either the old file or the new one.
+fn rewrite_synced(path: &Path, bytes: &[u8]) -> io::Result<()> {
+    let temporary = sibling(path, ".rewriting");
+    let mut file = File::create(&temporary)?;
+    file.write_all(bytes)?;
+    file.sync_all()?;
+    std::fs::rename(&temporary, path)
 }
 
 /// Marks a fully delivered replay file, so a second `--replay` sends nothing twice.
@@ -281,6 +299,12 @@ mod tests {
             replay.records.iter().map(|r| r.user_id).collect::<Vec<_>>(),
             vec![1, 2]
         );
+        let rejected = std::fs::read_to_string(dir.join("dl.ndjson.rejected")).unwrap();
+        assert_eq!(rejected, "not json\n{\"user_id\":0}\n");
+        // A second load (the first replay failed and left its file) rejects nothing
+        // again: each rejected line is in PATH.rejected once.
+        let again = load_replay(&path).unwrap().unwrap();
+        assert_eq!(again.total, 2);
         let rejected = std::fs::read_to_string(dir.join("dl.ndjson.rejected")).unwrap();
         assert_eq!(rejected, "not json\n{\"user_id\":0}\n");
     }
