@@ -699,20 +699,7 @@ impl<R: Copy> Machine<R> {
             Reply::Now(answer) => {
                 // `answer` borrows the handler; write it before anything else uses it.
                 let status = answer.status;
-                let close = answer.close;
-                self.begin_output_at(io.now, io.pool);
-                let persistence = if close {
-                    Persistence::Close
-                } else {
-                    pending.persistence
-                };
-                response::write(
-                    &mut self.out,
-                    &answer,
-                    pending.head_only,
-                    persistence,
-                    io.date,
-                );
+                let persistence = self.write_response(pending, &answer, io.now, io.pool, io.date);
                 self.finish_exchange(pending, status, persistence, io);
             }
             Reply::Later => {
@@ -731,20 +718,29 @@ impl<R: Copy> Machine<R> {
         answer: Response<'_>,
         io: &mut Io<'_, H>,
     ) {
-        self.begin_output_at(io.now, io.pool);
+        let persistence = self.write_response(pending, &answer, io.now, io.pool, io.date);
+        self.finish_exchange(pending, answer.status, persistence, io);
+    }
+
+    /// Writes `answer` to `pending`'s request into the output; says whether the
+    /// connection stays open. Takes `Io`'s parts, since an answer may borrow its
+    /// handler.
+    fn write_response(
+        &mut self,
+        pending: &Pending<R>,
+        answer: &Response<'_>,
+        now: Instant,
+        pool: &mut BufferPool,
+        date: &[u8],
+    ) -> Persistence {
+        self.begin_output_at(now, pool);
         let persistence = if answer.close {
             Persistence::Close
         } else {
             pending.persistence
         };
-        response::write(
-            &mut self.out,
-            &answer,
-            pending.head_only,
-            persistence,
-            io.date,
-        );
-        self.finish_exchange(pending, answer.status, persistence, io);
+        response::write(&mut self.out, answer, pending.head_only, persistence, date);
+        persistence
     }
 
     fn finish_exchange<H: Handler<Route = R>>(

@@ -74,6 +74,15 @@ struct Client {
     reserved: usize,
 }
 
+impl Client {
+    fn ticket(&self, slot: usize) -> Ticket {
+        Ticket {
+            slot,
+            serial: self.serial,
+        }
+    }
+}
+
 /// What serving a connection's bytes ended with.
 enum Served {
     Open,
@@ -412,16 +421,7 @@ impl Connections {
         let free = self.limits.max_head_bytes;
         let client = self.slots.get_mut(slot)?.as_mut()?;
         let now = app.service.now;
-        let mut peer = Peer {
-            service: app.service,
-            pipeline: app.pipeline,
-            ticket: Ticket {
-                slot,
-                serial: client.serial,
-            },
-            remote: client.remote.as_str(),
-            connections: gauges,
-        };
+        let mut peer = peer_of(app, client.ticket(slot), &client.remote, gauges);
         let mut io = Io {
             handler: &mut peer,
             limits: &self.limits,
@@ -561,16 +561,7 @@ impl Connections {
                 self.close(slot);
                 continue;
             }
-            let mut peer = Peer {
-                service: app.service,
-                pipeline: app.pipeline,
-                ticket: Ticket {
-                    slot,
-                    serial: client.serial,
-                },
-                remote: client.remote.as_str(),
-                connections: gauges,
-            };
+            let mut peer = peer_of(app, client.ticket(slot), &client.remote, gauges);
             let mut io = Io {
                 handler: &mut peer,
                 limits: &self.limits,
@@ -644,6 +635,22 @@ impl Connections {
         for slot in idle {
             self.close(slot);
         }
+    }
+}
+
+/// The service as a request on the connection `ticket` names sees it.
+fn peer_of<'a>(
+    app: &'a mut App<'_>,
+    ticket: Ticket,
+    remote: &'a FixedText<64>,
+    connections: ConnectionGauges,
+) -> Peer<'a> {
+    Peer {
+        service: app.service,
+        pipeline: app.pipeline,
+        ticket,
+        remote: remote.as_str(),
+        connections,
     }
 }
 
