@@ -379,44 +379,17 @@ impl Handler for Peer<'_> {
             None => self.service.reason.as_str(),
         }
         .filter(|_| exchange.status >= 400);
-        match (exchange.waited, reason) {
-            (None, None) => info!(
-                method = exchange.method,
-                path = exchange.path,
-                status = exchange.status,
-                duration_us = duration_us,
-                remote = self.remote;
-                "request"
-            ),
-            (None, Some(reason)) => info!(
-                method = exchange.method,
-                path = exchange.path,
-                status = exchange.status,
-                duration_us = duration_us,
-                remote = self.remote,
-                reason = reason;
-                "request"
-            ),
-            (Some(waited), None) => info!(
-                method = exchange.method,
-                path = exchange.path,
-                status = exchange.status,
-                duration_us = duration_us,
-                waited_ms = waited.as_millis() as u64,
-                remote = self.remote;
-                "request"
-            ),
-            (Some(waited), Some(reason)) => info!(
-                method = exchange.method,
-                path = exchange.path,
-                status = exchange.status,
-                duration_us = duration_us,
-                waited_ms = waited.as_millis() as u64,
-                remote = self.remote,
-                reason = reason;
-                "request"
-            ),
-        }
+        // Optional fields that are None are left out of the line.
+        info!(
+            method = exchange.method,
+            path = exchange.path,
+            status = exchange.status,
+            duration_us = duration_us,
+            waited_ms = exchange.waited.map(|w| w.as_millis() as u64),
+            remote = self.remote,
+            reason = reason;
+            "request"
+        );
         self.service.reason.len = 0;
     }
 }

@@ -73,6 +73,10 @@ struct Pairs<'a> {
 
 impl<'kvs> VisitSource<'kvs> for Pairs<'_> {
     fn visit_pair(&mut self, key: Key<'kvs>, value: Value<'kvs>) -> Result<(), log::kv::Error> {
+        // An absent optional field (`key = None`) is left out of the line.
+        if is_null(&value) {
+            return Ok(());
+        }
         let out = &mut *self.out;
         match self.format {
             LogFormat::Logfmt => {
@@ -119,6 +123,23 @@ impl<'kvs> VisitSource<'kvs> for Pairs<'_> {
 }
 
 /// Lets `write!` format numbers straight into the byte buffer.
+/// Whether the value is `None` (log writes an absent `Option` as null).
+fn is_null(value: &Value<'_>) -> bool {
+    struct Null(bool);
+    impl<'v> log::kv::VisitValue<'v> for Null {
+        fn visit_any(&mut self, _value: Value<'_>) -> Result<(), log::kv::Error> {
+            Ok(())
+        }
+        fn visit_null(&mut self) -> Result<(), log::kv::Error> {
+            self.0 = true;
+            Ok(())
+        }
+    }
+    let mut null = Null(false);
+    let _ = value.visit(&mut null);
+    null.0
+}
+
 struct AsFmt<'a>(&'a mut Vec<u8>);
 
 impl std::fmt::Write for AsFmt<'_> {
@@ -183,6 +204,36 @@ mod tests {
             text,
             "ts=2026-07-30T10:00:00.123Z level=info msg=\"batch sent\" method=POST status=201 duration_ms=3.250 error=\"connection refused: \\\"x\\\"\" ok=true\n"
         );
+    }
+
+    #[test]
+    fn absent_optional_fields_are_left_out_in_both_formats() {
+        use log::kv::ToValue;
+        let none: Option<u64> = None;
+        let kvs: [(&str, Value<'_>); 3] = [
+            ("status", Value::from(201u16)),
+            ("waited_ms", none.to_value()),
+            ("reason", Some("queue full").to_value()),
+        ];
+        for (format, want) in [
+            (LogFormat::Logfmt, " status=201 reason=\"queue full\"\n"),
+            (
+                LogFormat::Json,
+                ",\"status\":201,\"reason\":\"queue full\"}\n",
+            ),
+        ] {
+            let text = line(format, |emit| {
+                emit(
+                    &log::Record::builder()
+                        .level(log::Level::Info)
+                        .args(format_args!("request"))
+                        .key_values(&kvs)
+                        .build(),
+                )
+            });
+            assert!(text.ends_with(want), "{text}");
+            assert!(!text.contains("waited_ms"), "{text}");
+        }
     }
 
     #[test]
