@@ -42,7 +42,9 @@ starts runs in its own process group and is killed on exit, error or Ctrl-C.
 Environment: BENCH_SECONDS (measured run and idle window, default 10),
 BENCH_WARMUP (warm-up run, default 2; 0 skips it), BENCH_NICE (niceness of the
 pinned processes, default 0; e.g. -10 keeps other work on a shared machine from
-stealing CPU 0 and CPU 1 during the runs).
+stealing CPU 0 and CPU 1 during the runs), BENCH_ONLY (a comma-separated list of the
+sections to run: load, remote, compression, idle, startup, binary, connections, bursts,
+chunks; default all of them; the table shows what ran).
 """
 
 import datetime
@@ -71,6 +73,10 @@ SINK = RELEASE / "webhook-sink"
 SECONDS = int(os.environ.get("BENCH_SECONDS", "10"))
 WARMUP = int(os.environ.get("BENCH_WARMUP", "2"))
 NICE = int(os.environ.get("BENCH_NICE", "0"))  # e.g. -10 on a shared machine; 0: untouched
+SECTIONS = ("load", "remote", "compression", "idle", "startup", "binary", "connections",
+            "bursts", "chunks")
+# BENCH_ONLY=load,remote: just those sections, for a quick before/after while working.
+ONLY = [s for s in os.environ.get("BENCH_ONLY", ",".join(SECTIONS)).split(",") if s]
 CONNECTIONS = (64, 8)
 STARTS = 10  # exec-to-first-200 samples
 IDLE_CONNECTIONS = 9000
@@ -904,7 +910,7 @@ def all_ok(values):
 
 
 def table(results):
-    load = results["load"]
+    load = results.get("load")
     rows = []  # (figure, c64, c8, target, result); None row: separator
 
     def per_conn(fn):
@@ -916,74 +922,75 @@ def table(results):
     def with_ratio(text, r):
         return text if r is None else f"{text} ({r:.2f}x)"
 
-    ceil = lambda c: c["ceiling"]  # noqa: E731
-    rows.append(("req/s, ceiling (nginx)", *per_conn(lambda c: fmt_int(ceil(c)["rps"])), "", ""))
-    for name, label, limit in (("batch100", "batch 100", 0.9), ("batch10", "batch 10", 0.7)):
-        cells = per_conn(lambda c: with_ratio(fmt_int(c[name]["rps"]),
-                                              ratio(c[name]["rps"], ceil(c)["rps"])))
-        ok = ratio(load["64"][name]["rps"], load["64"]["ceiling"]["rps"]) >= limit
-        rows.append((f"req/s, {label}", *cells, f">= {limit} x ceiling (c64)", verdict(ok)))
-    rows.append(("2xx/s: ceiling / b100 / b10", *per_conn(
-        lambda c: " / ".join(fmt_int(c[n]["ok_per_s"]) for n, _, _ in RUNS)), "", ""))
-    rows.append(None)
-    rows.append(("p50 / p99, ceiling", *per_conn(
-        lambda c: f"{ceil(c)['p50_ms']:.2f} / {ceil(c)['p99_ms']:.2f} ms"), "", ""))
-    for name, label in (("batch100", "batch 100"), ("batch10", "batch 10")):
-        cells = per_conn(lambda c: with_ratio(
-            f"{c[name]['p50_ms']:.2f} / {c[name]['p99_ms']:.2f} ms",
-            ratio(c[name]["p99_ms"], ceil(c)["p99_ms"])))
-        ok = load["64"][name]["p99_ms"] <= 2 * load["64"]["ceiling"]["p99_ms"]
-        rows.append((f"p50 / p99, {label}", *cells, "p99 <= 2 x ceiling (c64)", verdict(ok)))
-    rows.append(("non-2xx: ceiling / b100 / b10", *per_conn(
-        lambda c: " / ".join(fmt_int(c[n]["non2xx"]) for n, _, _ in RUNS)), "", ""))
-    rows.append(("socket errors: ceil / b100 / b10", *per_conn(
-        lambda c: " / ".join(fmt_int(c[n]["socket_errors"]) for n, _, _ in RUNS)), "", ""))
-    rows.append(None)
-    rows.append(("CPU per 2xx, ceiling", *per_conn(
-        lambda c: f"{ceil(c)['cpu_us_per_req']:.1f} us"), "", ""))
-    for name, label in (("batch100", "batch 100"), ("batch10", "batch 10")):
-        cells = per_conn(lambda c: with_ratio(f"{c[name]['cpu_us_per_req']:.1f} us",
-                                              ratio(c[name]["cpu_us_per_req"],
-                                                    ceil(c)["cpu_us_per_req"])))
-        ok = all_ok(per_conn(lambda c: c[name]["cpu_us_per_req"]
-                             <= 1.2 * ceil(c)["cpu_us_per_req"]))
-        rows.append((f"CPU per 2xx, {label}", *cells, "<= 1.2 x nginx", verdict(ok)))
-    rows.append(("peak RSS, ceiling (nginx)", *per_conn(
-        lambda c: fmt_mib(ceil(c)["peak_rss_kib"])), "", ""))
-    for name, label in (("batch100", "batch 100"), ("batch10", "batch 10")):
-        ok = all_ok(per_conn(lambda c: c[name]["peak_rss_kib"] <= 4 * 1024))
-        rows.append((f"peak RSS (VmHWM), {label}", *per_conn(
-            lambda c: fmt_mib(c[name]["peak_rss_kib"])), "<= 4 MiB", verdict(ok)))
-    rows.append(None)
-    for name, label in (("batch100", "batch 100"), ("batch10", "batch 10")):
-        ok = all_ok(per_conn(lambda c: c[name]["lost"] == 0 and c[name]["exit_status"] == 0))
-        rows.append((f"201 / delivered / lost, {label}", *per_conn(
-            lambda c: f"{fmt_int(c[name]['accepted'])} / {fmt_int(c[name]['delivered'])} / "
-                      f"{c[name]['lost']}"), "lost 0, exit 0", verdict(ok)))
-    for name, label in (("batch100", "batch 100"), ("batch10", "batch 10")):
-        ok = all_ok(per_conn(lambda c: c[name]["non2xx"] == 0))
-        rows.append((f"non-2xx (503s), {label}", *per_conn(
-            lambda c: f"{fmt_int(c[name]['non2xx'])} ({fmt_int(c[name]['rejected_503'])})"),
-            "0 in every run", verdict(ok)))
+    if load:
+        ceil = lambda c: c["ceiling"]  # noqa: E731
+        rows.append(("req/s, ceiling (nginx)", *per_conn(lambda c: fmt_int(ceil(c)["rps"])), "", ""))
+        for name, label, limit in (("batch100", "batch 100", 0.9), ("batch10", "batch 10", 0.7)):
+            cells = per_conn(lambda c: with_ratio(fmt_int(c[name]["rps"]),
+                                                  ratio(c[name]["rps"], ceil(c)["rps"])))
+            ok = ratio(load["64"][name]["rps"], load["64"]["ceiling"]["rps"]) >= limit
+            rows.append((f"req/s, {label}", *cells, f">= {limit} x ceiling (c64)", verdict(ok)))
+        rows.append(("2xx/s: ceiling / b100 / b10", *per_conn(
+            lambda c: " / ".join(fmt_int(c[n]["ok_per_s"]) for n, _, _ in RUNS)), "", ""))
+        rows.append(None)
+        rows.append(("p50 / p99, ceiling", *per_conn(
+            lambda c: f"{ceil(c)['p50_ms']:.2f} / {ceil(c)['p99_ms']:.2f} ms"), "", ""))
+        for name, label in (("batch100", "batch 100"), ("batch10", "batch 10")):
+            cells = per_conn(lambda c: with_ratio(
+                f"{c[name]['p50_ms']:.2f} / {c[name]['p99_ms']:.2f} ms",
+                ratio(c[name]["p99_ms"], ceil(c)["p99_ms"])))
+            ok = load["64"][name]["p99_ms"] <= 2 * load["64"]["ceiling"]["p99_ms"]
+            rows.append((f"p50 / p99, {label}", *cells, "p99 <= 2 x ceiling (c64)", verdict(ok)))
+        rows.append(("non-2xx: ceiling / b100 / b10", *per_conn(
+            lambda c: " / ".join(fmt_int(c[n]["non2xx"]) for n, _, _ in RUNS)), "", ""))
+        rows.append(("socket errors: ceil / b100 / b10", *per_conn(
+            lambda c: " / ".join(fmt_int(c[n]["socket_errors"]) for n, _, _ in RUNS)), "", ""))
+        rows.append(None)
+        rows.append(("CPU per 2xx, ceiling", *per_conn(
+            lambda c: f"{ceil(c)['cpu_us_per_req']:.1f} us"), "", ""))
+        for name, label in (("batch100", "batch 100"), ("batch10", "batch 10")):
+            cells = per_conn(lambda c: with_ratio(f"{c[name]['cpu_us_per_req']:.1f} us",
+                                                  ratio(c[name]["cpu_us_per_req"],
+                                                        ceil(c)["cpu_us_per_req"])))
+            ok = all_ok(per_conn(lambda c: c[name]["cpu_us_per_req"]
+                                 <= 1.2 * ceil(c)["cpu_us_per_req"]))
+            rows.append((f"CPU per 2xx, {label}", *cells, "<= 1.2 x nginx", verdict(ok)))
+        rows.append(("peak RSS, ceiling (nginx)", *per_conn(
+            lambda c: fmt_mib(ceil(c)["peak_rss_kib"])), "", ""))
+        for name, label in (("batch100", "batch 100"), ("batch10", "batch 10")):
+            ok = all_ok(per_conn(lambda c: c[name]["peak_rss_kib"] <= 4 * 1024))
+            rows.append((f"peak RSS (VmHWM), {label}", *per_conn(
+                lambda c: fmt_mib(c[name]["peak_rss_kib"])), "<= 4 MiB", verdict(ok)))
+        rows.append(None)
+        for name, label in (("batch100", "batch 100"), ("batch10", "batch 10")):
+            ok = all_ok(per_conn(lambda c: c[name]["lost"] == 0 and c[name]["exit_status"] == 0))
+            rows.append((f"201 / delivered / lost, {label}", *per_conn(
+                lambda c: f"{fmt_int(c[name]['accepted'])} / {fmt_int(c[name]['delivered'])} / "
+                          f"{c[name]['lost']}"), "lost 0, exit 0", verdict(ok)))
+        for name, label in (("batch100", "batch 100"), ("batch10", "batch 10")):
+            ok = all_ok(per_conn(lambda c: c[name]["non2xx"] == 0))
+            rows.append((f"non-2xx (503s), {label}", *per_conn(
+                lambda c: f"{fmt_int(c[name]['non2xx'])} ({fmt_int(c[name]['rejected_503'])})"),
+                "0 in every run", verdict(ok)))
 
-    def wait_cell(c):
-        q = c["queue_wait"]
-        spread = "" if q["mean_ms"] is None else (
-            f", mean {q['mean_ms']:.2f} ms, p50 <= {q['p50_le_ms']:g} ms, p99 <= {q['p99_le_ms']:g} ms")
-        return f"{fmt_int(q['waited'])} waited, {fmt_int(q['gave_up'])} gave up{spread}"
+        def wait_cell(c):
+            q = c["queue_wait"]
+            spread = "" if q["mean_ms"] is None else (
+                f", mean {q['mean_ms']:.2f} ms, p50 <= {q['p50_le_ms']:g} ms, p99 <= {q['p99_le_ms']:g} ms")
+            return f"{fmt_int(q['waited'])} waited, {fmt_int(q['gave_up'])} gave up{spread}"
 
-    for name, label in (("batch100", "batch 100"), ("batch10", "batch 10")):
-        rows.append((f"queue wait, {label}", *per_conn(lambda c: wait_cell(c[name])), "", ""))
+        for name, label in (("batch100", "batch 100"), ("batch10", "batch 10")):
+            rows.append((f"queue wait, {label}", *per_conn(lambda c: wait_cell(c[name])), "", ""))
 
-    def batch_cell(c):
-        if c.get("cpu_us_per_batch") is None:
-            return "n/a"
-        vol, invol = c["ctx_per_batch"]
-        return (f"{c['cpu_us_per_batch']:.0f} us CPU, {vol:.2f} + {invol:.2f} "
-                f"ctx switches per POST")
+        def batch_cell(c):
+            if c.get("cpu_us_per_batch") is None:
+                return "n/a"
+            vol, invol = c["ctx_per_batch"]
+            return (f"{c['cpu_us_per_batch']:.0f} us CPU, {vol:.2f} + {invol:.2f} "
+                    f"ctx switches per POST")
 
-    for name, label in (("batch100", "batch 100"), ("batch10", "batch 10")):
-        rows.append((f"per POST, {label}", *per_conn(lambda c: batch_cell(c[name])), "", ""))
+        for name, label in (("batch100", "batch 100"), ("batch10", "batch 10")):
+            rows.append((f"per POST, {label}", *per_conn(lambda c: batch_cell(c[name])), "", ""))
     rows.append(None)
     for batch, r in results.get("remote", {}).items():
         reached = r["records_per_s"] / r["limit_per_s"] if r["limit_per_s"] else 0
@@ -994,19 +1001,22 @@ def table(results):
                      ">= 0.9 of the limit, 0 non-2xx",
                      verdict(reached >= 0.9 and r["non2xx"] == 0)))
     rows.append(None)
-    idle = results["idle"]
-    rows.append((f"idle CPU over {idle['seconds']} s", f"{idle['cpu_ticks']} ticks", "",
-                 "0 ticks", verdict(idle["cpu_ticks"] == 0)))
-    rows.append(("idle RSS (VmRSS)", fmt_mib(idle["rss_kib"]), "", "<= 2 MiB",
-                 verdict(idle["rss_kib"] <= 2 * 1024)))
-    st = results["startup"]
-    rows.append(("exec to first 200 /healthz", f"{st['median_ms']:.2f} ms median",
-                 f"best {st['best_ms']:.2f} ms", "<= 10 ms (median)",
-                 verdict(st["median_ms"] <= 10)))
-    b = results["binary"]
-    rows.append(("stripped binary", f"{fmt_int(b['stripped_bytes'])} B",
-                 f"{b['stripped_bytes'] / MIB:.2f} MiB", "<= 3 MiB",
-                 verdict(b["stripped_bytes"] <= 3 * MIB)))
+    idle = results.get("idle")
+    if idle:
+        rows.append((f"idle CPU over {idle['seconds']} s", f"{idle['cpu_ticks']} ticks", "",
+                     "0 ticks", verdict(idle["cpu_ticks"] == 0)))
+        rows.append(("idle RSS (VmRSS)", fmt_mib(idle["rss_kib"]), "", "<= 2 MiB",
+                     verdict(idle["rss_kib"] <= 2 * 1024)))
+    st = results.get("startup")
+    if st:
+        rows.append(("exec to first 200 /healthz", f"{st['median_ms']:.2f} ms median",
+                     f"best {st['best_ms']:.2f} ms", "<= 10 ms (median)",
+                     verdict(st["median_ms"] <= 10)))
+    b = results.get("binary")
+    if b:
+        rows.append(("stripped binary", f"{fmt_int(b['stripped_bytes'])} B",
+                     f"{b['stripped_bytes'] / MIB:.2f} MiB", "<= 3 MiB",
+                     verdict(b["stripped_bytes"] <= 3 * MIB)))
     comp = results.get("compression")
     if comp:
         plain, gz = comp["none"], comp["gzip"]
@@ -1017,11 +1027,12 @@ def table(results):
                      f"{bpr(plain)} / {bpr(gz)} B ({ratio_text})", "", ""))
         rows.append(("worker CPU/batch, none / gzip (b100)", "",
                      f"{cpu(plain)} / {cpu(gz)} us", "", ""))
-    ic = results["idle_connections"]
-    rows.append((f"RSS before / with {fmt_int(ic['connections'])} idle conns",
-                 f"{fmt_mib(ic['rss_before_kib'])} / {fmt_mib(ic['rss_with_kib'])}", "", "", ""))
-    rows.append(("RSS per idle connection", f"{ic['bytes_per_connection']:,.0f} B", "", "", ""))
-    bursts = results["bursts"]
+    ic = results.get("idle_connections")
+    if ic:
+        rows.append((f"RSS before / with {fmt_int(ic['connections'])} idle conns",
+                     f"{fmt_mib(ic['rss_before_kib'])} / {fmt_mib(ic['rss_with_kib'])}", "", "", ""))
+        rows.append(("RSS per idle connection", f"{ic['bytes_per_connection']:,.0f} B", "", "", ""))
+    bursts = results.get("bursts", {"bursts": {}})
     for clients, rounds in bursts["bursts"].items():
         during = " / ".join(fmt_mib(r["during_kib"]) for r in rounds)
         after = " / ".join(fmt_mib(r["after_10s_kib"]) for r in rounds)
@@ -1029,8 +1040,8 @@ def table(results):
         rows.append((f"RSS, {clients} slow bodies: during / 10 s after",
                      during, after, f"after <= idle ({fmt_mib(bursts['idle_kib'])}) + 8 MiB",
                      verdict(ok)))
-    ch = results["chunks"]
-    if ch["plain"]["ns_per_byte"] and ch["extensions"]["ns_per_byte"] is not None:
+    ch = results.get("chunks")
+    if ch and ch["plain"]["ns_per_byte"] and ch["extensions"]["ns_per_byte"] is not None:
         ratio = ch["extensions"]["ns_per_byte"] / ch["plain"]["ns_per_byte"]
         rows.append(("CPU per wire byte: chunk extensions / plain",
                      f"{ch['extensions']['ns_per_byte']:.2f} / {ch['plain']['ns_per_byte']:.2f} ns",
@@ -1095,6 +1106,37 @@ def measure(procs):
         f"CPU {SERVICE_CPU}; wrk, endpoint nginx and this script on CPU {LOAD_CPU}"
         + (f"; CPUs 2-{mach['cores'] - 1} unused" if mach["cores"] > 2 else ""))
     log(f"runs: {WARMUP} s warm-up + {SECONDS} s measured, wrk -t1, -c{' and -c'.join(map(str, CONNECTIONS))}")
+    unknown = sorted(set(ONLY) - set(SECTIONS))
+    if unknown:
+        sys.exit(f"bench: unknown BENCH_ONLY section(s) {', '.join(unknown)}; "
+                 f"known: {', '.join(SECTIONS)}")
+    if "load" in ONLY:
+        load_section(procs, results)
+    if "remote" in ONLY:
+        remote_section(procs, results)
+    if "compression" in ONLY:
+        compression_section(procs, results)
+    if "idle" in ONLY:
+        log(f"idle: {SECONDS} s without traffic")
+        results["idle"] = idle_run(procs)
+    if "startup" in ONLY:
+        log(f"startup: {STARTS} starts")
+        results["startup"] = startup_times(procs)
+    if "binary" in ONLY:
+        results["binary"] = stripped_size(procs)
+    if "connections" in ONLY:
+        log(f"{IDLE_CONNECTIONS} idle keep-alive connections")
+        results["idle_connections"] = idle_connections(procs)
+    if "bursts" in ONLY:
+        log(f"bursts of {' and '.join(map(str, BURSTS))} half-sent 1 MiB bodies, {BURST_ROUNDS} rounds each")
+        results["bursts"] = burst_memory(procs)
+    if "chunks" in ONLY:
+        log("chunk-extension flood against a plain body")
+        results["chunks"] = chunk_extension_flood(procs)
+    return results
+
+
+def load_section(procs, results):
     log("calibrating: one record through webhook-sink")
     record_len = calibrate(procs)
     results["record_bytes"] = record_len
@@ -1124,6 +1166,9 @@ def measure(procs):
                 log(f"  log: {line}")
             if r.get("endpoint", {}).get("unparsed_count"):
                 log(f"  endpoint lines not a whole number of records: {r['endpoint']['unparsed']}")
+
+
+def remote_section(procs, results):
     results["remote"] = {}
     for batch in REMOTE_BATCHES:
         log(f"remote endpoint ({REMOTE_DELAY_MS} ms), batch {batch}, -c64")
@@ -1132,6 +1177,9 @@ def measure(procs):
         log(f"  {r['records_per_s']:,.0f} records/s of a {r['limit_per_s'] or 0:,.0f}/s limit "
             f"(batch / mean POST {r['post_mean_ms'] or 0:.1f} ms), non-2xx {r['non2xx']}, "
             f"service {r['cpu_percent']:.1f}% CPU")
+
+
+def compression_section(procs, results):
     log(f"compression: batch 100, -c{COMPRESSION_CONNECTIONS}, without and with --post-compression gzip")
     results["compression"] = comp = compression_run(procs)
     for name in ("none", "gzip"):
@@ -1140,18 +1188,6 @@ def measure(procs):
             f"{r['bytes_per_record'] or 0:.1f} bytes/record on the wire, worker "
             f"{r['worker_cpu_us_per_batch'] or 0:.0f} us CPU/batch, exit {r['exit_status']}")
     log(f"  compression ratio on the sample record: {comp['ratio'] or 0:.2f}x")
-    log(f"idle: {SECONDS} s without traffic")
-    results["idle"] = idle_run(procs)
-    log(f"startup: {STARTS} starts")
-    results["startup"] = startup_times(procs)
-    results["binary"] = stripped_size(procs)
-    log(f"{IDLE_CONNECTIONS} idle keep-alive connections")
-    results["idle_connections"] = idle_connections(procs)
-    log(f"bursts of {' and '.join(map(str, BURSTS))} half-sent 1 MiB bodies, {BURST_ROUNDS} rounds each")
-    results["bursts"] = burst_memory(procs)
-    log("chunk-extension flood against a plain body")
-    results["chunks"] = chunk_extension_flood(procs)
-    return results
 
 
 if __name__ == "__main__":

@@ -189,6 +189,26 @@ pub fn count_dir_entries(dir: &std::fs::File) -> io::Result<usize> {
     }
 }
 
+/// Whether an idle connection is still fit to carry a request: open, and with nothing
+/// unasked-for waiting to be read. One `recv(MSG_PEEK | MSG_DONTWAIT)`, where the
+/// standard library would need the socket switched to non-blocking and back.
+pub fn idle_connection_usable(fd: std::os::fd::RawFd) -> bool {
+    let mut byte = 0u8;
+    // SAFETY: recv(2) writes at most 1 byte into `byte`, which outlives the call; an
+    // invalid descriptor is an error return, not undefined behaviour.
+    let n = unsafe {
+        libc::recv(
+            fd,
+            (&mut byte as *mut u8).cast(),
+            1,
+            libc::MSG_PEEK | libc::MSG_DONTWAIT,
+        )
+    };
+    // -1 with EAGAIN: nothing to read, the peer has not closed it. 0: closed by the
+    // peer. A byte: the peer said something nobody asked for. Any other error: broken.
+    n < 0 && io::Error::last_os_error().kind() == io::ErrorKind::WouldBlock
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

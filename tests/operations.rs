@@ -532,6 +532,22 @@ fn https_endpoints_trust_the_ca_file_and_refuse_unknown_issuers() {
     let batch: serde_json::Value =
         serde_json::from_str(got[0].strip_prefix("body ").unwrap()).unwrap();
     assert_eq!(batch[0]["user_id"], 42);
+    // More batches over the kept-alive TLS connection (head and body go out as one
+    // write of TLS records).
+    for n in 1..=3 {
+        assert_eq!(fwd.post(&record(100 + n)).status, 201);
+    }
+    let deadline = std::time::Instant::now() + SOON;
+    while bodies.lock().unwrap().len() < 4 {
+        assert!(std::time::Instant::now() < deadline, "{}", fwd.proc.text());
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    assert_eq!(
+        fwd.proc.count("batch post failed"),
+        0,
+        "{}",
+        fwd.proc.text()
+    );
 
     // Without the CA the certificate is untrusted: every attempt fails, nothing arrives.
     let mut untrusting = Forwarder::start(
@@ -565,7 +581,7 @@ fn https_endpoints_trust_the_ca_file_and_refuse_unknown_issuers() {
         "{}",
         failures[0].text
     );
-    assert_eq!(bodies.lock().unwrap().len(), 1);
+    assert_eq!(bodies.lock().unwrap().len(), 4);
     let _ = receiver.kill();
     let _ = receiver.wait();
 }

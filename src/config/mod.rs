@@ -509,6 +509,21 @@ mod tests {
     }
 
     #[test]
+    fn a_socks_proxy_stops_the_start_rather_than_every_post() {
+        let err = invalid(&[EP], &[("ALL_PROXY", "socks5://user:hunter2@proxy:1080")]);
+        assert!(err.contains("SOCKS") && !err.contains("hunter2"), "{err}");
+        // Named in NO_PROXY, the endpoint does not use it: no objection.
+        let c = load_with(
+            &[EP],
+            &[
+                ("ALL_PROXY", "socks5://proxy:1080"),
+                ("NO_PROXY", "127.0.0.1"),
+            ],
+        );
+        assert!(c.is_ok(), "{c:?}");
+    }
+
+    #[test]
     fn connections_leave_the_descriptor_reserve_free() {
         assert_eq!(
             connections_within(10_000, Some(1024)),

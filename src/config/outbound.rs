@@ -107,6 +107,19 @@ pub fn load<F: Fn(&str) -> Option<String>>(
             redact_url(url)
         )));
     }
+    if let Some(url) = &proxy
+        && ureq::Proxy::new(url).is_ok_and(|p| {
+            !matches!(
+                p.protocol(),
+                ureq::ProxyProtocol::Http | ureq::ProxyProtocol::Https
+            )
+        })
+    {
+        return Err(Stop::Invalid(format!(
+            "proxy {:?} (from HTTPS_PROXY, HTTP_PROXY or ALL_PROXY) is a SOCKS proxy, which the forwarder does not speak; use an HTTP proxy, or name the endpoint's host in NO_PROXY",
+            redact_url(url)
+        )));
+    }
     Ok(Outbound {
         endpoint,
         post_timeout,

@@ -16,6 +16,7 @@ use log::{error, info, warn};
 
 mod proxy;
 mod resolver;
+mod transport;
 
 use crate::config::{Outbound, PostCompression};
 use crate::gzip::GzipEncoder;
@@ -216,7 +217,13 @@ impl Poster {
             .root_certs(trusted_roots(&settings.extra_roots))
             .build();
         config = config.tls_config(tls);
-        let connector = ureq::unversioned::transport::DefaultConnector::new();
+        // ureq's default chain with our TCP transport in place of its own (see
+        // `transport`); SOCKS proxies are refused when the settings are read.
+        use ureq::unversioned::transport::{ConnectProxyConnector, RustlsConnector};
+        let connector =
+            ().chain(ConnectProxyConnector::default())
+                .chain(transport::LeanTcpConnector)
+                .chain(RustlsConnector::default());
         let (resolver, agent) = match absolute {
             Some((rewrite, proxy_uri)) => {
                 let resolver = CachingResolver::via(proxy_uri);

@@ -67,17 +67,17 @@ impl AbsoluteForm {
     }
 }
 
-impl Connector<Box<dyn Transport>> for AbsoluteForm {
+impl<In: Transport> Connector<In> for AbsoluteForm {
     type Out = Box<dyn Transport>;
 
     fn connect(
         &self,
         _details: &ConnectionDetails,
-        chained: Option<Box<dyn Transport>>,
+        chained: Option<In>,
     ) -> Result<Option<Self::Out>, ureq::Error> {
         Ok(chained.map(|inner| {
             Box::new(AbsoluteFormTransport {
-                inner,
+                inner: Box::new(inner),
                 target: Arc::clone(&self.target),
                 body_left: 0,
             }) as Box<dyn Transport>

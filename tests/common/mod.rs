@@ -663,6 +663,12 @@ pub struct Catcher {
 
 impl Catcher {
     pub fn start(answer: &str) -> Catcher {
+        Catcher::start_closing(answer, None)
+    }
+
+    /// With `close_after`, each connection is closed that long after its first answer,
+    /// without saying so in the answer: an endpoint with a short idle timeout.
+    pub fn start_closing(answer: &str, close_after: Option<Duration>) -> Catcher {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = listener.local_addr().unwrap();
         let caught = Arc::new(Mutex::new(Vec::new()));
@@ -676,7 +682,7 @@ impl Catcher {
             for stream in listener.incoming().flatten() {
                 count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
                 let (record, answer) = (Arc::clone(&record), answer.clone());
-                std::thread::spawn(move || Catcher::serve(stream, &record, &answer));
+                std::thread::spawn(move || Catcher::serve(stream, &record, &answer, close_after));
             }
         });
         Catcher {
@@ -686,7 +692,12 @@ impl Catcher {
         }
     }
 
-    fn serve(stream: TcpStream, record: &Mutex<Vec<Caught>>, answer: &str) {
+    fn serve(
+        stream: TcpStream,
+        record: &Mutex<Vec<Caught>>,
+        answer: &str,
+        close_after: Option<Duration>,
+    ) {
         let mut reader = BufReader::new(stream);
         loop {
             let mut head = String::new();
@@ -712,6 +723,10 @@ impl Catcher {
             }
             record.lock().unwrap().push(Caught { head, body });
             if reader.get_mut().write_all(answer.as_bytes()).is_err() {
+                return;
+            }
+            if let Some(linger) = close_after {
+                std::thread::sleep(linger);
                 return;
             }
         }

@@ -1,0 +1,367 @@
+//! The TCP socket under ureq, costing one write and one read per batch once it is up.
+//!
+//! ureq's own TCP transport is built for any caller; per request it sets SO_SNDTIMEO
+//! and SO_RCVTIMEO again from the shrinking global timeout, probes a pooled connection
+//! with four FIONBIO ioctls around a read (twice: when it is pooled and when it is
+//! taken out), and sends the request head and the body in two writes. That is nine
+//! system calls per batch beyond the write and the read the POST needs. This one:
+//!
+//! - sets a socket timeout only when the one already set could let a read or write run
+//!   more than `SLACK` past its deadline, and on a timeout before the deadline sets the
+//!   time left and tries again: on a steady connection the timeouts are set once;
+//! - probes a connection only when it is taken out of the pool, with one
+//!   `recv(MSG_PEEK | MSG_DONTWAIT)`; as it goes back, right after an answer was read
+//!   to its end, the next probe would see the same things;
+//! - holds what ureq transmits (the head, the body, TLS records) until it waits for
+//!   the answer or `COALESCE_LIMIT` bytes are held, and sends it in one write.
+//!
+//! TLS, CONNECT proxies and the absolute-form rewrite chain onto it as onto ureq's.
+
+use std::io::{self, IoSlice, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::os::fd::AsRawFd;
+use std::sync::{Arc, Weak};
+use std::time::{Duration, Instant};
+
+use ureq::Timeout;
+use ureq::unversioned::transport::{
+    Buffers, ConnectionDetails, Connector, Either, LazyBuffers, NextTimeout, ShutdownHandle,
+    Transport,
+};
+
+/// How far past its deadline a read or write may run before shortening the socket's
+/// timeout is worth a system call.
+const SLACK: Duration = Duration::from_millis(100);
+
+/// Output held for one write up to this size; beyond it, what is held goes out with
+/// the next piece in one vectored write.
+const COALESCE_LIMIT: usize = 16 * 1024;
+
+/// Opens the TCP connection; the next connectors (TLS, the proxy rewrite) wrap it.
+#[derive(Debug, Default)]
+pub struct LeanTcpConnector;
+
+impl<In: Transport> Connector<In> for LeanTcpConnector {
+    type Out = Either<In, LeanTcpTransport>;
+
+    fn connect(
+        &self,
+        details: &ConnectionDetails,
+        chained: Option<In>,
+    ) -> Result<Option<Self::Out>, ureq::Error> {
+        // A CONNECT tunnel (already open to the proxy) takes the place of ours.
+        if let Some(tunnel) = chained {
+            return Ok(Some(Either::A(tunnel)));
+        }
+        let remaining = limit(details.timeout);
+        let stream = connect_first(&details.addrs, remaining, details.timeout.reason)?;
+        if details.config.no_delay() {
+            stream.set_nodelay(true)?;
+        }
+        let transport = LeanTcpTransport::new(
+            stream,
+            LazyBuffers::new(
+                details.config.input_buffer_size(),
+                details.config.output_buffer_size(),
+            ),
+        );
+        (details.register_shutdown)(Arc::downgrade(&transport.stream) as Weak<dyn ShutdownHandle>)?;
+        Ok(Some(Either::B(transport)))
+    }
+}
+
+/// The remaining time of a ureq timeout; `None`: no deadline.
+fn limit(timeout: NextTimeout) -> Option<Duration> {
+    if timeout.after.is_not_happening() {
+        None
+    } else {
+        Some(*timeout.after)
+    }
+}
+
+/// Connects to the first address that answers, giving each but the last half the
+/// time left, so a dead first address leaves time for the next.
+fn connect_first(
+    addrs: &[SocketAddr],
+    remaining: Option<Duration>,
+    reason: Timeout,
+) -> Result<TcpStream, ureq::Error> {
+    let deadline = remaining.map(|r| Instant::now() + r);
+    let mut last = None;
+    for (i, addr) in addrs.iter().enumerate() {
+        let left = deadline.map(|d| d.saturating_duration_since(Instant::now()));
+        if left.is_some_and(|l| l.is_zero()) {
+            return Err(ureq::Error::Timeout(reason));
+        }
+        let budget = match left {
+            Some(l) if i + 1 < addrs.len() => Some((l / 2).max(Duration::from_millis(10))),
+            other => other,
+        };
+        let attempt = match budget {
+            Some(b) => TcpStream::connect_timeout(addr, b),
+            None => TcpStream::connect(addr),
+        };
+        match attempt {
+            Ok(stream) => return Ok(stream),
+            Err(e) if worth_the_next_address(&e) => last = Some(e),
+            Err(e) => return Err(e.into()),
+        }
+    }
+    match last {
+        Some(e) if e.kind() == io::ErrorKind::TimedOut => {
+            Err(ureq::Error::Timeout(Timeout::Connect))
+        }
+        Some(e) => Err(e.into()),
+        None => Err(ureq::Error::Io(io::Error::new(
+            io::ErrorKind::ConnectionRefused,
+            "no address to connect to",
+        ))),
+    }
+}
+
+/// Failures that concern one address only: another may still answer.
+fn worth_the_next_address(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::ConnectionRefused
+            | io::ErrorKind::HostUnreachable
+            | io::ErrorKind::NetworkUnreachable
+            | io::ErrorKind::NetworkDown
+            | io::ErrorKind::AddrNotAvailable
+            | io::ErrorKind::TimedOut
+    )
+}
+
+/// One socket's timeout as last set, so it is set again only when it must be.
+#[derive(Debug, Default, Clone, Copy)]
+struct SocketTimeout {
+    set: Option<Duration>,
+}
+
+impl SocketTimeout {
+    /// Whether an operation with `remaining` time left needs a new timeout first:
+    /// none is set (it could block forever), or the one set could run more than
+    /// `SLACK` past the deadline. A shorter one is fine: its expiry before the
+    /// deadline is retried with the time left.
+    fn needs(self, remaining: Option<Duration>) -> Option<Duration> {
+        let remaining = remaining?;
+        match self.set {
+            Some(set) if set <= remaining + SLACK => None,
+            _ => Some(remaining.max(Duration::from_millis(1))),
+        }
+    }
+}
+
+/// Which of the socket's two timeouts an operation uses.
+#[derive(Debug, Clone, Copy)]
+enum Direction {
+    Read,
+    Write,
+}
+
+#[derive(Debug)]
+pub struct LeanTcpTransport {
+    /// Shared (weakly) with the agent's shutdown handle.
+    stream: Arc<TcpStream>,
+    buffers: LazyBuffers,
+    read_timeout: SocketTimeout,
+    write_timeout: SocketTimeout,
+    /// Output transmitted by ureq and not yet written (see `COALESCE_LIMIT`).
+    held: Vec<u8>,
+    /// An answer was read since the last probe: the connection is going back to the
+    /// pool, and the probe when it is taken out will tell all there is to tell.
+    read_since_probe: bool,
+}
+
+impl LeanTcpTransport {
+    fn new(stream: TcpStream, buffers: LazyBuffers) -> LeanTcpTransport {
+        LeanTcpTransport {
+            stream: Arc::new(stream),
+            buffers,
+            read_timeout: SocketTimeout::default(),
+            write_timeout: SocketTimeout::default(),
+            held: Vec::new(),
+            read_since_probe: false,
+        }
+    }
+
+    /// Sets the socket's timeout for `direction` if `remaining` calls for it.
+    fn prepare(&mut self, direction: Direction, remaining: Option<Duration>) -> io::Result<()> {
+        let slot = match direction {
+            Direction::Read => &mut self.read_timeout,
+            Direction::Write => &mut self.write_timeout,
+        };
+        if let Some(timeout) = slot.needs(remaining) {
+            match direction {
+                Direction::Read => self.stream.set_read_timeout(Some(timeout))?,
+                Direction::Write => self.stream.set_write_timeout(Some(timeout))?,
+            }
+            slot.set = Some(timeout);
+        }
+        Ok(())
+    }
+
+    /// After a socket timeout or a signal: whether to try again, the socket's timeout
+    /// set to the time left first. False once the deadline has passed.
+    fn try_again(&mut self, direction: Direction, deadline: Option<Instant>) -> io::Result<bool> {
+        let left = match deadline {
+            Some(deadline) => deadline.saturating_duration_since(Instant::now()),
+            // No deadline, yet a timeout fired: one set for an earlier request.
+            None => Duration::ZERO,
+        };
+        if deadline.is_some() && left.is_zero() {
+            return Ok(false);
+        }
+        let timeout = deadline.map(|_| left);
+        match direction {
+            Direction::Read => {
+                self.stream.set_read_timeout(timeout)?;
+                self.read_timeout.set = timeout;
+            }
+            Direction::Write => {
+                self.stream.set_write_timeout(timeout)?;
+                self.write_timeout.set = timeout;
+            }
+        }
+        Ok(true)
+    }
+
+    /// Writes what is held and then `more`, all of it, in as few writes as the socket
+    /// takes, by the deadline of `timeout`.
+    fn write_out(&mut self, more: Range, timeout: NextTimeout) -> Result<(), ureq::Error> {
+        let timeout = timeout.for_write();
+        if timeout.after.is_zero() {
+            return Err(ureq::Error::Timeout(timeout.reason));
+        }
+        let remaining = limit(timeout);
+        let deadline = remaining.map(|r| Instant::now() + r);
+        self.prepare(Direction::Write, remaining)?;
+        let mut held = std::mem::take(&mut self.held);
+        let result = self.write_pieces(&held, more, deadline, timeout.reason);
+        held.clear();
+        self.held = held;
+        result
+    }
+
+    fn write_pieces(
+        &mut self,
+        held: &[u8],
+        more: Range,
+        deadline: Option<Instant>,
+        reason: Timeout,
+    ) -> Result<(), ureq::Error> {
+        let mut sent = 0;
+        loop {
+            let more_bytes = &self.buffers.output()[more.0..more.1];
+            let total = held.len() + more_bytes.len();
+            if sent >= total {
+                return Ok(());
+            }
+            let result = if sent < held.len() {
+                (&*self.stream)
+                    .write_vectored(&[IoSlice::new(&held[sent..]), IoSlice::new(more_bytes)])
+            } else {
+                (&*self.stream).write(&more_bytes[sent - held.len()..])
+            };
+            match result {
+                Ok(0) => return Err(io::Error::from(io::ErrorKind::WriteZero).into()),
+                Ok(n) => sent += n,
+                Err(e) if interrupted_or_timed_out(&e) => {
+                    if !self.try_again(Direction::Write, deadline)? {
+                        return Err(ureq::Error::Timeout(reason));
+                    }
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+}
+
+/// A range of ureq's output buffer.
+#[derive(Debug, Clone, Copy)]
+struct Range(usize, usize);
+
+/// A socket timeout expiring (EAGAIN with SO_RCVTIMEO/SO_SNDTIMEO) or a signal.
+fn interrupted_or_timed_out(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut | io::ErrorKind::Interrupted
+    )
+}
+
+impl Transport for LeanTcpTransport {
+    fn buffers(&mut self) -> &mut dyn Buffers {
+        &mut self.buffers
+    }
+
+    fn transmit_output(&mut self, amount: usize, timeout: NextTimeout) -> Result<(), ureq::Error> {
+        let output = self
+            .buffers
+            .output()
+            .get(..amount)
+            .ok_or_else(|| io::Error::other("output past the buffer"))?;
+        if self.held.len() + output.len() <= COALESCE_LIMIT {
+            self.held.extend_from_slice(output);
+            return Ok(());
+        }
+        self.write_out(Range(0, amount), timeout)
+    }
+
+    fn await_input(&mut self, timeout: NextTimeout) -> Result<bool, ureq::Error> {
+        if !self.held.is_empty() {
+            self.write_out(Range(0, 0), timeout)?;
+        }
+        let timeout = timeout.for_read();
+        if timeout.after.is_zero() {
+            return Err(ureq::Error::Timeout(timeout.reason));
+        }
+        let remaining = limit(timeout);
+        let deadline = remaining.map(|r| Instant::now() + r);
+        self.prepare(Direction::Read, remaining)?;
+        let stream = Arc::clone(&self.stream);
+        let amount = loop {
+            match (&*stream).read(self.buffers.input_append_buf()) {
+                Ok(n) => break n,
+                Err(e) if interrupted_or_timed_out(&e) => {
+                    if !self.try_again(Direction::Read, deadline)? {
+                        return Err(ureq::Error::Timeout(timeout.reason));
+                    }
+                }
+                Err(e) => return Err(e.into()),
+            }
+        };
+        self.buffers.input_appended(amount);
+        self.read_since_probe = true;
+        Ok(amount > 0)
+    }
+
+    fn is_open(&mut self) -> bool {
+        if std::mem::take(&mut self.read_since_probe) {
+            return true;
+        }
+        crate::os::idle_connection_usable(self.stream.as_raw_fd())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_timeout_is_set_only_when_the_deadline_could_be_overrun() {
+        let ms = Duration::from_millis;
+        let unset = SocketTimeout::default();
+        assert_eq!(unset.needs(Some(ms(5000))), Some(ms(5000)));
+        assert_eq!(unset.needs(None), None);
+        let set = SocketTimeout {
+            set: Some(ms(5000)),
+        };
+        // The next request, or the same one a little later: left alone.
+        assert_eq!(set.needs(Some(ms(5000))), None);
+        assert_eq!(set.needs(Some(ms(4950))), None);
+        assert_eq!(set.needs(Some(ms(9000))), None);
+        // Close to the deadline the timeout must come down.
+        assert_eq!(set.needs(Some(ms(4800))), Some(ms(4800)));
+        assert_eq!(set.needs(Some(Duration::ZERO)), Some(ms(1)));
+    }
+}

@@ -1,0 +1,141 @@
+//! What one POST costs and what it survives: on a kept-alive connection a batch is one
+//! write and one read (plus one peek to see the connection is still good), with no
+//! socket option or mode changed; and an endpoint that closes idle connections, or
+//! says more than it was asked, costs a new connection, never a failed attempt.
+
+mod common;
+
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::*;
+
+/// The worker thread's id: the thread named "forwarder".
+fn worker_tid(pid: u32) -> String {
+    std::fs::read_dir(format!("/proc/{pid}/task"))
+        .expect("/proc/PID/task")
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .find(|tid| {
+            std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/comm"))
+                .is_ok_and(|c| c.trim() == "forwarder")
+        })
+        .expect("a thread named forwarder")
+}
+
+fn calls_named(trace: &str, name: &str) -> Vec<String> {
+    trace
+        .lines()
+        .filter(|l| l.starts_with(&format!("{name}(")))
+        .map(str::to_owned)
+        .collect()
+}
+
+#[test]
+fn a_batch_is_one_write_and_one_read_once_the_connection_is_up() {
+    if Command::new("strace").arg("-V").output().is_err() {
+        assert!(!in_ci(), "strace is missing; .ci/run installs it");
+        eprintln!("skipped: strace is not installed");
+        return;
+    }
+    let sink = Sink::start(&[]);
+    let fwd = Forwarder::to(&sink, &["--batch-size", "2", "--post-timeout", "5s"]);
+    // The first batch opens the connection and sets it up.
+    for n in 1..=2 {
+        assert_eq!(fwd.post(&record(n)).status, 201);
+    }
+    sink.wait_batches(1, SOON);
+    let trace = temp_path("post-cycle.trace");
+    let mut strace = Command::new("strace")
+        .args(["-qq", "-e", "trace=%network,ioctl,fcntl,write,writev", "-o"])
+        .arg(&trace)
+        .args(["-p", &worker_tid(fwd.proc.pid())])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("strace");
+    let deadline = Instant::now() + SOON;
+    while !trace.exists() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    const BATCHES: usize = 20;
+    for n in 3..=(2 + 2 * BATCHES as u64) {
+        assert_eq!(fwd.post(&record(n)).status, 201);
+    }
+    let batches = sink.wait_batches(1 + BATCHES, SOON);
+    assert!(
+        batches
+            .iter()
+            .all(|b| b.status == 200 && b.records.len() == 2)
+    );
+    // The worker has read the last answer once the loop counts the batch delivered.
+    let deadline = Instant::now() + SOON;
+    while metric(fwd.addr, "webhook_records_forwarded_total") < (2 + 2 * BATCHES) as f64 {
+        assert!(Instant::now() < deadline, "the last batch never came back");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    std::thread::sleep(Duration::from_millis(100));
+    let _ = strace.kill();
+    let _ = strace.wait();
+    let calls = std::fs::read_to_string(&trace).unwrap_or_default();
+    for name in ["setsockopt", "ioctl", "fcntl", "connect", "socket"] {
+        assert_eq!(
+            calls_named(&calls, name),
+            Vec::<String>::new(),
+            "{name} on a kept-alive connection:\n{calls}"
+        );
+    }
+    let sends = [
+        calls_named(&calls, "sendto"),
+        calls_named(&calls, "writev"),
+        calls_named(&calls, "sendmsg"),
+    ]
+    .concat();
+    assert_eq!(sends.len(), BATCHES, "one write per batch:\n{calls}");
+    let (peeks, reads): (Vec<_>, Vec<_>) = calls_named(&calls, "recvfrom")
+        .into_iter()
+        .partition(|c| c.contains("MSG_PEEK"));
+    assert_eq!(peeks.len(), BATCHES, "one peek per batch:\n{calls}");
+    assert_eq!(reads.len(), BATCHES, "one read per batch:\n{calls}");
+}
+
+#[test]
+fn an_endpoint_that_drops_idle_connections_costs_no_failed_attempt() {
+    // Closes each connection 50 ms after answering, without `Connection: close`.
+    let closing = Catcher::start_closing(ANSWER_200, Some(Duration::from_millis(50)));
+    // Says more than it was asked: bytes after the answer.
+    let chatty = Catcher::start("HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\nHTTP/1.1 200 OK\r\n");
+    for catcher in [&closing, &chatty] {
+        let fwd = Forwarder::start(
+            &[
+                "--post-endpoint",
+                &catcher.url("/in"),
+                "--batch-size",
+                "1",
+                "--retry-wait",
+                "5s",
+            ],
+            &[],
+        );
+        for n in 1..=3u64 {
+            assert_eq!(fwd.post(&record(n)).status, 201);
+            catcher.wait_requests(n as usize, SOON);
+            let deadline = Instant::now() + SOON;
+            while metric(fwd.addr, "webhook_records_forwarded_total") < n as f64 {
+                assert!(Instant::now() < deadline, "batch {n} never came back");
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            // Long enough for the closing endpoint to have closed it.
+            std::thread::sleep(Duration::from_millis(150));
+        }
+        assert_eq!(catcher.connections(), 3, "a new connection for each batch");
+        assert_eq!(
+            fwd.proc.count("batch post failed"),
+            0,
+            "{}",
+            fwd.proc.text()
+        );
+        assert_eq!(fwd.proc.count("attempt=1"), 3, "{}", fwd.proc.text());
+    }
+}
