@@ -216,12 +216,8 @@ fn json_logs_carry_the_same_keys() {
     assert_eq!(v["msg"], "batch sent");
     assert_eq!(v["batch_size"], 1);
     assert_eq!(v["status"], 200);
-    let request = fwd
-        .proc
-        .lines()
-        .into_iter()
-        .find(|l| l.text.contains("\"msg\":\"request\""))
-        .unwrap();
+    // The loop writes its own lines, on its own schedule: wait for the request's.
+    let request = fwd.proc.wait_line("\"msg\":\"request\"", SOON);
     let v: serde_json::Value = serde_json::from_str(&request.text).unwrap();
     assert_eq!(
         (

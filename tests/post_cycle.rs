@@ -130,6 +130,12 @@ fn an_endpoint_that_drops_idle_connections_costs_no_failed_attempt() {
             std::thread::sleep(Duration::from_millis(150));
         }
         assert_eq!(catcher.connections(), 3, "a new connection for each batch");
+        // The worker writes its log lines on its own schedule: wait for the third.
+        let deadline = Instant::now() + SOON;
+        while fwd.proc.count("msg=\"batch sent\"") < 3 {
+            assert!(Instant::now() < deadline, "{}", fwd.proc.text());
+            std::thread::sleep(Duration::from_millis(10));
+        }
         assert_eq!(
             fwd.proc.count("batch post failed"),
             0,

@@ -29,6 +29,12 @@ use ureq::unversioned::transport::Connector;
 /// The serialized-batch buffer is kept between batches up to this size.
 const MAX_KEPT_BODY: usize = 1024 * 1024;
 
+/// The endpoint's answer is read through this much buffer; its head may take half.
+const ANSWER_BUFFER: usize = 32 * 1024;
+
+/// Request head and body go out through this much buffer at a time.
+const REQUEST_BUFFER: usize = 32 * 1024;
+
 /// Retries after the first attempt fails.
 pub const RETRIES: u32 = 3;
 
@@ -210,6 +216,12 @@ impl Poster {
             .max_redirects(0)
             .user_agent(concat!("webhook-forwarder/", env!("CARGO_PKG_VERSION")))
             .max_idle_connections_per_host(1)
+            // ureq's 128 KiB buffers are zero-filled when first used: 256 KiB of
+            // resident memory for one connection whose answer is a few hundred
+            // bytes. A body larger than the output buffer goes out in pieces.
+            .input_buffer_size(ANSWER_BUFFER)
+            .max_response_header_size(ANSWER_BUFFER / 2)
+            .output_buffer_size(REQUEST_BUFFER)
             .proxy(if absolute.is_some() { None } else { proxy });
         // Always our own list: ureq's built-in one is compiled out, which keeps a second
         // copy of the same roots out of the binary.
