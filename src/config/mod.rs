@@ -509,6 +509,23 @@ mod tests {
     }
 
     #[test]
+    fn a_content_encoding_of_ones_own_cannot_ride_on_gzip() {
+        let err = invalid(
+            &[
+                EP,
+                "--post-compression",
+                "gzip",
+                "--post-header",
+                "content-encoding: br",
+            ],
+            &[],
+        );
+        assert!(err.contains("Content-Encoding"), "{err}");
+        // Without compression the operator's encoding is theirs to declare.
+        assert!(load_with(&[EP, "--post-header", "Content-Encoding: br"], &[]).is_ok());
+    }
+
+    #[test]
     fn a_socks_proxy_stops_the_start_rather_than_every_post() {
         let err = invalid(&[EP], &[("ALL_PROXY", "socks5://user:hunter2@proxy:1080")]);
         assert!(err.contains("SOCKS") && !err.contains("hunter2"), "{err}");

@@ -92,6 +92,15 @@ pub fn load<F: Fn(&str) -> Option<String>>(
             })
             .collect::<Result<_, _>>()?
     };
+    if compression == PostCompression::Gzip
+        && headers
+            .iter()
+            .any(|(name, _): &(String, String)| name.eq_ignore_ascii_case("content-encoding"))
+    {
+        return Err(Stop::Invalid(
+            "--post-header Content-Encoding with --post-compression gzip: the forwarder sets it itself; drop one of them".to_owned(),
+        ));
+    }
     let ca_setting = env.given(&flags.ca_file, settings::CA_FILE);
     let extra_roots = match &ca_setting {
         Some(s) => load_pem_certificates(s)?,

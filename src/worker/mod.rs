@@ -24,6 +24,7 @@ use crate::metrics::WorkerStats;
 use crate::record::Record;
 use resolver::CachingResolver;
 use std::sync::atomic::Ordering;
+use ureq::http::{HeaderName, HeaderValue, Uri, header};
 use ureq::unversioned::transport::Connector;
 
 /// The serialized-batch buffer is kept between batches up to this size.
@@ -177,6 +178,9 @@ fn next_job(jobs: &Receiver<Job>) -> Option<Job> {
 /// The worker thread's side: the agent and the reusable body buffer.
 struct Poster {
     settings: Outbound,
+    /// The endpoint and the headers every POST carries, parsed once.
+    endpoint: Uri,
+    headers: Vec<(HeaderName, HeaderValue)>,
     dead_letter: PathBuf,
     agent: ureq::Agent,
     /// The endpoint's address, kept between requests; forgotten when a connection fails.
@@ -252,8 +256,12 @@ impl Poster {
                 (resolver, agent)
             }
         };
+        let endpoint = settings.endpoint.parse().unwrap_or_default();
+        let headers = request_headers(&settings);
         Poster {
             settings,
+            endpoint,
+            headers,
             dead_letter,
             agent,
             resolver,
@@ -447,25 +455,17 @@ impl Poster {
     }
 
     fn post_once(&mut self) -> Attempt {
-        let mut request = self.agent.post(&self.settings.endpoint);
-        // An operator's Content-Type replaces ours rather than going out twice.
-        let own_type = self
-            .settings
-            .headers
-            .iter()
-            .any(|(n, _)| n.eq_ignore_ascii_case("content-type"));
-        if !own_type {
-            request = request.header("Content-Type", "application/json");
-        }
+        let mut request = self.agent.post(self.endpoint.clone());
         let body = match &self.gzip {
             Some(gzip) if self.gzipped => {
-                request = request.header("Content-Encoding", "gzip");
+                request =
+                    request.header(header::CONTENT_ENCODING, HeaderValue::from_static("gzip"));
                 gzip.output()
             }
             _ => &self.body[..],
         };
-        for (name, value) in &self.settings.headers {
-            request = request.header(name, value);
+        for (name, value) in &self.headers {
+            request = request.header(name.clone(), value.clone());
         }
         self.stats.observe_sent(body.len());
         match request.send(body) {
@@ -475,9 +475,11 @@ impl Poster {
                     self.stats.observe_delivery(std::time::SystemTime::now());
                 }
                 // Read the (small) answer so the connection can be reused; into a
-                // stack buffer and away, so a batch costs no allocation here.
+                // small stack buffer and away (std::io::copy would zero 8 KiB per
+                // read), so a batch costs no allocation here.
                 let mut answer = response.body_mut().with_config().limit(64 * 1024).reader();
-                let _ = std::io::copy(&mut answer, &mut std::io::sink());
+                let mut scratch = [0u8; 1024];
+                while matches!(std::io::Read::read(&mut answer, &mut scratch), Ok(n) if n > 0) {}
                 Attempt::Status(status)
             }
             Err(e) => {
@@ -488,6 +490,34 @@ impl Poster {
             }
         }
     }
+}
+
+/// The headers of every POST: ours, then the operator's. An operator's Content-Type
+/// replaces ours rather than going out twice. The settings were checked when read;
+/// a header that does not parse anyway is left out with a warning, not a panic.
+fn request_headers(settings: &Outbound) -> Vec<(HeaderName, HeaderValue)> {
+    let mut headers = Vec::with_capacity(settings.headers.len() + 1);
+    let own_type = settings
+        .headers
+        .iter()
+        .any(|(n, _)| n.eq_ignore_ascii_case("content-type"));
+    if !own_type {
+        headers.push((
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        ));
+    }
+    for (name, value) in &settings.headers {
+        match (
+            HeaderName::from_bytes(name.as_bytes()),
+            HeaderValue::from_str(value),
+        ) {
+            (Ok(name), Ok(value)) => headers.push((name, value)),
+            // The value may be a secret: name the header only.
+            _ => warn!(header = name.as_str(); "a --post-header does not parse; left out"),
+        }
+    }
+    headers
 }
 
 /// Leaves in `batch` only the records not delivered, in order.

@@ -26,8 +26,9 @@ const MAX_ADDRS: usize = 16;
 
 #[derive(Debug, Default)]
 struct Cached {
-    /// `host:port` the addresses are for.
-    key: String,
+    /// The host and port the addresses are for.
+    host: String,
+    port: u16,
     addrs: Vec<SocketAddr>,
     at: Option<Instant>,
 }
@@ -65,27 +66,38 @@ impl CachingResolver {
         self.lookups.load(std::sync::atomic::Ordering::Relaxed)
     }
 
-    fn lookup(&self, host: &str, port: u16, now: Instant) -> Result<Vec<SocketAddr>, ureq::Error> {
+    /// The addresses of `host:port`, from the cache while it is fresh (no allocation
+    /// then: this runs for every POST).
+    fn lookup(
+        &self,
+        host: &str,
+        port: u16,
+        now: Instant,
+        mut out: ResolvedSocketAddrs,
+    ) -> Result<ResolvedSocketAddrs, ureq::Error> {
         let mut cache = self
             .cache
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
         let fresh = cache.at.is_some_and(|at| now.duration_since(at) < TTL);
-        if fresh && cache.key.strip_suffix(&format!(":{port}")) == Some(host) {
-            return Ok(cache.addrs.clone());
+        if !(fresh && cache.port == port && cache.host == host) {
+            self.lookups
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let addrs: Vec<SocketAddr> = (host, port).to_socket_addrs()?.take(MAX_ADDRS).collect();
+            if addrs.is_empty() {
+                return Err(ureq::Error::HostNotFound);
+            }
+            *cache = Cached {
+                host: host.to_owned(),
+                port,
+                addrs,
+                at: Some(now),
+            };
         }
-        self.lookups
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let addrs: Vec<SocketAddr> = (host, port).to_socket_addrs()?.collect();
-        if addrs.is_empty() {
-            return Err(ureq::Error::HostNotFound);
+        for addr in &cache.addrs {
+            out.push(*addr);
         }
-        *cache = Cached {
-            key: format!("{host}:{port}"),
-            addrs: addrs.clone(),
-            at: Some(now),
-        };
-        Ok(addrs)
+        Ok(out)
     }
 }
 
@@ -113,14 +125,7 @@ impl Resolver for CachingResolver {
             out.push(SocketAddr::new(ip, port));
             return Ok(out);
         }
-        for addr in self
-            .lookup(host, port, Instant::now())?
-            .into_iter()
-            .take(MAX_ADDRS)
-        {
-            out.push(addr);
-        }
-        Ok(out)
+        self.lookup(host, port, Instant::now(), out)
     }
 }
 
