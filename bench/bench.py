@@ -44,7 +44,9 @@ BENCH_WARMUP (warm-up run, default 2; 0 skips it), BENCH_NICE (niceness of the
 pinned processes, default 0; e.g. -10 keeps other work on a shared machine from
 stealing CPU 0 and CPU 1 during the runs), BENCH_ONLY (a comma-separated list of the
 sections to run: load, remote, compression, idle, startup, binary, connections, bursts,
-chunks; default all of them; the table shows what ran).
+chunks; default all of them; the table shows what ran), BENCH_ROUNDS (load runs
+repeated that many times, interleaved, each figure the median over the rounds and
+every delivery count summed; default 1).
 """
 
 import datetime
@@ -75,6 +77,9 @@ WARMUP = int(os.environ.get("BENCH_WARMUP", "2"))
 NICE = int(os.environ.get("BENCH_NICE", "0"))  # e.g. -10 on a shared machine; 0: untouched
 SECTIONS = ("load", "remote", "compression", "idle", "startup", "binary", "connections",
             "bursts", "chunks")
+# BENCH_ROUNDS=3: each load run that many times, interleaved with the others, and the
+# median of each figure reported: one run's figures move by 10-15% on a shared VM.
+ROUNDS = max(1, int(os.environ.get("BENCH_ROUNDS", "1")))
 # BENCH_ONLY=load,remote: just those sections, for a quick before/after while working.
 ONLY = [s for s in os.environ.get("BENCH_ONLY", ",".join(SECTIONS)).split(",") if s]
 CONNECTIONS = (64, 8)
@@ -1097,6 +1102,7 @@ def measure(procs):
     os.sched_setaffinity(0, {LOAD_CPU})  # this script (client side) stays off CPU 0
     results = {"machine": machine(), "settings": {
         "seconds": SECONDS, "warmup": WARMUP, "nice": NICE, "connections": list(CONNECTIONS),
+        "rounds": ROUNDS,
         "wrk": f"wrk -t1 -c<N> -d{SECONDS}s --latency -s bench/post.lua (after a {WARMUP} s warm-up)",
         "layout": {"service_cpu": SERVICE_CPU, "load_cpu": LOAD_CPU}}}
     mach = results["machine"]
@@ -1105,7 +1111,8 @@ def measure(procs):
     log(f"CPU layout: service under test (nginx ceiling / webhook-forwarder, all threads) on "
         f"CPU {SERVICE_CPU}; wrk, endpoint nginx and this script on CPU {LOAD_CPU}"
         + (f"; CPUs 2-{mach['cores'] - 1} unused" if mach["cores"] > 2 else ""))
-    log(f"runs: {WARMUP} s warm-up + {SECONDS} s measured, wrk -t1, -c{' and -c'.join(map(str, CONNECTIONS))}")
+    log(f"runs: {WARMUP} s warm-up + {SECONDS} s measured, wrk -t1, -c{' and -c'.join(map(str, CONNECTIONS))}"
+        + (f", {ROUNDS} rounds (medians)" if ROUNDS > 1 else ""))
     unknown = sorted(set(ONLY) - set(SECTIONS))
     if unknown:
         sys.exit(f"bench: unknown BENCH_ONLY section(s) {', '.join(unknown)}; "
@@ -1143,29 +1150,64 @@ def load_section(procs, results):
     results["load"] = {}
     for conns in CONNECTIONS:
         results["load"][str(conns)] = runs = {}
-        for name, label, flags in RUNS:
-            log(f"{label}, -c{conns}")
-            if flags is None:
-                r = ceiling_run(procs, conns)
-            else:
-                r = forwarder_run(procs, f"{name}-c{conns}", flags, conns, record_len)
-            runs[name] = r
-            extra = ""
-            if flags is not None:
-                extra = (f", 201 {r['accepted']} delivered {r['delivered']} in "
-                         f"{r['endpoint']['batches']} batches over "
-                         f"{r['endpoint']['connections']} endpoint connection(s) "
-                         f"(mean POST {r['post_mean_ms'] or 0:.2f} ms), "
-                         f"503 {r['rejected_503']}, exit {r['exit_status']} after "
-                         f"{r['drain_seconds']} s, warn/error log lines "
-                         f"{r['log']['warn_error_lines']}")
-            log(f"  {r['rps']:,.0f} req/s, p99 {r['p99_ms']:.2f} ms, non-2xx {r['non2xx']}, "
-                f"service {r['service_cpu_percent']}% CPU, CPU busy {r['cpu_busy_percent']}"
-                + extra)
-            for line in r.get("log", {}).get("first", []):
-                log(f"  log: {line}")
-            if r.get("endpoint", {}).get("unparsed_count"):
-                log(f"  endpoint lines not a whole number of records: {r['endpoint']['unparsed']}")
+        rounds = {name: [] for name, _, _ in RUNS}
+        for round_no in range(ROUNDS):
+            for name, label, flags in RUNS:
+                log(f"{label}, -c{conns}" + (f", round {round_no + 1} of {ROUNDS}" if ROUNDS > 1 else ""))
+                if flags is None:
+                    r = ceiling_run(procs, conns)
+                else:
+                    r = forwarder_run(procs, f"{name}-c{conns}", flags, conns, record_len)
+                rounds[name].append(r)
+                load_run_line(r, flags)
+        for name, _, _ in RUNS:
+            runs[name] = median_run(rounds[name])
+
+
+# Figures taken as the median over rounds; counts that must hold in every round are summed.
+MEDIAN_KEYS = ("rps", "ok_per_s", "p50_ms", "p99_ms", "cpu_us_per_req", "cpu_us_per_batch",
+               "peak_rss_kib", "post_mean_ms", "service_cpu_percent")
+SUMMED_KEYS = ("non2xx", "socket_errors", "lost", "rejected_503", "accepted", "delivered")
+
+
+def median_run(runs):
+    """One run's record standing for all rounds (see MEDIAN_KEYS and SUMMED_KEYS)."""
+    if len(runs) == 1:
+        return runs[0]
+    by_rps = sorted(runs, key=lambda r: r["rps"])
+    out = dict(by_rps[len(by_rps) // 2])
+    for key in MEDIAN_KEYS:
+        values = [r[key] for r in runs if r.get(key) is not None]
+        if values:
+            out[key] = statistics.median(values)
+    for key in SUMMED_KEYS:
+        if all(key in r for r in runs):
+            out[key] = sum(r[key] for r in runs)
+    if all("exit_status" in r for r in runs):
+        out["exit_status"] = next((r["exit_status"] for r in runs if r["exit_status"] != 0), 0)
+    out["rounds"] = [{k: r.get(k) for k in ("rps", "cpu_us_per_req", "p99_ms", "non2xx", "lost")}
+                     for r in runs]
+    return out
+
+
+def load_run_line(r, flags):
+    """The log line for one load run as it ends."""
+    extra = ""
+    if flags is not None:
+        extra = (f", 201 {r['accepted']} delivered {r['delivered']} in "
+                 f"{r['endpoint']['batches']} batches over "
+                 f"{r['endpoint']['connections']} endpoint connection(s) "
+                 f"(mean POST {r['post_mean_ms'] or 0:.2f} ms), "
+                 f"503 {r['rejected_503']}, exit {r['exit_status']} after "
+                 f"{r['drain_seconds']} s, warn/error log lines "
+                 f"{r['log']['warn_error_lines']}")
+    log(f"  {r['rps']:,.0f} req/s, p99 {r['p99_ms']:.2f} ms, non-2xx {r['non2xx']}, "
+        f"service {r['service_cpu_percent']}% CPU, CPU busy {r['cpu_busy_percent']}"
+        + extra)
+    for line in r.get("log", {}).get("first", []):
+        log(f"  log: {line}")
+    if r.get("endpoint", {}).get("unparsed_count"):
+        log(f"  endpoint lines not a whole number of records: {r['endpoint']['unparsed']}")
 
 
 def remote_section(procs, results):

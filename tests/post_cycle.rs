@@ -145,3 +145,59 @@ fn an_endpoint_that_drops_idle_connections_costs_no_failed_attempt() {
         assert_eq!(fwd.proc.count("attempt=1"), 3, "{}", fwd.proc.text());
     }
 }
+
+#[test]
+fn an_endpoint_that_never_reads_or_answers_costs_the_post_timeout_not_more() {
+    // Accepts, then neither reads nor answers: a large batch blocks in the write,
+    // a small one in the read; each attempt must end at --post-timeout.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for stream in listener.incoming().flatten() {
+            held.push(stream);
+        }
+    });
+    let endpoint = format!("http://{addr}/in");
+    for (label, title_len) in [("write", 900_000), ("read", 10)] {
+        let mut fwd = Forwarder::start(
+            &[
+                "--post-endpoint",
+                &endpoint,
+                "--batch-size",
+                "3",
+                "--post-timeout",
+                "400ms",
+                "--retry-wait",
+                "10ms",
+            ],
+            &[],
+        );
+        let title = "t".repeat(title_len);
+        let started = Instant::now();
+        for n in 1..=3 {
+            let body = format!(r#"{{"user_id": {n}, "title": "{title}"}}"#);
+            assert_eq!(fwd.post(&body).status, 201, "{label}");
+        }
+        let status = fwd.proc.wait_exit(SOON);
+        let took = started.elapsed();
+        assert_eq!(status.code(), Some(3), "{label}: {}", fwd.proc.text());
+        let failures = fwd
+            .proc
+            .lines()
+            .into_iter()
+            .filter(|l| l.text.contains("batch post failed"))
+            .collect::<Vec<_>>();
+        assert_eq!(failures.len(), 4, "{label}: {}", fwd.proc.text());
+        assert!(
+            failures.iter().all(|l| l.text.contains("imeout")),
+            "{label}: {}",
+            fwd.proc.text()
+        );
+        // Four attempts of 400 ms, each allowed its 100 ms of slack, and the waits.
+        assert!(
+            took >= Duration::from_millis(1600) && took < Duration::from_millis(4000),
+            "{label}: {took:?}"
+        );
+    }
+}
