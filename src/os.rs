@@ -209,6 +209,24 @@ pub fn idle_connection_usable(fd: std::os::fd::RawFd) -> bool {
     n < 0 && io::Error::last_os_error().kind() == io::ErrorKind::WouldBlock
 }
 
+/// Shrinks a socket's send and receive buffers, so that a test can fill them with a
+/// few kilobytes instead of megabytes.
+#[cfg(test)]
+pub fn shrink_socket_buffers(fd: std::os::fd::RawFd, bytes: i32) {
+    for option in [libc::SO_SNDBUF, libc::SO_RCVBUF] {
+        // SAFETY: setsockopt(2) reads an int that outlives the call.
+        unsafe {
+            libc::setsockopt(
+                fd,
+                libc::SOL_SOCKET,
+                option,
+                (&bytes as *const i32).cast(),
+                std::mem::size_of::<i32>() as libc::socklen_t,
+            );
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

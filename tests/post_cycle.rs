@@ -201,3 +201,23 @@ fn an_endpoint_that_never_reads_or_answers_costs_the_post_timeout_not_more() {
         );
     }
 }
+
+#[test]
+fn an_answer_with_a_large_head_is_still_an_answer() {
+    // 20 KiB of headers: within ureq's usual 64 KiB limit, which the forwarder keeps
+    // (refusing it would fail, and so repeat, a batch the endpoint took).
+    let answer = format!(
+        "HTTP/1.1 201 Created\r\nX-Padding: {}\r\nContent-Length: 0\r\n\r\n",
+        "p".repeat(20 * 1024)
+    );
+    let catcher = Catcher::start(&answer);
+    let fwd = Forwarder::start(
+        &["--post-endpoint", &catcher.url("/in"), "--batch-size", "1"],
+        &[],
+    );
+    assert_eq!(fwd.post(&record(1)).status, 201);
+    let sent = fwd.proc.wait_line("msg=\"batch sent\"", SOON).text;
+    assert_eq!(field(&sent, "status"), "201");
+    assert_eq!(field(&sent, "attempt"), "1");
+    assert_eq!(catcher.caught().len(), 1, "sent once");
+}

@@ -184,6 +184,9 @@ fn is_reserved_header(name: &str) -> bool {
         "te",
         "upgrade",
         "trailer",
+        // 100-continue makes the client wait between head and body, and an endpoint
+        // may answer before the body: the batch would count as sent without it.
+        "expect",
     ];
     let lower = name.to_ascii_lowercase();
     RESERVED.contains(&lower.as_str()) || lower.starts_with("proxy-")
@@ -561,6 +564,7 @@ mod tests {
             "TE",
             "Upgrade",
             "Trailer",
+            "Expect",
             "Proxy-Authorization",
             "proxy-connection",
         ] {

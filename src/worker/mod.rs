@@ -30,8 +30,8 @@ use ureq::unversioned::transport::Connector;
 /// The serialized-batch buffer is kept between batches up to this size.
 const MAX_KEPT_BODY: usize = 1024 * 1024;
 
-/// The endpoint's answer is read through this much buffer; its head may take half.
-const ANSWER_BUFFER: usize = 32 * 1024;
+/// The endpoint's answer is read through this much buffer, and its head must fit.
+const ANSWER_BUFFER: usize = 64 * 1024;
 
 /// Request head and body go out through this much buffer at a time.
 const REQUEST_BUFFER: usize = 32 * 1024;
@@ -222,9 +222,11 @@ impl Poster {
             .max_idle_connections_per_host(1)
             // ureq's 128 KiB buffers are zero-filled when first used: 256 KiB of
             // resident memory for one connection whose answer is a few hundred
-            // bytes. A body larger than the output buffer goes out in pieces.
+            // bytes. An answer's head may still take ureq's usual 64 KiB (refusing
+            // a larger one would fail, and so repeat, batches the endpoint took);
+            // a body larger than the output buffer goes out in pieces.
             .input_buffer_size(ANSWER_BUFFER)
-            .max_response_header_size(ANSWER_BUFFER / 2)
+            .max_response_header_size(ANSWER_BUFFER)
             .output_buffer_size(REQUEST_BUFFER)
             .proxy(if absolute.is_some() { None } else { proxy });
         // Always our own list: ureq's built-in one is compiled out, which keeps a second

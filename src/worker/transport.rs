@@ -13,7 +13,10 @@
 //!   `recv(MSG_PEEK | MSG_DONTWAIT)`; as it goes back, right after an answer was read
 //!   to its end, the next probe would see the same things;
 //! - holds what ureq transmits (the head, the body, TLS records) until it waits for
-//!   the answer or `COALESCE_LIMIT` bytes are held, and sends it in one write.
+//!   the answer or `COALESCE_LIMIT` bytes are held, and sends it in one write. The
+//!   time that takes counts against the wait for the answer, a peer that takes a
+//!   little at a time cannot stretch a write past its deadline, and a connection
+//!   with anything still held is never used again.
 //!
 //! TLS, CONNECT proxies and the absolute-form rewrite chain onto it as onto ureq's.
 
@@ -76,6 +79,22 @@ fn limit(timeout: NextTimeout) -> Option<Duration> {
         None
     } else {
         Some(*timeout.after)
+    }
+}
+
+/// When a ureq timeout computed at `start` runs out; `None`: never.
+fn deadline(timeout: NextTimeout, start: Instant) -> Option<Instant> {
+    limit(timeout).and_then(|r| start.checked_add(r))
+}
+
+/// The time left until `deadline`, or the timeout error once none is left.
+fn time_left(deadline: Option<Instant>, reason: Timeout) -> Result<Option<Duration>, ureq::Error> {
+    match deadline {
+        None => Ok(None),
+        Some(d) => match d.checked_duration_since(Instant::now()) {
+            Some(left) if !left.is_zero() => Ok(Some(left)),
+            _ => Err(ureq::Error::Timeout(reason)),
+        },
     }
 }
 
@@ -227,15 +246,17 @@ impl LeanTcpTransport {
     }
 
     /// Writes what is held and then `more`, all of it, in as few writes as the socket
-    /// takes, by the deadline of `timeout`.
-    fn write_out(&mut self, more: Range, timeout: NextTimeout) -> Result<(), ureq::Error> {
+    /// takes, by the deadline of `timeout` as computed at `start`.
+    fn write_out(
+        &mut self,
+        more: Range,
+        timeout: NextTimeout,
+        start: Instant,
+    ) -> Result<(), ureq::Error> {
         let timeout = timeout.for_write();
-        if timeout.after.is_zero() {
-            return Err(ureq::Error::Timeout(timeout.reason));
-        }
-        let remaining = limit(timeout);
-        let deadline = remaining.map(|r| Instant::now() + r);
-        self.prepare(Direction::Write, remaining)?;
+        let deadline = deadline(timeout, start);
+        let left = time_left(deadline, timeout.reason)?;
+        self.prepare(Direction::Write, left)?;
         let mut held = std::mem::take(&mut self.held);
         let result = self.write_pieces(&held, more, deadline, timeout.reason);
         held.clear();
@@ -265,7 +286,15 @@ impl LeanTcpTransport {
             };
             match result {
                 Ok(0) => return Err(io::Error::from(io::ErrorKind::WriteZero).into()),
-                Ok(n) => sent += n,
+                Ok(n) => {
+                    sent += n;
+                    // A peer that takes a little at a time keeps each write short of
+                    // the socket's timeout: the deadline is checked between writes.
+                    if sent < total {
+                        let left = time_left(deadline, reason)?;
+                        self.prepare(Direction::Write, left)?;
+                    }
+                }
                 Err(e) if interrupted_or_timed_out(&e) => {
                     if !self.try_again(Direction::Write, deadline)? {
                         return Err(ureq::Error::Timeout(reason));
@@ -304,20 +333,20 @@ impl Transport for LeanTcpTransport {
             self.held.extend_from_slice(output);
             return Ok(());
         }
-        self.write_out(Range(0, amount), timeout)
+        self.write_out(Range(0, amount), timeout, Instant::now())
     }
 
     fn await_input(&mut self, timeout: NextTimeout) -> Result<bool, ureq::Error> {
+        // The time spent sending what is held counts against the read's deadline:
+        // both come out of the one timeout ureq computed before this call.
+        let start = Instant::now();
         if !self.held.is_empty() {
-            self.write_out(Range(0, 0), timeout)?;
+            self.write_out(Range(0, 0), timeout, start)?;
         }
         let timeout = timeout.for_read();
-        if timeout.after.is_zero() {
-            return Err(ureq::Error::Timeout(timeout.reason));
-        }
-        let remaining = limit(timeout);
-        let deadline = remaining.map(|r| Instant::now() + r);
-        self.prepare(Direction::Read, remaining)?;
+        let deadline = deadline(timeout, start);
+        let left = time_left(deadline, timeout.reason)?;
+        self.prepare(Direction::Read, left)?;
         let stream = Arc::clone(&self.stream);
         let amount = loop {
             match (&*stream).read(self.buffers.input_append_buf()) {
@@ -336,6 +365,11 @@ impl Transport for LeanTcpTransport {
     }
 
     fn is_open(&mut self) -> bool {
+        // Bytes ureq handed over and never saw sent would go out ahead of the next
+        // request: such a connection is not used again.
+        if !self.held.is_empty() {
+            return false;
+        }
         if std::mem::take(&mut self.read_since_probe) {
             return true;
         }
@@ -346,6 +380,73 @@ impl Transport for LeanTcpTransport {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::net::TcpListener;
+
+    fn within(after: Duration) -> NextTimeout {
+        NextTimeout {
+            after: after.into(),
+            reason: Timeout::Global,
+            per_read: None,
+            per_write: None,
+        }
+    }
+
+    /// A transport to a peer that waits `pause`, then reads 1 KiB every `pace` and
+    /// never answers, with socket buffers of a few KiB on both sides, so that writes
+    /// block almost at once.
+    fn to_a_slow_reader(output: usize, pause: Duration, pace: Duration) -> LeanTcpTransport {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        crate::os::shrink_socket_buffers(listener.as_raw_fd(), 1024);
+        let addr = listener.local_addr().unwrap();
+        std::thread::spawn(move || {
+            let (mut peer, _) = listener.accept().unwrap();
+            std::thread::sleep(pause);
+            let mut chunk = [0u8; 1024];
+            while matches!(peer.read(&mut chunk), Ok(n) if n > 0) {
+                std::thread::sleep(pace);
+            }
+        });
+        let stream = TcpStream::connect(addr).unwrap();
+        crate::os::shrink_socket_buffers(stream.as_raw_fd(), 1024);
+        LeanTcpTransport::new(stream, LazyBuffers::new(16 * 1024, output))
+    }
+
+    fn transmit(
+        t: &mut LeanTcpTransport,
+        amount: usize,
+        after: Duration,
+    ) -> Result<(), ureq::Error> {
+        t.buffers().output()[..amount].fill(b'x');
+        t.transmit_output(amount, within(after))
+    }
+
+    #[test]
+    fn a_peer_that_reads_a_little_at_a_time_cannot_stretch_a_write_past_its_deadline() {
+        let mut t = to_a_slow_reader(256 * 1024, Duration::ZERO, Duration::from_millis(50));
+        let started = Instant::now();
+        let result = transmit(&mut t, 256 * 1024, Duration::from_millis(500));
+        let took = started.elapsed();
+        assert!(matches!(result, Err(ureq::Error::Timeout(_))), "{result:?}");
+        assert!(took < Duration::from_millis(500) + SLACK * 2, "{took:?}");
+    }
+
+    #[test]
+    fn sending_what_is_held_counts_against_the_wait_for_the_answer() {
+        // The peer takes nothing for 300 ms, then all of it at once.
+        let mut t = to_a_slow_reader(64 * 1024, Duration::from_millis(300), Duration::ZERO);
+        // Held, not sent: it goes out when the answer is awaited.
+        transmit(&mut t, COALESCE_LIMIT, Duration::from_millis(500)).unwrap();
+        assert!(
+            !t.is_open(),
+            "unsent bytes: not fit to carry another request"
+        );
+        let started = Instant::now();
+        let result = t.await_input(within(Duration::from_millis(500)));
+        let took = started.elapsed();
+        assert!(matches!(result, Err(ureq::Error::Timeout(_))), "{result:?}");
+        // Sending took about 300 ms of the 500; the answer gets what is left.
+        assert!(took < Duration::from_millis(500) + SLACK * 2, "{took:?}");
+    }
 
     #[test]
     fn a_timeout_is_set_only_when_the_deadline_could_be_overrun() {
