@@ -1123,23 +1123,21 @@ def measure(procs):
         remote_section(procs, results)
     if "compression" in ONLY:
         compression_section(procs, results)
-    if "idle" in ONLY:
-        log(f"idle: {SECONDS} s without traffic")
-        results["idle"] = idle_run(procs)
-    if "startup" in ONLY:
-        log(f"startup: {STARTS} starts")
-        results["startup"] = startup_times(procs)
-    if "binary" in ONLY:
-        results["binary"] = stripped_size(procs)
-    if "connections" in ONLY:
-        log(f"{IDLE_CONNECTIONS} idle keep-alive connections")
-        results["idle_connections"] = idle_connections(procs)
-    if "bursts" in ONLY:
-        log(f"bursts of {' and '.join(map(str, BURSTS))} half-sent 1 MiB bodies, {BURST_ROUNDS} rounds each")
-        results["bursts"] = burst_memory(procs)
-    if "chunks" in ONLY:
-        log("chunk-extension flood against a plain body")
-        results["chunks"] = chunk_extension_flood(procs)
+    # section, its key in results, what is logged as it starts, the run
+    for section, key, intro, run in (
+        ("idle", "idle", f"idle: {SECONDS} s without traffic", idle_run),
+        ("startup", "startup", f"startup: {STARTS} starts", startup_times),
+        ("binary", "binary", None, stripped_size),
+        ("connections", "idle_connections", f"{IDLE_CONNECTIONS} idle keep-alive connections",
+         idle_connections),
+        ("bursts", "bursts", f"bursts of {' and '.join(map(str, BURSTS))} half-sent 1 MiB "
+         f"bodies, {BURST_ROUNDS} rounds each", burst_memory),
+        ("chunks", "chunks", "chunk-extension flood against a plain body", chunk_extension_flood),
+    ):
+        if section in ONLY:
+            if intro:
+                log(intro)
+            results[key] = run(procs)
     return results
 
 

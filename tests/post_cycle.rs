@@ -5,7 +5,6 @@
 
 mod common;
 
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -32,9 +31,7 @@ fn calls_named(trace: &str, name: &str) -> Vec<String> {
 
 #[test]
 fn a_batch_is_one_write_and_one_read_once_the_connection_is_up() {
-    if Command::new("strace").arg("-V").output().is_err() {
-        assert!(!in_ci(), "strace is missing; .ci/run installs it");
-        eprintln!("skipped: strace is not installed");
+    if !strace_available() {
         return;
     }
     let sink = Sink::start(&[]);
@@ -44,21 +41,11 @@ fn a_batch_is_one_write_and_one_read_once_the_connection_is_up() {
         assert_eq!(fwd.post(&record(n)).status, 201);
     }
     sink.wait_batches(1, SOON);
-    let trace = temp_path("post-cycle.trace");
-    let mut strace = Command::new("strace")
-        .args(["-qq", "-e", "trace=%network,ioctl,fcntl,write,writev", "-o"])
-        .arg(&trace)
-        .args(["-p", &worker_tid(fwd.proc.pid())])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("strace");
-    let deadline = Instant::now() + SOON;
-    while !trace.exists() && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    std::thread::sleep(Duration::from_millis(300));
+    let strace = Strace::attach(
+        &worker_tid(fwd.proc.pid()),
+        &["-qq", "-e", "trace=%network,ioctl,fcntl,write,writev"],
+        "post-cycle.trace",
+    );
     const BATCHES: usize = 20;
     for n in 3..=(2 + 2 * BATCHES as u64) {
         assert_eq!(fwd.post(&record(n)).status, 201);
@@ -76,9 +63,7 @@ fn a_batch_is_one_write_and_one_read_once_the_connection_is_up() {
         std::thread::sleep(Duration::from_millis(10));
     }
     std::thread::sleep(Duration::from_millis(100));
-    let _ = strace.kill();
-    let _ = strace.wait();
-    let calls = std::fs::read_to_string(&trace).unwrap_or_default();
+    let calls = strace.finish();
     for name in ["setsockopt", "ioctl", "fcntl", "connect", "socket"] {
         assert_eq!(
             calls_named(&calls, name),

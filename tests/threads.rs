@@ -3,9 +3,6 @@
 
 mod common;
 
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
-
 use common::*;
 
 fn threads_of(pid: u32) -> Vec<String> {
@@ -19,12 +16,7 @@ fn threads_of(pid: u32) -> Vec<String> {
 
 #[test]
 fn no_thread_is_created_after_start_up() {
-    if Command::new("strace").arg("-V").output().is_err() {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "strace is missing; .ci/run installs it"
-        );
-        eprintln!("skipped: strace is not installed");
+    if !strace_available() {
         return;
     }
     let sink = Sink::start(&[]);
@@ -35,30 +27,17 @@ fn no_thread_is_created_after_start_up() {
     let before = threads_of(pid);
     assert_eq!(before.len(), 2, "the loop and the worker: {before:?}");
     // strace -f follows every thread and sees any new one the moment it is made.
-    let trace = temp_path("clone.trace");
-    let mut strace = Command::new("strace")
-        .args(["-f", "-qq", "-e", "trace=clone,clone3,fork,vfork", "-o"])
-        .arg(&trace)
-        .args(["-p", &pid.to_string()])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("strace");
-    // Attached once strace has written the trace file (it opens it first).
-    let deadline = Instant::now() + SOON;
-    while !trace.exists() && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    std::thread::sleep(Duration::from_millis(300));
+    let strace = Strace::attach(
+        &pid.to_string(),
+        &["-f", "-qq", "-e", "trace=clone,clone3,fork,vfork"],
+        "clone.trace",
+    );
     for n in 1..=30 {
         assert_eq!(fwd.post(&record(n)).status, 201);
     }
     let batches = sink.wait_batches(30, SOON);
     assert!(batches.iter().all(|b| b.status == 200));
-    let _ = strace.kill();
-    let _ = strace.wait();
-    let calls = std::fs::read_to_string(&trace).unwrap_or_default();
+    let calls = strace.finish();
     assert!(
         !calls.contains("clone"),
         "threads were created while posting:\n{calls}"

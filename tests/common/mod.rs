@@ -768,3 +768,52 @@ pub fn closed_port() -> u16 {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     listener.local_addr().unwrap().port()
 }
+
+/// Whether strace can be used here. In CI it must be (`.ci/run` installs it);
+/// elsewhere a test that needs it says it was skipped.
+pub fn strace_available() -> bool {
+    if Command::new("strace").arg("-V").output().is_ok() {
+        return true;
+    }
+    assert!(!in_ci(), "strace is missing; .ci/run installs it");
+    eprintln!("skipped: strace is not installed");
+    false
+}
+
+/// strace attached to `target` (a process, or with `-p` one thread's id), writing
+/// the calls named by `args` to a file; returned once it is attached.
+pub struct Strace {
+    child: Child,
+    pub trace: std::path::PathBuf,
+}
+
+impl Strace {
+    pub fn attach(target: &str, args: &[&str], name: &str) -> Strace {
+        let trace = temp_path(name);
+        let child = Command::new("strace")
+            .args(args)
+            .arg("-o")
+            .arg(&trace)
+            .args(["-p", target])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("strace");
+        // strace opens its output file first, then attaches: wait for the file, then
+        // give the attach a moment.
+        let deadline = Instant::now() + SOON;
+        while !trace.exists() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        std::thread::sleep(Duration::from_millis(300));
+        Strace { child, trace }
+    }
+
+    /// Detaches and returns what was traced.
+    pub fn finish(mut self) -> String {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        std::fs::read_to_string(&self.trace).unwrap_or_default()
+    }
+}
