@@ -56,8 +56,8 @@ impl<In: Transport> Connector<In> for LeanTcpConnector {
         if let Some(tunnel) = chained {
             return Ok(Some(Either::A(tunnel)));
         }
-        let remaining = limit(details.timeout);
-        let stream = connect_first(&details.addrs, remaining, details.timeout.reason)?;
+        let deadline = deadline(details.timeout, Instant::now());
+        let stream = connect_first(&details.addrs, deadline, details.timeout.reason)?;
         if details.config.no_delay() {
             stream.set_nodelay(true)?;
         }
@@ -102,16 +102,12 @@ fn time_left(deadline: Option<Instant>, reason: Timeout) -> Result<Option<Durati
 /// time left, so a dead first address leaves time for the next.
 fn connect_first(
     addrs: &[SocketAddr],
-    remaining: Option<Duration>,
+    deadline: Option<Instant>,
     reason: Timeout,
 ) -> Result<TcpStream, ureq::Error> {
-    let deadline = remaining.map(|r| Instant::now() + r);
     let mut last = None;
     for (i, addr) in addrs.iter().enumerate() {
-        let left = deadline.map(|d| d.saturating_duration_since(Instant::now()));
-        if left.is_some_and(|l| l.is_zero()) {
-            return Err(ureq::Error::Timeout(reason));
-        }
+        let left = time_left(deadline, reason)?;
         let budget = match left {
             Some(l) if i + 1 < addrs.len() => Some((l / 2).max(Duration::from_millis(10))),
             other => other,
@@ -165,7 +161,7 @@ impl SocketTimeout {
     fn needs(self, remaining: Option<Duration>) -> Option<Duration> {
         let remaining = remaining?;
         match self.set {
-            Some(set) if set <= remaining + SLACK => None,
+            Some(set) if set <= remaining.saturating_add(SLACK) => None,
             _ => Some(remaining.max(Duration::from_millis(1))),
         }
     }
