@@ -343,9 +343,8 @@ impl Transport for LeanTcpTransport {
         let deadline = deadline(timeout, start);
         let left = time_left(deadline, timeout.reason)?;
         self.prepare(Direction::Read, left)?;
-        let stream = Arc::clone(&self.stream);
         let amount = loop {
-            match (&*stream).read(self.buffers.input_append_buf()) {
+            match (&*self.stream).read(self.buffers.input_append_buf()) {
                 Ok(n) => break n,
                 Err(e) if interrupted_or_timed_out(&e) => {
                     if !self.try_again(Direction::Read, deadline)? {
@@ -356,7 +355,8 @@ impl Transport for LeanTcpTransport {
             }
         };
         self.buffers.input_appended(amount);
-        self.read_since_probe = true;
+        // Only bytes read count: after an end of stream, the probe must see it.
+        self.read_since_probe |= amount > 0;
         Ok(amount > 0)
     }
 
