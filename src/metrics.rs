@@ -163,6 +163,7 @@ pub struct Metrics {
 pub struct Gauges {
     pub queued: usize,
     pub in_flight: usize,
+    pub batches_in_flight: usize,
     pub capacity: usize,
     pub open_connections: usize,
     pub accepted_connections: u64,
@@ -420,14 +421,14 @@ impl Metrics {
         gauge(
             out,
             "webhook_records_in_flight",
-            "Records in the batch being posted.",
+            "Records in the batches the worker holds.",
             gauges.in_flight as u64,
         );
         gauge(
             out,
             "webhook_batch_in_flight",
-            "1 while a batch is being posted.",
-            u64::from(gauges.in_flight > 0),
+            "Batches the worker holds: the one being posted, and perhaps the next.",
+            gauges.batches_in_flight as u64,
         );
         gauge(
             out,
@@ -589,6 +590,7 @@ mod tests {
             &Gauges {
                 queued: 3,
                 in_flight: 0,
+                batches_in_flight: 0,
                 capacity: 20,
                 open_connections: 1,
                 accepted_connections: 4,
@@ -667,6 +669,7 @@ mod tests {
         Gauges {
             queued: 0,
             in_flight: 0,
+            batches_in_flight: 0,
             capacity: 20,
             open_connections: 0,
             accepted_connections: 0,

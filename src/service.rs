@@ -229,6 +229,7 @@ impl Peer<'_> {
         let gauges = Gauges {
             queued: self.pipeline.waiting(),
             in_flight: self.pipeline.in_flight(),
+            batches_in_flight: self.pipeline.batches_in_flight(),
             capacity: self.pipeline.capacity(),
             open_connections: self.connections.open,
             accepted_connections: self.connections.accepted_total,

@@ -2,6 +2,8 @@
 //! write and one read (plus one peek to see the connection is still good), with no
 //! socket option or mode changed; and an endpoint that closes idle connections, or
 //! says more than it was asked, costs a new connection, never a failed attempt.
+//! The worker holds the next batch while it posts one, and posts nothing after a
+//! failure.
 
 mod common;
 
@@ -205,4 +207,89 @@ fn an_answer_with_a_large_head_is_still_an_answer() {
     assert_eq!(field(&sent, "status"), "201");
     assert_eq!(field(&sent, "attempt"), "1");
     assert_eq!(catcher.caught().len(), 1, "sent once");
+}
+
+/// Waits until the worker holds `records` records.
+fn wait_records_in_flight(fwd: &Forwarder, records: f64) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while metric(fwd.addr, "webhook_records_in_flight") < records {
+        assert!(
+            Instant::now() < deadline,
+            "the worker never held {records} records"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+#[test]
+fn the_next_batch_goes_to_the_worker_while_one_is_posted_and_both_arrive_in_order() {
+    let sink = Sink::start(&["--delay", "300ms"]);
+    let fwd = Forwarder::to(&sink, &["--batch-size", "1", "--batch-interval", "1h"]);
+    fwd.post_accepted(&record(1));
+    fwd.post_accepted(&record(2));
+    // The first is being posted (the sink holds its answer): the second is handed over
+    // too, so two records are in flight and none waits in the ring.
+    wait_records_in_flight(&fwd, 2.0);
+    assert_eq!(metric(fwd.addr, "webhook_records_queued"), 0.0);
+    let records = sink.wait_delivered_records(2, Duration::from_secs(10));
+    assert_eq!(
+        user_ids(&records),
+        [1, 2],
+        "posted one after the other, in order"
+    );
+    let batches = sink.delivered();
+    assert_eq!(batches.len(), 2);
+    // One connection, one POST at a time: the second arrived after the first's
+    // answer, which the sink held for 300 ms.
+    assert!(batches[1].at - batches[0].at >= Duration::from_millis(250));
+}
+
+#[test]
+fn after_a_failed_batch_the_one_behind_it_is_never_posted_and_both_are_dead_lettered() {
+    let dead_letter = temp_path("post-cycle-dead-letter.ndjson");
+    let sink = Sink::start(&["--status", "500", "--delay", "200ms"]);
+    let mut fwd = Forwarder::to(
+        &sink,
+        &[
+            "--batch-size",
+            "1",
+            "--batch-interval",
+            "1h",
+            "--retry-wait",
+            "100ms",
+            "--queue-wait",
+            "0",
+            "--dead-letter",
+            dead_letter.to_str().unwrap(),
+        ],
+    );
+    fwd.post_accepted(&record(1));
+    fwd.post_accepted(&record(2));
+    wait_records_in_flight(&fwd, 2.0);
+    assert_eq!(fwd.proc.wait_exit(Duration::from_secs(20)).code(), Some(3));
+    let posted: Vec<u64> = sink
+        .batches()
+        .iter()
+        .flat_map(|b| user_ids(&b.records))
+        .collect();
+    assert_eq!(
+        posted,
+        [1, 1, 1, 1],
+        "four attempts at the first, none at the second"
+    );
+    let text = std::fs::read_to_string(&dead_letter).expect("dead-letter file");
+    let ids: Vec<u64> = text
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).unwrap()["user_id"]
+                .as_u64()
+                .unwrap()
+        })
+        .collect();
+    assert_eq!(ids, [1, 2], "both, oldest first");
+    let log = fwd.proc.text();
+    assert!(
+        log.contains("not attempted: an earlier batch was given up"),
+        "{log}"
+    );
 }

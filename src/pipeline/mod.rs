@@ -9,9 +9,15 @@
 //! `--queue-wait` runs out (`expire_waiter`). It touches no socket, thread or file, so every decision below is unit
 //! tested; the loop does the I/O each answer asks for.
 //!
-//! Each fact has one owner here: the batch in flight (`in_flight`), the lifecycle,
+//! Each fact has one owner here: the batches in flight (`in_flight`), the lifecycle,
 //! the replayed records, the waiting requests, and the ring's capacity, which counts
-//! the batch in flight so that the ring's size bounds every accepted record in memory.
+//! the batches in flight so that the ring's size bounds every accepted record in memory.
+//!
+//! The worker may hold two batches (`MAX_IN_FLIGHT`): the one it posts and the next,
+//! handed over as soon as it is due, so that the next POST starts the moment an answer
+//! comes instead of after a round trip through the loop. Batches are posted and come
+//! back in order. Once one fails, nothing more is handed over, and the service stops
+//! when the worker has given back everything it held.
 
 mod lifecycle;
 mod queue;
@@ -27,7 +33,11 @@ use crate::deadletter::Replay;
 pub use crate::metrics::Totals;
 use crate::record::Record;
 
-/// The batch the worker holds.
+/// Batches the worker may hold at once: the one it posts and the next. More would not
+/// help: the ring (two batches) would hold nothing for a third.
+pub const MAX_IN_FLIGHT: usize = 2;
+
+/// A batch the worker holds.
 #[derive(Debug, Clone, Copy)]
 struct InFlight {
     records: usize,
@@ -89,10 +99,14 @@ pub struct ReplayDone {
 pub struct Pipeline {
     queue: Queue,
     replay: Option<Replay>,
-    in_flight: Option<InFlight>,
+    /// Oldest first; the worker's outcomes come back in this order.
+    in_flight: VecDeque<InFlight>,
+    /// A batch failed (or the stop was forced): the records given back so far, oldest
+    /// first, held until the worker has given back every batch.
+    giving_up: Option<Vec<Record>>,
     lifecycle: Lifecycle,
-    /// The emptied vector of the last delivered batch, reused for the next.
-    spare_batch: Vec<Record>,
+    /// Emptied vectors of delivered batches, reused for the next ones.
+    spare_batches: Vec<Vec<Record>>,
     /// Requests that found no room, oldest first. At most one per connection, since
     /// a connection reads nothing more while its request waits.
     waiters: VecDeque<Waiter>,
@@ -115,9 +129,10 @@ impl Pipeline {
         Pipeline {
             queue: Queue::new(capacity, batch_size, interval),
             replay,
-            in_flight: None,
+            in_flight: VecDeque::with_capacity(MAX_IN_FLIGHT),
+            giving_up: None,
             lifecycle: Lifecycle::Serving,
-            spare_batch: Vec::new(),
+            spare_batches: Vec::with_capacity(MAX_IN_FLIGHT),
             waiters: VecDeque::new(),
             queue_wait,
             waiting_bytes: 0,
@@ -128,12 +143,17 @@ impl Pipeline {
     /// Records from the ring that the worker holds (replayed ones are not counted).
     fn ring_records_in_flight(&self) -> usize {
         self.in_flight
+            .iter()
             .filter(|b| !b.from_replay)
-            .map_or(0, |b| b.records)
+            .map(|b| b.records)
+            .sum()
     }
 
+    /// After a failure nothing more is accepted: the service stops as soon as the
+    /// worker has given back what it holds.
     fn ring_has_room(&self) -> bool {
-        self.queue.waiting() + self.ring_records_in_flight() < self.queue.capacity()
+        self.giving_up.is_none()
+            && self.queue.waiting() + self.ring_records_in_flight() < self.queue.capacity()
     }
 
     /// A new record would be accepted at once. Room that frees up goes to the
@@ -241,11 +261,21 @@ impl Pipeline {
 
     /// Records the worker holds now.
     pub fn in_flight(&self) -> usize {
-        self.in_flight.map_or(0, |b| b.records)
+        self.in_flight.iter().map(|b| b.records).sum()
     }
 
+    pub fn batches_in_flight(&self) -> usize {
+        self.in_flight.len()
+    }
+
+    /// Records of the batch whose outcome comes next.
+    pub fn oldest_in_flight(&self) -> usize {
+        self.in_flight.front().map_or(0, |b| b.records)
+    }
+
+    /// The worker holds a batch: an outcome is owed.
     pub fn is_busy(&self) -> bool {
-        self.in_flight.is_some()
+        !self.in_flight.is_empty()
     }
 
     pub fn capacity(&self) -> usize {
@@ -269,9 +299,12 @@ impl Pipeline {
     }
 
     /// When `next_batch` will next have something: `now` if it has now, `None` while
-    /// the worker is busy or nothing waits.
+    /// the worker holds all it may, after a failure, or while nothing waits.
     pub fn due(&self, now: Instant) -> Option<Instant> {
-        if self.in_flight.is_some() || self.lifecycle == Lifecycle::Forced {
+        if self.in_flight.len() >= MAX_IN_FLIGHT
+            || self.giving_up.is_some()
+            || self.lifecycle == Lifecycle::Forced
+        {
             return None;
         }
         let draining = self.lifecycle == Lifecycle::Draining && self.queue.waiting() > 0;
@@ -281,13 +314,13 @@ impl Pipeline {
         self.queue.time_deadline()
     }
 
-    /// The batch to hand the worker now, if one is due and the worker is free:
+    /// The batch to hand the worker now, if one is due and the worker may take it:
     /// replayed records first, then the ring's (all that wait, once draining).
     pub fn next_batch(&mut self, now: Instant) -> Option<Vec<Record>> {
         if self.due(now).is_none_or(|at| at > now) {
             return None;
         }
-        let mut batch = std::mem::take(&mut self.spare_batch);
+        let mut batch = self.spare_batches.pop().unwrap_or_default();
         batch.clear();
         let limit = self.queue.batch_limit();
         let from_replay = match &mut self.replay {
@@ -301,43 +334,73 @@ impl Pipeline {
                 false
             }
         };
-        self.in_flight = Some(InFlight {
+        self.in_flight.push_back(InFlight {
             records: batch.len(),
             from_replay,
         });
         Some(batch)
     }
 
-    /// The worker delivered the batch in flight but for `set_aside` records the
-    /// endpoint refused (now in the dead-letter file); `emptied` is its vector, reused.
-    /// A forced stop that was waiting for the worker ends here.
+    /// The worker delivered its oldest batch but for `set_aside` records the endpoint
+    /// refused (now in the dead-letter file); `emptied` is its vector, reused. A stop
+    /// that was waiting for the worker ends once it holds nothing more.
     pub fn delivered(&mut self, emptied: Vec<Record>, set_aside: usize) -> Option<Stop> {
-        let batch = self.in_flight.take()?;
+        let batch = self.in_flight.pop_front()?;
         let set_aside = set_aside.min(batch.records);
         self.totals.delivered += (batch.records - set_aside) as u64;
         self.totals.set_aside += set_aside as u64;
         self.totals.batches_delivered += 1;
-        self.spare_batch = emptied;
-        (self.lifecycle == Lifecycle::Forced).then(|| self.stop(Exit::Forced, Vec::new()))
+        if self.spare_batches.len() < MAX_IN_FLIGHT {
+            self.spare_batches.push(emptied);
+        }
+        self.stop_when_worker_empty()
     }
 
-    /// The worker gave up on the batch in flight (retries exhausted, aborted, or the
-    /// worker is gone): the service stops, and every accepted record it still holds
-    /// goes to the dead-letter file. Replayed records stay in their file.
-    pub fn failed(&mut self, batch: Vec<Record>) -> Stop {
-        let from_replay = self.in_flight.take().is_some_and(|b| b.from_replay);
+    /// The worker gave back its oldest batch undelivered (retries exhausted, aborted,
+    /// not attempted after an earlier failure, or the worker is gone): the service
+    /// stops once the worker holds nothing more, and every accepted record it still
+    /// holds goes to the dead-letter file, oldest first. Replayed records stay in
+    /// their file.
+    pub fn failed(&mut self, batch: Vec<Record>) -> Option<Stop> {
+        let from_replay = self.in_flight.pop_front().is_some_and(|b| b.from_replay);
+        self.give_back(batch, from_replay)
+    }
+
+    /// The batch just taken from `next_batch` could not be handed to the worker: it
+    /// is the newest in flight, not the oldest.
+    pub fn not_handed_over(&mut self, batch: Vec<Record>) -> Option<Stop> {
+        let from_replay = self.in_flight.pop_back().is_some_and(|b| b.from_replay);
+        self.give_back(batch, from_replay)
+    }
+
+    fn give_back(&mut self, batch: Vec<Record>, from_replay: bool) -> Option<Stop> {
         self.totals.batches_failed += 1;
+        let held = self.giving_up.get_or_insert_with(Vec::new);
+        if !from_replay {
+            held.extend(batch);
+        }
+        self.stop_when_worker_empty()
+    }
+
+    /// After a failure or a forced stop, the `Stop` once the worker holds nothing.
+    fn stop_when_worker_empty(&mut self) -> Option<Stop> {
+        if !self.in_flight.is_empty() {
+            return None;
+        }
         let exit = if self.lifecycle == Lifecycle::Forced {
             Exit::Forced
-        } else {
+        } else if self.giving_up.is_some() {
             Exit::DeliveryFailed
+        } else {
+            return None;
         };
-        self.stop(exit, if from_replay { Vec::new() } else { batch })
+        let undelivered = self.giving_up.take().unwrap_or_default();
+        Some(self.stop(exit, undelivered))
     }
 
     /// The replay file, once every one of its records is delivered.
     pub fn take_finished_replay(&mut self) -> Option<ReplayDone> {
-        let replay_in_flight = self.in_flight.is_some_and(|b| b.from_replay);
+        let replay_in_flight = self.in_flight.iter().any(|b| b.from_replay);
         if self.replay_pending() || replay_in_flight {
             return None;
         }
@@ -358,12 +421,9 @@ impl Pipeline {
     pub fn tick(&mut self, requests_under_way: bool) -> Option<Stop> {
         match self.lifecycle {
             Lifecycle::Serving => None,
-            Lifecycle::Forced if self.in_flight.is_none() => {
-                Some(self.stop(Exit::Forced, Vec::new()))
-            }
-            Lifecycle::Forced => None,
+            Lifecycle::Forced => self.stop_when_worker_empty(),
             Lifecycle::Draining => {
-                let done = self.in_flight.is_none()
+                let done = self.in_flight.is_empty()
                     && self.queue.waiting() == 0
                     && self.waiters.is_empty()
                     && self.replay.is_none()

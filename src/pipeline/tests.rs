@@ -97,15 +97,92 @@ fn records_in_flight_count_against_capacity() {
     let t0 = Instant::now();
     let mut p = pipeline();
     fill(&mut p, 1..4, t0);
-    let batch = p.next_batch(t0).expect("due");
+    let first = p.next_batch(t0).expect("due");
     fill(&mut p, 4..7, t0);
     assert!(!p.has_room(), "3 in flight + 3 waiting fill a ring of 6");
     assert_eq!(p.offer(rec(7), 10, ticket(1), t0), Offer::Full);
-    assert!(p.next_batch(t0).is_none(), "one batch in flight at a time");
-    assert!(p.delivered(batch, 0).is_none());
+    let second = p
+        .next_batch(t0)
+        .expect("the next goes while the first is posted");
+    assert_eq!(ids(&second), [4, 5, 6]);
+    assert_eq!(p.in_flight(), 6);
+    assert_eq!(p.oldest_in_flight(), 3);
+    assert!(!p.has_room(), "handed over, still held: no room freed");
+    assert!(p.next_batch(t0 + SECOND * 10).is_none());
+    assert!(p.delivered(first, 0).is_none());
     assert!(p.has_room());
     assert_eq!(p.totals().delivered, 3);
-    assert_eq!(ids(&p.next_batch(t0).expect("next")), [4, 5, 6]);
+    fill(&mut p, 7..10, t0);
+    assert!(
+        p.next_batch(t0).is_some(),
+        "one in flight again: the next may go"
+    );
+    assert!(p.next_batch(t0).is_none(), "at most two in flight");
+    assert!(p.delivered(second, 0).is_none());
+    assert_eq!(p.totals().delivered, 6);
+}
+
+#[test]
+fn a_failure_waits_for_the_other_batch_in_flight_and_dead_letters_both_in_order() {
+    let t0 = Instant::now();
+    let mut p = Pipeline::new(9, 3, Some(SECOND), Duration::ZERO, None);
+    fill(&mut p, 1..7, t0);
+    let first = p.next_batch(t0).expect("due");
+    let second = p.next_batch(t0).expect("due");
+    fill(&mut p, 7..9, t0);
+    assert!(
+        p.failed(first).is_none(),
+        "the worker still holds the second"
+    );
+    assert!(
+        p.next_batch(t0 + SECOND * 10).is_none(),
+        "nothing new after a failure"
+    );
+    // The failed batch's room is not offered: the service is stopping.
+    assert!(!p.has_room());
+    assert_eq!(p.offer(Record::default(), 10, ticket(1), t0), Offer::Full);
+    assert!(p.tick(false).is_none());
+    let stop = p.failed(second).expect("now nothing is in flight");
+    assert_eq!(stop.exit, Exit::DeliveryFailed);
+    assert_eq!(ids(&stop.undelivered), [1, 2, 3, 4, 5, 6, 7, 8]);
+    assert_eq!(p.totals().batches_failed, 2);
+}
+
+#[test]
+fn a_forced_stop_waits_for_both_batches_in_flight() {
+    let t0 = Instant::now();
+    let mut p = Pipeline::new(9, 3, Some(SECOND), Duration::ZERO, None);
+    fill(&mut p, 1..8, t0);
+    let first = p.next_batch(t0).expect("due");
+    let second = p.next_batch(t0).expect("due");
+    p.on_signal();
+    assert_eq!(p.on_signal(), SignalEffect::Force);
+    assert!(p.delivered(first, 0).is_none(), "the second is still out");
+    assert!(p.tick(false).is_none());
+    let stop = p.failed(second).expect("both back");
+    assert_eq!(stop.exit, Exit::Forced);
+    assert_eq!(ids(&stop.undelivered), [4, 5, 6, 7]);
+    assert_eq!(p.totals().delivered, 3);
+}
+
+#[test]
+fn a_batch_that_never_reached_the_worker_is_the_newest_not_the_oldest() {
+    let t0 = Instant::now();
+    let mut p = Pipeline::new(6, 3, Some(SECOND), Duration::ZERO, Some(replay(100..103)));
+    fill(&mut p, 1..4, t0);
+    let replayed = p.next_batch(t0).expect("replay first");
+    let ring = p.next_batch(t0).expect("then the ring");
+    assert!(
+        p.not_handed_over(ring).is_none(),
+        "the replay batch is still out"
+    );
+    let stop = p.failed(replayed).expect("both back");
+    assert_eq!(
+        ids(&stop.undelivered),
+        [1, 2, 3],
+        "the ring's, not the replay's"
+    );
+    assert!(stop.replay_left.is_some());
 }
 
 #[test]
@@ -140,7 +217,7 @@ fn a_second_signal_waits_for_the_worker_then_dead_letters_what_waits() {
         "nothing new goes out once forced"
     );
     assert!(p.tick(false).is_none(), "the worker still holds a batch");
-    let stop = p.failed(batch);
+    let stop = p.failed(batch).expect("the worker holds nothing else");
     assert_eq!(stop.exit, Exit::Forced);
     assert_eq!(ids(&stop.undelivered), [1, 2, 3, 4, 5]);
     assert_eq!(p.on_signal(), SignalEffect::Nothing);
@@ -167,7 +244,7 @@ fn a_failed_batch_goes_to_the_dead_letters_ahead_of_what_waits() {
     let mut p = pipeline();
     fill(&mut p, 1..6, t0);
     let batch = p.next_batch(t0).expect("due");
-    let stop = p.failed(batch);
+    let stop = p.failed(batch).expect("the worker holds nothing else");
     assert_eq!(stop.exit, Exit::DeliveryFailed);
     assert_eq!(ids(&stop.undelivered), [1, 2, 3, 4, 5]);
     assert_eq!(p.totals().batches_failed, 1);
@@ -180,7 +257,7 @@ fn a_worker_that_vanished_still_fails_the_drain() {
     fill(&mut p, 1..2, t0);
     p.on_signal();
     let _lost = p.next_batch(t0).expect("draining");
-    let stop = p.failed(Vec::new());
+    let stop = p.failed(Vec::new()).expect("the worker holds nothing else");
     assert_eq!(
         stop.exit,
         Exit::DeliveryFailed,
@@ -223,7 +300,7 @@ fn a_failed_replay_batch_stays_in_its_file_not_in_the_dead_letters() {
     let mut p = Pipeline::new(6, 3, Some(SECOND), Duration::ZERO, Some(replay(100..105)));
     fill(&mut p, 1..3, t0);
     let batch = p.next_batch(t0).expect("replay first");
-    let stop = p.failed(batch);
+    let stop = p.failed(batch).expect("the worker holds nothing else");
     assert_eq!(stop.exit, Exit::DeliveryFailed);
     assert_eq!(ids(&stop.undelivered), [1, 2], "only the ring's records");
     let (_, left) = stop.replay_left.expect("the replay file stays");
@@ -331,7 +408,7 @@ fn a_failure_refuses_every_waiter_and_dead_letters_only_the_accepted() {
     fill(&mut p, 3..5, t0);
     p.offer(rec(5), 10, ticket(5), t0);
     p.offer(rec(6), 10, ticket(6), t0);
-    let stop = p.failed(batch);
+    let stop = p.failed(batch).expect("the worker holds nothing else");
     assert_eq!(stop.exit, Exit::DeliveryFailed);
     assert_eq!(ids(&stop.undelivered), [1, 2, 3, 4]);
     assert_eq!(stop.refused, [ticket(5), ticket(6)]);
@@ -359,7 +436,7 @@ fn waiting_requests_count_their_bodies_until_answered() {
     assert_eq!(p.waiting_bytes(), 1300);
     assert_eq!(p.expire_waiter(t0 + 5 * SECOND), Some(ticket(5)));
     assert_eq!(p.waiting_bytes(), 300);
-    let stop = p.failed(Vec::new());
+    let stop = p.failed(Vec::new()).expect("the worker holds nothing else");
     assert_eq!(stop.refused, [ticket(6)]);
     assert_eq!(p.waiting_bytes(), 0);
 }

@@ -26,7 +26,7 @@ use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 use crate::config::Config;
 use crate::deadletter::{self, Replay};
 use crate::metrics::WorkerStats;
-use crate::pipeline::{Exit, Pipeline, SignalEffect, Stop};
+use crate::pipeline::{Exit, Pipeline, SignalEffect, Stop, Ticket};
 use crate::service::{Service, WaitOutcome};
 use crate::worker::{Outcome, Worker};
 use connections::{App, Connections};
@@ -47,6 +47,9 @@ pub struct Server {
     dead_letter: std::path::PathBuf,
     /// When buffered log lines must be written.
     log_due: Option<Instant>,
+    /// Requests admitted to the ring by a delivery, to be answered 201 once the
+    /// worker has its next batch (see `forward`); kept to reuse its allocation.
+    admitted: Vec<Ticket>,
 }
 
 impl Server {
@@ -98,6 +101,7 @@ impl Server {
             worker,
             dead_letter: config.dead_letter.clone(),
             log_due: None,
+            admitted: Vec::new(),
         };
         server.retire_finished_replay();
         Ok(server)
@@ -204,45 +208,72 @@ impl Server {
         Some(deadline - now + Duration::from_micros(500))
     }
 
-    /// Takes the worker's outcome if one is owed and ready, then hands it the next
-    /// due batch. Cheap when there is nothing to do: one channel poll, one comparison.
+    /// Takes the worker's outcomes that are ready, then hands it the batches that are
+    /// due. Cheap when there is nothing to do: one channel poll, one comparison.
+    ///
+    /// Room that a delivery frees goes to waiting requests at once, and the batch they
+    /// complete goes to the worker before they are answered: the worker is then posting
+    /// the batch after it, and the sooner the next is in its hands, the likelier it
+    /// starts that POST as soon as the answer comes, without waiting for this thread.
     fn forward(&mut self, now: Instant) -> Option<Stop> {
-        if self.pipeline.is_busy() {
-            match self.worker.poll_outcome()? {
+        let mut room_freed = false;
+        while self.pipeline.is_busy() {
+            let Some(outcome) = self.worker.poll_outcome() else {
+                break;
+            };
+            let stop = match outcome {
                 Outcome::Delivered { batch, set_aside } => {
                     self.service.metrics.dead_lettered += set_aside as u64;
+                    room_freed = true;
                     let stop = self.pipeline.delivered(batch, set_aside);
                     self.retire_finished_replay();
-                    if stop.is_some() {
-                        return stop;
-                    }
+                    stop
                 }
                 Outcome::Failed { batch, reason } => {
-                    error!(batch_size = self.pipeline.in_flight(), waiting = self.pipeline.waiting(), reason = reason.as_str(); "giving up on the batch");
-                    return Some(self.pipeline.failed(batch));
+                    error!(batch_size = self.pipeline.oldest_in_flight(), waiting = self.pipeline.waiting(), reason = reason.as_str(); "giving up on the batch");
+                    self.pipeline.failed(batch)
                 }
+            };
+            if stop.is_some() {
+                return stop;
             }
         }
-        let batch = self.pipeline.next_batch(now)?;
-        match self.worker.send(batch) {
-            Ok(()) => {
-                // On a shared core, let the worker start the POST now rather than
-                // after this thread's time slice: one syscall per batch, not per request.
-                std::thread::yield_now();
-                None
+        let mut admitted = std::mem::take(&mut self.admitted);
+        if room_freed {
+            let connections = &self.connections;
+            while let Some(ticket) = self
+                .pipeline
+                .admit_waiter(now, |t| connections.is_waiting(t))
+            {
+                admitted.push(ticket);
             }
-            // The worker cannot vanish by design; if it did, keep the records safe.
-            Err(batch) => {
+        }
+        let worker_was_idle = !self.pipeline.is_busy();
+        let mut stop = None;
+        while let Some(batch) = self.pipeline.next_batch(now) {
+            if let Err(batch) = self.worker.send(batch) {
+                // The worker cannot vanish by design; if it did, keep the records safe.
                 error!(batch_size = batch.len(); "forwarder thread is gone");
-                Some(self.pipeline.failed(batch))
+                stop = self.pipeline.not_handed_over(batch);
+                break;
             }
         }
+        for ticket in admitted.drain(..) {
+            self.answer_waiting(ticket, WaitOutcome::Admitted);
+        }
+        self.admitted = admitted;
+        if stop.is_none() && worker_was_idle && self.pipeline.is_busy() {
+            // On a shared core, let the worker start the POST now rather than after
+            // this thread's time slice: one syscall per batch, not per request. A
+            // worker that was busy already has its next batch in hand.
+            std::thread::yield_now();
+        }
+        stop
     }
 
     /// Answers the requests that waited for room: 201 for each one room was found
     /// for, oldest first, and 503 for each one whose `--queue-wait` ran out.
     fn settle_waiting_requests(&mut self, now: Instant) {
-        let registry = self.poll.registry();
         loop {
             let connections = &self.connections;
             let Some(ticket) = self
@@ -251,21 +282,20 @@ impl Server {
             else {
                 break;
             };
-            let mut app = App {
-                service: &mut self.service,
-                pipeline: &mut self.pipeline,
-            };
-            self.connections
-                .answer_waiting(registry, ticket, WaitOutcome::Admitted, &mut app);
+            self.answer_waiting(ticket, WaitOutcome::Admitted);
         }
         while let Some(ticket) = self.pipeline.expire_waiter(now) {
-            let mut app = App {
-                service: &mut self.service,
-                pipeline: &mut self.pipeline,
-            };
-            self.connections
-                .answer_waiting(registry, ticket, WaitOutcome::GaveUp, &mut app);
+            self.answer_waiting(ticket, WaitOutcome::GaveUp);
         }
+    }
+
+    fn answer_waiting(&mut self, ticket: Ticket, outcome: WaitOutcome) {
+        let mut app = App {
+            service: &mut self.service,
+            pipeline: &mut self.pipeline,
+        };
+        self.connections
+            .answer_waiting(self.poll.registry(), ticket, outcome, &mut app);
     }
 
     fn retire_finished_replay(&mut self) {
@@ -315,16 +345,7 @@ impl Server {
     fn finish(&mut self, stop: Stop) -> Exit {
         // Requests still waiting for room are refused, never accepted, before we go.
         for &ticket in &stop.refused {
-            let mut app = App {
-                service: &mut self.service,
-                pipeline: &mut self.pipeline,
-            };
-            self.connections.answer_waiting(
-                self.poll.registry(),
-                ticket,
-                WaitOutcome::Stopping,
-                &mut app,
-            );
+            self.answer_waiting(ticket, WaitOutcome::Stopping);
         }
         let written = deadletter::write_records(&self.dead_letter, &stop.undelivered).count();
         self.service.metrics.dead_lettered += written as u64;

@@ -1,19 +1,20 @@
 //! The worker thread that POSTs batches, so the poll loop never waits on the network.
 //!
-//! The loop hands over one batch at a time and keeps serving while it is posted; the
-//! worker serializes it (off the loop thread), posts it with a keep-alive `ureq`
-//! agent, retries per the contract, and wakes the loop through a `mio::Waker` with the
-//! outcome. Whether a batch is in flight is the pipeline's to know, not this handle's:
+//! The loop hands over batches in order, the next one while the last is posted (see
+//! `pipeline::MAX_IN_FLIGHT`), and keeps serving; the worker serializes each (off the
+//! loop thread), posts it with a keep-alive `ureq` agent, retries per the contract,
+//! and wakes the loop through a `mio::Waker` with each outcome, in order. Whether a batch is in flight is the pipeline's to know, not this handle's:
 //! the loop asks for an outcome only while the pipeline says one is owed.
 
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
+use std::sync::mpsc::{self, Receiver, Sender};
 use std::thread::JoinHandle;
 use std::time::Instant;
 
 use log::{error, info, warn};
 
+mod inbox;
 mod proxy;
 mod resolver;
 mod transport;
@@ -22,6 +23,7 @@ use crate::config::{Outbound, PostCompression};
 use crate::gzip::GzipEncoder;
 use crate::metrics::WorkerStats;
 use crate::record::Record;
+use inbox::{Inbox, Job};
 use resolver::CachingResolver;
 use std::sync::atomic::Ordering;
 use ureq::http::{HeaderName, HeaderValue, Uri, header};
@@ -38,12 +40,6 @@ const REQUEST_BUFFER: usize = 32 * 1024;
 
 /// Retries after the first attempt fails.
 pub const RETRIES: u32 = 3;
-
-enum Job {
-    Batch(Vec<Record>),
-    /// Give up on the batch in hand (shutdown was forced); skip the remaining retries.
-    Abort,
-}
 
 #[derive(Debug)]
 pub enum Outcome {
@@ -70,7 +66,7 @@ enum Posted {
     Delivered,
     /// The endpoint refused the content (see `refuses_content`).
     Refused(u16),
-    /// Retries ran out, or the post was aborted.
+    /// Retries ran out, or the post was given up (see `Inbox::must_give_up`).
     Failed(String),
 }
 
@@ -120,7 +116,8 @@ impl Worker {
         }
     }
 
-    /// Asks the worker to stop retrying the batch in hand.
+    /// Asks the worker to stop retrying the batch in hand and to give back the ones
+    /// after it unattempted.
     pub fn abort(&self) {
         let _ = self.jobs.send(Job::Abort);
     }
@@ -156,22 +153,6 @@ impl Worker {
 impl Drop for Worker {
     fn drop(&mut self) {
         self.stop();
-    }
-}
-
-/// Waits for the next job, writing this thread's log lines when they are due (the
-/// worker writes its own, so it never waits on the loop for a log line, nor the
-/// loop on it). `None` once the loop has gone.
-fn next_job(jobs: &Receiver<Job>) -> Option<Job> {
-    loop {
-        let Some(due) = crate::logging::flush_due(Instant::now()) else {
-            return jobs.recv().ok();
-        };
-        match jobs.recv_timeout(due.saturating_duration_since(Instant::now())) {
-            Ok(job) => return Some(job),
-            Err(RecvTimeoutError::Timeout) => {}
-            Err(RecvTimeoutError::Disconnected) => return None,
-        }
     }
 }
 
@@ -276,13 +257,33 @@ impl Poster {
 
     fn run(mut self, jobs: Receiver<Job>, outcomes: Sender<Outcome>, waker: Arc<mio::Waker>) {
         crate::os::request_short_slice();
-        while let Some(job) = next_job(&jobs) {
-            let Job::Batch(mut batch) = job else { continue };
+        let mut inbox = Inbox::new(jobs);
+        // After a failure the service is stopping: later batches go back unattempted,
+        // so that none is delivered after records sent before it were given up on.
+        let mut given_up: Option<&str> = None;
+        while let Some(mut batch) = inbox.next_batch() {
+            if given_up.is_none() && inbox.must_give_up() {
+                given_up = Some("not attempted: the stop was forced");
+            }
+            if let Some(reason) = given_up {
+                let outcome = Outcome::Failed {
+                    batch,
+                    reason: reason.into(),
+                };
+                if outcomes.send(outcome).is_err() {
+                    break;
+                }
+                let _ = waker.wake();
+                continue;
+            }
             // A panic in the HTTP or TLS stack must not take the batch with it: the
             // records come back and go to the dead-letter file like any failure.
             let attempt = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                self.deliver(&mut batch, &jobs)
+                self.deliver(&mut batch, &mut inbox)
             }));
+            if !matches!(attempt, Ok(Ok(_))) {
+                given_up = Some("not attempted: an earlier batch was given up");
+            }
             let outcome = match attempt {
                 Ok(Ok(set_aside)) => {
                     batch.clear();
@@ -311,15 +312,15 @@ impl Poster {
     /// stand alone; those are set aside in the dead-letter file and the rest is
     /// delivered. Returns how many were set aside. When it fails, says why and leaves
     /// in `batch` only the records not delivered.
-    fn deliver(&mut self, batch: &mut Vec<Record>, jobs: &Receiver<Job>) -> Result<usize, String> {
-        let status = match self.post_with_retries(batch, jobs, false) {
+    fn deliver(&mut self, batch: &mut Vec<Record>, inbox: &mut Inbox) -> Result<usize, String> {
+        let status = match self.post_with_retries(batch, inbox, false) {
             Posted::Delivered => return Ok(0),
             Posted::Failed(reason) => return Err(reason),
             Posted::Refused(status) => status,
         };
         // The rare path: one fate per record, to find the ones refused.
         let mut fates = vec![Fate::Pending; batch.len()];
-        let split = self.split(batch, 0, &mut fates, jobs);
+        let split = self.split(batch, 0, &mut fates, inbox);
         if let Err(reason) = split {
             keep_undelivered(batch, &fates);
             return Err(reason);
@@ -328,7 +329,7 @@ impl Poster {
             // Refusing every record on its own is the endpoint's fault, not the
             // records': the ordinary rule applies, retries and then the dead letters.
             warn!(batch_size = batch.len(), status = status; "the endpoint refuses every record of the batch");
-            return match self.post_with_retries(batch, jobs, true) {
+            return match self.post_with_retries(batch, inbox, true) {
                 Posted::Delivered => Ok(0),
                 Posted::Failed(reason) => Err(reason),
                 Posted::Refused(status) => Err(format!("status {status}")),
@@ -354,7 +355,7 @@ impl Poster {
         batch: &[Record],
         start: usize,
         fates: &mut [Fate],
-        jobs: &Receiver<Job>,
+        inbox: &mut Inbox,
     ) -> Result<(), String> {
         if fates.len() == 1 {
             fates[0] = Fate::Refused;
@@ -364,9 +365,9 @@ impl Poster {
         let (low, high) = fates.split_at_mut(middle);
         for (offset, half) in [(0, low), (middle, high)] {
             let records = &batch[start + offset..start + offset + half.len()];
-            match self.post_with_retries(records, jobs, false) {
+            match self.post_with_retries(records, inbox, false) {
                 Posted::Delivered => half.fill(Fate::Delivered),
-                Posted::Refused(_) => self.split(batch, start + offset, half, jobs)?,
+                Posted::Refused(_) => self.split(batch, start + offset, half, inbox)?,
                 Posted::Failed(reason) => return Err(reason),
             }
         }
@@ -379,7 +380,7 @@ impl Poster {
     fn post_with_retries(
         &mut self,
         records: &[Record],
-        jobs: &Receiver<Job>,
+        inbox: &mut Inbox,
         refusals_retried: bool,
     ) -> Posted {
         self.body.clear();
@@ -394,11 +395,8 @@ impl Poster {
         for attempt in first..=RETRIES + 1 {
             if attempt > 1 {
                 warn!(batch_size = size, attempt = attempt, wait_ms = self.settings.retry_wait.as_millis() as u64, last = last.as_str(); "retrying batch");
-                match jobs.recv_timeout(self.settings.retry_wait) {
-                    Err(RecvTimeoutError::Timeout) => {}
-                    Ok(_) | Err(RecvTimeoutError::Disconnected) => {
-                        return Posted::Failed(format!("aborted during retries; last: {last}"));
-                    }
+                if inbox.wait_unless_given_up(self.settings.retry_wait) {
+                    return Posted::Failed(format!("aborted during retries; last: {last}"));
                 }
             }
             let started = Instant::now();
@@ -429,7 +427,7 @@ impl Poster {
                 }
             }
             // An abort that arrived during the post stops us before the next wait.
-            if let Ok(Job::Abort) = jobs.try_recv() {
+            if inbox.must_give_up() {
                 return Posted::Failed(format!("aborted; last: {last}"));
             }
         }
