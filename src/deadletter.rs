@@ -24,8 +24,7 @@ pub fn write_records<'a>(
     let mut lines = Vec::new();
     let mut count = 0usize;
     for record in records {
-        // A record is plain data: serializing it into a Vec cannot fail.
-        let _ = serde_json::to_writer(&mut lines, record);
+        record::write_record(record, &mut lines);
         lines.push(b'\n');
         count += 1;
     }

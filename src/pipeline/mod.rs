@@ -342,16 +342,18 @@ impl Pipeline {
     }
 
     /// The worker delivered its oldest batch but for `set_aside` records the endpoint
-    /// refused (now in the dead-letter file); `emptied` is its vector, reused. A stop
-    /// that was waiting for the worker ends once it holds nothing more.
-    pub fn delivered(&mut self, emptied: Vec<Record>, set_aside: usize) -> Option<Stop> {
+    /// refused (now in the dead-letter file). `sent` is the batch: its records are
+    /// dropped here and its vector reused. A stop that was waiting for the worker
+    /// ends once it holds nothing more.
+    pub fn delivered(&mut self, mut sent: Vec<Record>, set_aside: usize) -> Option<Stop> {
+        sent.clear();
         let batch = self.in_flight.pop_front()?;
         let set_aside = set_aside.min(batch.records);
         self.totals.delivered += (batch.records - set_aside) as u64;
         self.totals.set_aside += set_aside as u64;
         self.totals.batches_delivered += 1;
         if self.spare_batches.len() < MAX_IN_FLIGHT {
-            self.spare_batches.push(emptied);
+            self.spare_batches.push(sent);
         }
         self.stop_when_worker_empty()
     }

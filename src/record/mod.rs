@@ -16,6 +16,9 @@ use serde::de::{self, DeserializeSeed, IgnoredAny, MapAccess, SeqAccess, Visitor
 use serde::{Deserialize, Deserializer, Serialize};
 use std::borrow::Cow;
 
+mod encode;
+pub use encode::{write_batch, write_record};
+
 // Deserialize is written out rather than derived: a derived struct also reads a JSON
 // array (`[7]` as user_id 7), which Go refuses.
 
