@@ -65,7 +65,7 @@ impl Server {
         let mut signals = watch_signals()?;
         poll.registry()
             .register(&mut signals, SIGNALS, Interest::READABLE)?;
-        let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
+        let waker = Waker::new(poll.registry(), WAKER)?;
         let worker_stats = Arc::new(WorkerStats::default());
         let worker = Worker::spawn(
             config.outbound.clone(),
@@ -114,8 +114,13 @@ impl Server {
     pub fn run(&mut self) -> Exit {
         let mut events = Events::with_capacity(1024);
         loop {
-            let timeout = self.poll_timeout();
-            if let Err(e) = self.poll.poll(&mut events, timeout) {
+            let mut timeout = self.poll_timeout();
+            if timeout != Some(Duration::ZERO) && !self.worker.may_sleep() {
+                timeout = Some(Duration::ZERO);
+            }
+            let polled = self.poll.poll(&mut events, timeout);
+            self.worker.awake();
+            if let Err(e) = polled {
                 if e.kind() != io::ErrorKind::Interrupted {
                     error!(error:% = e; "poll failed");
                     std::thread::sleep(Duration::from_millis(10));

@@ -14,6 +14,7 @@ use std::time::Instant;
 
 use log::{error, info, warn};
 
+mod doorbell;
 mod inbox;
 mod proxy;
 mod resolver;
@@ -23,6 +24,7 @@ use crate::config::{Outbound, PostCompression};
 use crate::gzip::GzipEncoder;
 use crate::metrics::WorkerStats;
 use crate::record::Record;
+use doorbell::Doorbell;
 use inbox::{Inbox, Job};
 use resolver::CachingResolver;
 use std::sync::atomic::Ordering;
@@ -84,6 +86,9 @@ enum Fate {
 pub struct Worker {
     jobs: Sender<Job>,
     outcomes: Receiver<Outcome>,
+    doorbell: Arc<Doorbell>,
+    /// Outcomes taken, for `may_sleep`.
+    taken: u64,
     thread: Option<JoinHandle<()>>,
 }
 
@@ -92,21 +97,37 @@ impl Worker {
     pub fn spawn(
         settings: Outbound,
         dead_letter: PathBuf,
-        waker: Arc<mio::Waker>,
+        waker: mio::Waker,
         stats: Arc<WorkerStats>,
     ) -> std::io::Result<Worker> {
         let (jobs, job_rx) = mpsc::channel();
         let (outcome_tx, outcomes) = mpsc::channel();
+        let doorbell = Arc::new(Doorbell::new(waker));
+        let ring = Arc::clone(&doorbell);
         let thread = std::thread::Builder::new()
             .name("forwarder".into())
             .spawn(move || {
-                Poster::new(settings, dead_letter, stats).run(job_rx, outcome_tx, waker)
+                Poster::new(settings, dead_letter, stats).run(job_rx, outcome_tx, &ring)
             })?;
         Ok(Worker {
             jobs,
             outcomes,
+            doorbell,
+            taken: 0,
             thread: Some(thread),
         })
+    }
+
+    /// Before a poll that may sleep: false if an outcome is ready, so the loop must
+    /// not sleep. Otherwise the worker wakes the loop with its next outcome, until
+    /// `awake`.
+    pub fn may_sleep(&self) -> bool {
+        self.doorbell.may_sleep(self.taken)
+    }
+
+    /// After the poll: outcomes no longer need a wake-up.
+    pub fn awake(&self) {
+        self.doorbell.awake();
     }
 
     /// Hands a batch to the worker; the records come back if it is gone.
@@ -126,9 +147,12 @@ impl Worker {
 
     /// The outcome of the batch in flight, if it is known yet. Call it only while a
     /// batch is in flight: a vanished worker then reads as a failed batch.
-    pub fn poll_outcome(&self) -> Option<Outcome> {
+    pub fn poll_outcome(&mut self) -> Option<Outcome> {
         match self.outcomes.try_recv() {
-            Ok(outcome) => Some(outcome),
+            Ok(outcome) => {
+                self.taken += 1;
+                Some(outcome)
+            }
             Err(mpsc::TryRecvError::Empty) => None,
             // The worker is gone (it cannot panic by design, but be sure): report the
             // batch as failed rather than wait for it forever.
@@ -257,7 +281,7 @@ impl Poster {
         }
     }
 
-    fn run(mut self, jobs: Receiver<Job>, outcomes: Sender<Outcome>, waker: Arc<mio::Waker>) {
+    fn run(mut self, jobs: Receiver<Job>, outcomes: Sender<Outcome>, doorbell: &Doorbell) {
         crate::os::request_short_slice();
         let mut inbox = Inbox::new(jobs);
         // After a failure the service is stopping: later batches go back unattempted,
@@ -275,7 +299,7 @@ impl Poster {
                 if outcomes.send(outcome).is_err() {
                     break;
                 }
-                let _ = waker.wake();
+                doorbell.ring();
                 continue;
             }
             // A panic in the HTTP or TLS stack must not take the batch with it: the
@@ -301,7 +325,7 @@ impl Poster {
             if outcomes.send(outcome).is_err() {
                 break;
             }
-            let _ = waker.wake();
+            doorbell.ring();
         }
         crate::logging::flush();
     }
