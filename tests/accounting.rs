@@ -6,7 +6,6 @@ mod common;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
-use std::path::Path;
 use std::time::Duration;
 
 use common::*;
@@ -95,17 +94,6 @@ fn drive_with_retries(
         all.refused.extend(l.refused);
     }
     all
-}
-
-fn dead_letter_ids(path: &Path) -> Vec<u64> {
-    let text = std::fs::read_to_string(path).unwrap_or_default();
-    text.lines()
-        .map(|l| {
-            serde_json::from_str::<serde_json::Value>(l).unwrap()["user_id"]
-                .as_u64()
-                .unwrap()
-        })
-        .collect()
 }
 
 /// Checks the ledger against what arrived and what was dead-lettered.

@@ -27,23 +27,18 @@ fn post_in_background(addr: SocketAddr, n: u64) -> JoinHandle<(u64, Reply, Durat
 
 /// Waits until the worker holds a batch (the receiver answers only after its delay).
 fn wait_in_flight(fwd: &Forwarder) {
-    let deadline = Instant::now() + SOON;
-    while metric(fwd.addr, "webhook_batch_in_flight") < 1.0 {
-        assert!(Instant::now() < deadline, "no batch went out");
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    wait_metric(
+        fwd.addr,
+        "webhook_batch_in_flight",
+        1.0,
+        "no batch went out",
+    );
 }
 
 /// Waits until the service reports `count` requests waiting for room.
 fn wait_for_waiting(fwd: &Forwarder, count: u64) {
-    let deadline = Instant::now() + SOON;
-    while metric(fwd.addr, "webhook_requests_waiting") < count as f64 {
-        assert!(
-            Instant::now() < deadline,
-            "{count} requests never waited for room"
-        );
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    let what = format!("{count} requests never waited for room");
+    wait_metric(fwd.addr, "webhook_requests_waiting", count as f64, &what);
 }
 
 #[test]

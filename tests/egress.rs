@@ -7,18 +7,6 @@ use std::time::Duration;
 
 use common::*;
 
-fn dead_letter_ids(path: &std::path::Path) -> Vec<u64> {
-    std::fs::read_to_string(path)
-        .unwrap_or_default()
-        .lines()
-        .map(|l| {
-            serde_json::from_str::<serde_json::Value>(l).unwrap()["user_id"]
-                .as_u64()
-                .unwrap()
-        })
-        .collect()
-}
-
 #[test]
 fn a_redirect_is_a_failed_attempt_and_nothing_reaches_the_other_host() {
     let other = Catcher::start(ANSWER_200);

@@ -209,18 +209,6 @@ fn an_answer_with_a_large_head_is_still_an_answer() {
     assert_eq!(catcher.caught().len(), 1, "sent once");
 }
 
-/// Waits until the worker holds `records` records.
-fn wait_records_in_flight(fwd: &Forwarder, records: f64) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while metric(fwd.addr, "webhook_records_in_flight") < records {
-        assert!(
-            Instant::now() < deadline,
-            "the worker never held {records} records"
-        );
-        std::thread::sleep(Duration::from_millis(10));
-    }
-}
-
 #[test]
 fn the_next_batch_goes_to_the_worker_while_one_is_posted_and_both_arrive_in_order() {
     let sink = Sink::start(&["--delay", "300ms"]);
@@ -229,7 +217,12 @@ fn the_next_batch_goes_to_the_worker_while_one_is_posted_and_both_arrive_in_orde
     fwd.post_accepted(&record(2));
     // The first is being posted (the sink holds its answer): the second is handed over
     // too, so two records are in flight and none waits in the ring.
-    wait_records_in_flight(&fwd, 2.0);
+    wait_metric(
+        fwd.addr,
+        "webhook_records_in_flight",
+        2.0,
+        "the worker never held two batches",
+    );
     assert_eq!(metric(fwd.addr, "webhook_records_queued"), 0.0);
     let records = sink.wait_delivered_records(2, Duration::from_secs(10));
     assert_eq!(
@@ -265,7 +258,12 @@ fn after_a_failed_batch_the_one_behind_it_is_never_posted_and_both_are_dead_lett
     );
     fwd.post_accepted(&record(1));
     fwd.post_accepted(&record(2));
-    wait_records_in_flight(&fwd, 2.0);
+    wait_metric(
+        fwd.addr,
+        "webhook_records_in_flight",
+        2.0,
+        "the worker never held two batches",
+    );
     assert_eq!(fwd.proc.wait_exit(Duration::from_secs(20)).code(), Some(3));
     let posted: Vec<u64> = sink
         .batches()
@@ -277,16 +275,7 @@ fn after_a_failed_batch_the_one_behind_it_is_never_posted_and_both_are_dead_lett
         [1, 1, 1, 1],
         "four attempts at the first, none at the second"
     );
-    let text = std::fs::read_to_string(&dead_letter).expect("dead-letter file");
-    let ids: Vec<u64> = text
-        .lines()
-        .map(|l| {
-            serde_json::from_str::<serde_json::Value>(l).unwrap()["user_id"]
-                .as_u64()
-                .unwrap()
-        })
-        .collect();
-    assert_eq!(ids, [1, 2], "both, oldest first");
+    assert_eq!(dead_letter_ids(&dead_letter), [1, 2], "both, oldest first");
     let log = fwd.proc.text();
     assert!(
         log.contains("not attempted: an earlier batch was given up"),

@@ -11,16 +11,8 @@ use std::time::{Duration, Instant};
 
 use common::*;
 
-fn dead_letter_ids(path: &Path) -> Vec<u64> {
-    let mut ids: Vec<u64> = std::fs::read_to_string(path)
-        .unwrap_or_default()
-        .lines()
-        .map(|l| {
-            serde_json::from_str::<serde_json::Value>(l).unwrap()["user_id"]
-                .as_u64()
-                .unwrap()
-        })
-        .collect();
+fn sorted_dead_letter_ids(path: &Path) -> Vec<u64> {
+    let mut ids = dead_letter_ids(path);
     ids.sort();
     ids
 }
@@ -105,7 +97,7 @@ fn idle_clients_cannot_take_the_descriptors_the_endpoint_needs() {
     let text = fwd.proc.text();
     assert!(!text.contains("Too many open files"), "{text}");
     assert!(!text.contains("batch post failed"), "{text}");
-    assert!(dead_letter_ids(&dead).is_empty());
+    assert!(sorted_dead_letter_ids(&dead).is_empty());
     let startup = fwd.proc.wait_line("msg=listening", SOON).text;
     assert_eq!(field(&startup, "max_connections"), (256 - 32).to_string());
     assert_eq!(open, (256 - 32) as f64);
@@ -259,5 +251,10 @@ fn two_sigterms_back_to_back_force_the_stop() {
     assert!(sent.success());
     let status = fwd.proc.wait_exit(SOON);
     assert_eq!(status.code(), Some(4), "{}", fwd.proc.text());
-    assert_eq!(dead_letter_ids(&dead), vec![1, 2, 3], "{}", fwd.proc.text());
+    assert_eq!(
+        sorted_dead_letter_ids(&dead),
+        vec![1, 2, 3],
+        "{}",
+        fwd.proc.text()
+    );
 }

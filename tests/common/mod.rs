@@ -614,6 +614,28 @@ pub fn metric(addr: SocketAddr, name: &str) -> f64 {
         .unwrap()
 }
 
+/// Waits until a gauge or counter reaches `at_least`, failing with `what` after 10 s.
+pub fn wait_metric(addr: SocketAddr, name: &str, at_least: f64, what: &str) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while metric(addr, name) < at_least {
+        assert!(Instant::now() < deadline, "{what}");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// The user_ids of a dead-letter file's records, in file order (none if it is absent).
+pub fn dead_letter_ids(path: &std::path::Path) -> Vec<u64> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).unwrap()["user_id"]
+                .as_u64()
+                .unwrap()
+        })
+        .collect()
+}
+
 pub const HEALTH: &str = "GET /healthz HTTP/1.1\r\nHost: t\r\n\r\n";
 
 pub fn post_log(body: &str) -> String {
