@@ -209,20 +209,25 @@ fn an_answer_with_a_large_head_is_still_an_answer() {
     assert_eq!(catcher.caught().len(), 1, "sent once");
 }
 
-#[test]
-fn the_next_batch_goes_to_the_worker_while_one_is_posted_and_both_arrive_in_order() {
-    let sink = Sink::start(&["--delay", "300ms"]);
-    let fwd = Forwarder::to(&sink, &["--batch-size", "1", "--batch-interval", "1h"]);
+/// Posts records 1 and 2 at batch size 1 to an endpoint that holds its answers.
+fn post_two_batches_and_wait_until_the_worker_holds_both(fwd: &Forwarder) {
     fwd.post_accepted(&record(1));
     fwd.post_accepted(&record(2));
-    // The first is being posted (the sink holds its answer): the second is handed over
-    // too, so two records are in flight and none waits in the ring.
     wait_metric(
         fwd.addr,
         "webhook_records_in_flight",
         2.0,
         "the worker never held two batches",
     );
+}
+
+#[test]
+fn the_next_batch_goes_to_the_worker_while_one_is_posted_and_both_arrive_in_order() {
+    let sink = Sink::start(&["--delay", "300ms"]);
+    let fwd = Forwarder::to(&sink, &["--batch-size", "1", "--batch-interval", "1h"]);
+    // The first is being posted (the sink holds its answer): the second is handed over
+    // too, so two records are in flight and none waits in the ring.
+    post_two_batches_and_wait_until_the_worker_holds_both(&fwd);
     assert_eq!(metric(fwd.addr, "webhook_records_queued"), 0.0);
     let records = sink.wait_delivered_records(2, Duration::from_secs(10));
     assert_eq!(
@@ -256,14 +261,7 @@ fn after_a_failed_batch_the_one_behind_it_is_never_posted_and_both_are_dead_lett
             dead_letter.to_str().unwrap(),
         ],
     );
-    fwd.post_accepted(&record(1));
-    fwd.post_accepted(&record(2));
-    wait_metric(
-        fwd.addr,
-        "webhook_records_in_flight",
-        2.0,
-        "the worker never held two batches",
-    );
+    post_two_batches_and_wait_until_the_worker_holds_both(&fwd);
     assert_eq!(fwd.proc.wait_exit(Duration::from_secs(20)).code(), Some(3));
     let posted: Vec<u64> = sink
         .batches()

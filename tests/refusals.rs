@@ -3,22 +3,9 @@
 
 mod common;
 
-use std::path::Path;
 use std::time::{Duration, Instant};
 
 use common::*;
-
-fn dead_ids(path: &Path) -> Vec<u64> {
-    std::fs::read_to_string(path)
-        .unwrap_or_default()
-        .lines()
-        .map(|l| {
-            serde_json::from_str::<serde_json::Value>(l).unwrap()["user_id"]
-                .as_u64()
-                .unwrap()
-        })
-        .collect()
-}
 
 fn sorted(mut ids: Vec<u64>) -> Vec<u64> {
     ids.sort();
@@ -60,7 +47,7 @@ fn one_refused_record_is_set_aside_and_the_rest_delivered() {
         );
         fwd.proc
             .wait_line("the endpoint refused these records", SOON);
-        assert_eq!(dead_ids(&dead), [13], "{status}: set aside once");
+        assert_eq!(dead_letter_ids(&dead), [13], "{status}: set aside once");
         // The service keeps running and delivering.
         for n in 20..28 {
             assert_eq!(fwd.post(&record(n)).status, 201);
@@ -72,7 +59,7 @@ fn one_refused_record_is_set_aside_and_the_rest_delivered() {
         );
         fwd.proc.signal("TERM");
         assert_eq!(fwd.proc.wait_exit(SOON).code(), Some(0), "{status}");
-        assert_eq!(dead_ids(&dead), [13]);
+        assert_eq!(dead_letter_ids(&dead), [13]);
     }
 }
 
@@ -98,7 +85,7 @@ fn an_endpoint_that_refuses_every_record_is_a_failure() {
     }
     assert_eq!(fwd.proc.wait_exit(SOON).code(), Some(3));
     assert_eq!(
-        sorted(dead_ids(&dead)),
+        sorted(dead_letter_ids(&dead)),
         [1, 2, 3, 4],
         "each dead-lettered once"
     );
@@ -132,7 +119,7 @@ fn a_replay_file_with_a_refused_record_is_delivered_but_for_it_and_retired() {
         !replay.exists(),
         "the replay file is retired, not replayed again"
     );
-    assert_eq!(dead_ids(&dead), [4]);
+    assert_eq!(dead_letter_ids(&dead), [4]);
     fwd.proc.signal("TERM");
     assert_eq!(fwd.proc.wait_exit(SOON).code(), Some(0));
 }
