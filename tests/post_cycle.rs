@@ -3,7 +3,7 @@
 //! socket option or mode changed; and an endpoint that closes idle connections, or
 //! says more than it was asked, costs a new connection, never a failed attempt.
 //! The worker holds the next batch while it posts one, and posts nothing after a
-//! failure.
+//! failure or a forced stop; a drain delivers both, in order.
 
 mod common;
 
@@ -279,4 +279,67 @@ fn after_a_failed_batch_the_one_behind_it_is_never_posted_and_both_are_dead_lett
         log.contains("not attempted: an earlier batch was given up"),
         "{log}"
     );
+}
+
+#[test]
+fn a_forced_stop_during_retries_abandons_the_first_and_never_posts_the_second() {
+    let dead_letter = temp_path("post-cycle-forced.ndjson");
+    let sink = Sink::start(&["--status", "500", "--delay", "100ms"]);
+    let mut fwd = Forwarder::to(
+        &sink,
+        &[
+            "--batch-size",
+            "1",
+            "--batch-interval",
+            "1h",
+            "--retry-wait",
+            "2s",
+            "--queue-wait",
+            "0",
+            "--dead-letter",
+            dead_letter.to_str().unwrap(),
+        ],
+    );
+    post_two_batches_and_wait_until_the_worker_holds_both(&fwd);
+    // The first attempt fails; the worker waits 2 s to retry. Two signals force the
+    // stop inside that wait.
+    fwd.proc
+        .wait_line("batch post failed", Duration::from_secs(10));
+    fwd.proc.signal("TERM");
+    fwd.proc
+        .wait_line("signal received: draining", Duration::from_secs(10));
+    fwd.proc.signal("TERM");
+    let started = Instant::now();
+    assert_eq!(fwd.proc.wait_exit(Duration::from_secs(10)).code(), Some(4));
+    assert!(
+        started.elapsed() < Duration::from_millis(1500),
+        "the retry wait was cut short"
+    );
+    let posted: Vec<u64> = sink
+        .batches()
+        .iter()
+        .flat_map(|b| user_ids(&b.records))
+        .collect();
+    assert_eq!(posted, [1], "one attempt at the first, none at the second");
+    assert_eq!(dead_letter_ids(&dead_letter), [1, 2]);
+}
+
+#[test]
+fn a_drain_with_two_batches_in_flight_delivers_everything_in_order() {
+    let sink = Sink::start(&["--delay", "300ms"]);
+    let mut fwd = Forwarder::to(&sink, &["--batch-size", "2", "--batch-interval", "1h"]);
+    for n in 1..=4 {
+        fwd.post_accepted(&record(n));
+    }
+    wait_metric(
+        fwd.addr,
+        "webhook_records_in_flight",
+        4.0,
+        "the worker never held both batches",
+    );
+    // The ring is all in flight: this one waits for room, then is accepted.
+    fwd.post_accepted(&record(5));
+    fwd.proc.signal("TERM");
+    assert_eq!(fwd.proc.wait_exit(Duration::from_secs(10)).code(), Some(0));
+    assert_eq!(user_ids(&sink.delivered_records()), [1, 2, 3, 4, 5]);
 }

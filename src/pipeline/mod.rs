@@ -55,6 +55,15 @@ pub struct Ticket {
     pub serial: u64,
 }
 
+/// Records that came back undelivered after a failure, in the order they were
+/// accepted: the worker's, oldest first, then a batch that never reached it (the
+/// newest of all).
+#[derive(Default)]
+struct GivenBack {
+    by_worker: Vec<Record>,
+    never_handed_over: Vec<Record>,
+}
+
 /// A decoded record whose request waits for room in the ring.
 struct Waiter {
     ticket: Ticket,
@@ -101,9 +110,12 @@ pub struct Pipeline {
     replay: Option<Replay>,
     /// Oldest first; the worker's outcomes come back in this order.
     in_flight: VecDeque<InFlight>,
-    /// A batch failed (or the stop was forced): the records given back so far, oldest
-    /// first, held until the worker has given back every batch.
-    giving_up: Option<Vec<Record>>,
+    /// A batch failed: what has come back undelivered so far, held until the worker
+    /// holds nothing more.
+    giving_up: Option<GivenBack>,
+    /// A `Stop` has been made: nothing more is accepted, since its dead letters are
+    /// already counted.
+    stopped: bool,
     lifecycle: Lifecycle,
     /// Emptied vectors of delivered batches, reused for the next ones.
     spare_batches: Vec<Vec<Record>>,
@@ -131,6 +143,7 @@ impl Pipeline {
             replay,
             in_flight: VecDeque::with_capacity(MAX_IN_FLIGHT),
             giving_up: None,
+            stopped: false,
             lifecycle: Lifecycle::Serving,
             spare_batches: Vec::with_capacity(MAX_IN_FLIGHT),
             waiters: VecDeque::new(),
@@ -152,7 +165,8 @@ impl Pipeline {
     /// After a failure nothing more is accepted: the service stops as soon as the
     /// worker has given back what it holds.
     fn ring_has_room(&self) -> bool {
-        self.giving_up.is_none()
+        !self.stopped
+            && self.giving_up.is_none()
             && self.queue.waiting() + self.ring_records_in_flight() < self.queue.capacity()
     }
 
@@ -169,6 +183,10 @@ impl Pipeline {
 
     /// A decoded record from `ticket`'s request, whose body was `size` bytes.
     pub fn offer(&mut self, record: Record, size: usize, ticket: Ticket, now: Instant) -> Offer {
+        if self.stopped {
+            // Nothing would admit it, and the dead letters are already counted.
+            return Offer::Full;
+        }
         if self.has_room() {
             return match self.queue.push(record, now) {
                 Ok(()) => {
@@ -303,6 +321,7 @@ impl Pipeline {
     pub fn due(&self, now: Instant) -> Option<Instant> {
         if self.in_flight.len() >= MAX_IN_FLIGHT
             || self.giving_up.is_some()
+            || self.stopped
             || self.lifecycle == Lifecycle::Forced
         {
             return None;
@@ -365,21 +384,25 @@ impl Pipeline {
     /// their file.
     pub fn failed(&mut self, batch: Vec<Record>) -> Option<Stop> {
         let from_replay = self.in_flight.pop_front().is_some_and(|b| b.from_replay);
-        self.give_back(batch, from_replay)
+        self.give_back(batch, from_replay, false)
     }
 
     /// The batch just taken from `next_batch` could not be handed to the worker: it
     /// is the newest in flight, not the oldest.
     pub fn not_handed_over(&mut self, batch: Vec<Record>) -> Option<Stop> {
         let from_replay = self.in_flight.pop_back().is_some_and(|b| b.from_replay);
-        self.give_back(batch, from_replay)
+        self.give_back(batch, from_replay, true)
     }
 
-    fn give_back(&mut self, batch: Vec<Record>, from_replay: bool) -> Option<Stop> {
+    fn give_back(&mut self, batch: Vec<Record>, from_replay: bool, newest: bool) -> Option<Stop> {
         self.totals.batches_failed += 1;
-        let held = self.giving_up.get_or_insert_with(Vec::new);
+        let given_back = self.giving_up.get_or_insert_with(GivenBack::default);
         if !from_replay {
-            held.extend(batch);
+            if newest {
+                given_back.never_handed_over.extend(batch);
+            } else {
+                given_back.by_worker.extend(batch);
+            }
         }
         self.stop_when_worker_empty()
     }
@@ -396,7 +419,9 @@ impl Pipeline {
         } else {
             return None;
         };
-        let undelivered = self.giving_up.take().unwrap_or_default();
+        let given_back = self.giving_up.take().unwrap_or_default();
+        let mut undelivered = given_back.by_worker;
+        undelivered.extend(given_back.never_handed_over);
         Some(self.stop(exit, undelivered))
     }
 
@@ -436,6 +461,7 @@ impl Pipeline {
     }
 
     fn stop(&mut self, exit: Exit, mut undelivered: Vec<Record>) -> Stop {
+        self.stopped = true;
         self.queue.drain_into(&mut undelivered);
         let replay_left = self
             .replay

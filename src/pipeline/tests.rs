@@ -440,3 +440,33 @@ fn waiting_requests_count_their_bodies_until_answered() {
     assert_eq!(stop.refused, [ticket(6)]);
     assert_eq!(p.waiting_bytes(), 0);
 }
+
+#[test]
+fn a_batch_that_never_reached_the_worker_is_dead_lettered_after_the_ones_it_held() {
+    let t0 = Instant::now();
+    let mut p = Pipeline::new(9, 3, Some(SECOND), Duration::ZERO, None);
+    fill(&mut p, 1..8, t0);
+    let first = p.next_batch(t0).expect("due");
+    let second = p.next_batch(t0).expect("due");
+    // The second could not be handed over (the worker is gone); the first comes back
+    // after it, and still goes first.
+    assert!(p.not_handed_over(second).is_none());
+    let stop = p.failed(first).expect("nothing left in flight");
+    assert_eq!(ids(&stop.undelivered), [1, 2, 3, 4, 5, 6, 7]);
+}
+
+#[test]
+fn nothing_is_accepted_once_the_stop_is_made() {
+    let t0 = Instant::now();
+    let mut p = Pipeline::new(4, 2, Some(SECOND), SECOND, None);
+    fill(&mut p, 1..3, t0);
+    let batch = p.next_batch(t0).expect("due");
+    let stop = p.failed(batch).expect("stop");
+    assert_eq!(ids(&stop.undelivered), [1, 2]);
+    // The ring is empty again, but the dead letters are counted: a request arriving
+    // now (say, pipelined behind one just answered) is refused, not kept and lost.
+    assert!(!p.has_room());
+    assert_eq!(p.offer(Record::default(), 10, ticket(1), t0), Offer::Full);
+    assert_eq!(p.admit_waiter(t0, |_| true), None);
+    assert!(p.next_batch(t0 + SECOND * 10).is_none());
+}
