@@ -30,7 +30,7 @@ pub fn write_record(record: &Record, out: &mut Vec<u8>) {
     out.extend_from_slice(br#","total":"#);
     write_f64(record.total, out);
     out.extend_from_slice(br#","title":"#);
-    write_str(&record.title, out);
+    write_str(record.title.as_bytes(), out);
     out.extend_from_slice(br#","meta":"#);
     write_meta(&record.meta, out);
     out.extend_from_slice(if record.completed {
@@ -55,17 +55,17 @@ fn write_meta(meta: &Meta, out: &mut Vec<u8>) {
 
 fn write_login(login: &Login, out: &mut Vec<u8>) {
     out.extend_from_slice(br#"{"time":"#);
-    write_str(login.time.as_str(), out);
+    write_str(login.time.as_bytes(), out);
     out.extend_from_slice(br#","ip":"#);
-    write_str(&login.ip, out);
+    write_str(login.ip.as_bytes(), out);
     out.push(b'}');
 }
 
 fn write_phone_numbers(phones: &PhoneNumbers, out: &mut Vec<u8>) {
     out.extend_from_slice(br#"{"home":"#);
-    write_str(&phones.home, out);
+    write_str(phones.home.as_bytes(), out);
     out.extend_from_slice(br#","mobile":"#);
-    write_str(&phones.mobile, out);
+    write_str(phones.mobile.as_bytes(), out);
     out.push(b'}');
 }
 
@@ -86,9 +86,8 @@ pub(super) fn write_f64(x: f64, out: &mut Vec<u8>) {
 
 /// A JSON string: runs with nothing to escape are copied whole, and each byte that
 /// must be escaped is written by serde_json's formatter.
-fn write_str(text: &str, out: &mut Vec<u8>) {
+fn write_str(bytes: &[u8], out: &mut Vec<u8>) {
     out.push(b'"');
-    let bytes = text.as_bytes();
     let mut run_start = 0;
     for (at, &byte) in bytes.iter().enumerate() {
         if ESCAPE_EXTRA[usize::from(byte)] == 0 {
@@ -119,7 +118,7 @@ fn escape_of(byte: u8) -> CharEscape {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::record::Timestamp;
+    use crate::record::{Text, Timestamp};
 
     fn serde_form(records: &[Record]) -> Vec<u8> {
         serde_json::to_vec(records).unwrap()
@@ -155,15 +154,15 @@ mod tests {
         texts.push(String::new());
         for text in texts {
             let record = Record {
-                title: text.clone(),
+                title: Text::new(&text),
                 meta: Meta {
                     logins: vec![Login {
                         time: Timestamp::default(),
-                        ip: text.clone(),
+                        ip: Text::new(&text),
                     }],
                     phone_numbers: PhoneNumbers {
-                        home: text.clone(),
-                        mobile: text.clone(),
+                        home: Text::new(&text),
+                        mobile: Text::new(&text),
                     },
                 },
                 ..Record::default()

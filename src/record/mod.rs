@@ -14,10 +14,10 @@
 
 use serde::de::{self, DeserializeSeed, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde::{Deserialize, Deserializer, Serialize};
-use std::borrow::Cow;
-
 mod encode;
+mod text;
 pub use encode::{write_batch, write_record};
+pub use text::Text;
 
 // Deserialize is written out rather than derived: a derived struct also reads a JSON
 // array (`[7]` as user_id 7), which Go refuses.
@@ -26,7 +26,7 @@ pub use encode::{write_batch, write_record};
 pub struct Record {
     pub user_id: i64,
     pub total: f64,
-    pub title: String,
+    pub title: Text,
     pub meta: Meta,
     pub completed: bool,
 }
@@ -40,44 +40,58 @@ pub struct Meta {
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
 pub struct Login {
     pub time: Timestamp,
-    pub ip: String,
+    pub ip: Text,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
 pub struct PhoneNumbers {
-    pub home: String,
-    pub mobile: String,
+    pub home: Text,
+    pub mobile: Text,
 }
 
 /// An RFC 3339 timestamp, kept as the text the client sent once it has been checked.
 /// Keeping the text avoids a date type on the hot path and forwards exactly what came in.
-/// Borrowed for the zero time, so a defaulted login allocates nothing for it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(transparent)]
-pub struct Timestamp(Cow<'static, str>);
+pub struct Timestamp(Text);
 
 impl Timestamp {
     pub fn as_str(&self) -> &str {
-        &self.0
+        self.0.as_str()
+    }
+
+    pub fn as_bytes(&self) -> &[u8] {
+        self.0.as_bytes()
     }
 }
 
 impl Default for Timestamp {
     /// Go's zero `time.Time`, which the reference forwards for a missing time.
     fn default() -> Self {
-        Timestamp(Cow::Borrowed(ZERO_TIME))
+        Timestamp(Text::new(ZERO_TIME))
     }
 }
 
 impl<'de> Deserialize<'de> for Timestamp {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        let text = String::deserialize(deserializer)?;
-        if is_timestamp(&text) {
-            Ok(Timestamp(Cow::Owned(text)))
+        deserializer.deserialize_str(TimestampVisitor)
+    }
+}
+
+struct TimestampVisitor;
+
+impl Visitor<'_> for TimestampVisitor {
+    type Value = Timestamp;
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("an RFC 3339 timestamp")
+    }
+    fn visit_str<E: de::Error>(self, text: &str) -> Result<Timestamp, E> {
+        if is_timestamp(text) {
+            Ok(Timestamp(Text::new(text)))
         } else {
             Err(de::Error::custom(format_args!(
                 "{} is not an RFC 3339 timestamp (e.g. 2020-08-08T01:52:50Z)",
-                Quote(&text)
+                Quote(text)
             )))
         }
     }
@@ -255,11 +269,12 @@ fn bool_len(b: bool) -> usize {
 }
 
 /// A string's length in JSON, quotes and serde_json's escapes included.
-fn str_len(s: &str) -> usize {
-    s.len()
+fn str_len(text: &[u8]) -> usize {
+    text.len()
         + 2
-        + s.bytes()
-            .map(|b| usize::from(ESCAPE_EXTRA[usize::from(b)]))
+        + text
+            .iter()
+            .map(|&b| usize::from(ESCAPE_EXTRA[usize::from(b)]))
             .sum::<usize>()
 }
 
@@ -328,7 +343,7 @@ impl<'de> Visitor<'de> for RecordVisitor<'_> {
         self.size.add(
             RECORD_FRAME
                 + int_len(record.user_id)
-                + str_len(&record.title)
+                + str_len(record.title.as_bytes())
                 + meta
                 + bool_len(record.completed),
         )?;
@@ -450,7 +465,7 @@ impl<'de> Visitor<'de> for LoginVisitor<'_> {
             }
         }
         self.size
-            .add(LOGIN_FRAME + str_len(login.time.as_str()) + str_len(&login.ip))?;
+            .add(LOGIN_FRAME + str_len(login.time.as_bytes()) + str_len(login.ip.as_bytes()))?;
         Ok(login)
     }
 }
@@ -492,8 +507,9 @@ impl<'de> Visitor<'de> for PhoneNumbersVisitor<'_> {
                 _ => numbers.mobile = nullable(&mut map)?,
             }
         }
-        self.size
-            .add(PHONE_FRAME + str_len(&numbers.home) + str_len(&numbers.mobile))?;
+        self.size.add(
+            PHONE_FRAME + str_len(numbers.home.as_bytes()) + str_len(numbers.mobile.as_bytes()),
+        )?;
         Ok(numbers)
     }
 }
@@ -1075,13 +1091,13 @@ mod tests {
 
     #[test]
     fn the_zero_time_is_not_allocated() {
-        assert!(matches!(Timestamp::default().0, Cow::Borrowed(_)));
+        assert!(matches!(Timestamp::default().0, Text::Inline { .. }));
         let r = decode(br#"{"user_id": 1, "meta": {"logins": [{}, {"time": null}]}}"#).unwrap();
         assert!(
             r.meta
                 .logins
                 .iter()
-                .all(|l| matches!(l.time.0, Cow::Borrowed(_)))
+                .all(|l| matches!(l.time.0, Text::Inline { .. }))
         );
         assert_eq!(r.meta.logins[0].time.as_str(), "0001-01-01T00:00:00Z");
     }
