@@ -90,9 +90,9 @@ fn write_str(bytes: &[u8], out: &mut Vec<u8>) {
     out.push(b'"');
     // Nearly every value has nothing to escape: say so in one pass with no early exit
     // (which the compiler turns into vector code), then copy it whole.
-    let any_escape = bytes
-        .iter()
-        .fold(false, |seen, &b| seen | (b < 0x20) | (b == b'"') | (b == b'\\'));
+    let any_escape = bytes.iter().fold(false, |seen, &b| {
+        seen | (b < 0x20) | (b == b'"') | (b == b'\\')
+    });
     if !any_escape {
         out.extend_from_slice(bytes);
         out.push(b'"');
