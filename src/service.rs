@@ -8,11 +8,10 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use log::info;
-
 use crate::auth::{Access, BearerToken};
 use crate::http::response::{self, Response};
 use crate::http::{Exchange, Handler, Method, Reply};
+use crate::logging::RequestLine;
 use crate::metrics::{Endpoint, Gauges, Metrics, Rejected, WorkerStats};
 use crate::pipeline::{Offer, Pipeline, Ticket};
 use crate::record::{self, Rejection};
@@ -380,17 +379,15 @@ impl Handler for Peer<'_> {
             None => self.service.reason.as_str(),
         }
         .filter(|_| exchange.status >= 400);
-        // Optional fields that are None are left out of the line.
-        info!(
-            method = exchange.method,
-            path = exchange.path,
-            status = exchange.status,
-            duration_us = duration_us,
-            waited_ms = exchange.waited.map(|w| w.as_millis() as u64),
-            remote = self.remote,
-            reason = reason;
-            "request"
-        );
+        crate::logging::request(&RequestLine {
+            method: exchange.method,
+            path: exchange.path,
+            status: exchange.status,
+            duration_us,
+            waited_ms: exchange.waited.map(|w| w.as_millis() as u64),
+            remote: self.remote,
+            reason,
+        });
         self.service.reason.len = 0;
     }
 }

@@ -14,13 +14,13 @@ mod format;
 
 use std::cell::RefCell;
 use std::io::Write as _;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime};
 
 use log::LevelFilter;
 
 use crate::clock::StampCache;
-pub use format::{LogFormat, format_line};
+pub use format::{LogFormat, RequestLine, format_line};
 
 /// Write the buffer once it holds this much...
 const FLUSH_SOON_BYTES: usize = 16 * 1024;
@@ -32,6 +32,9 @@ const WRITE_CHUNK: usize = 4096;
 const MAX_BACKLOG: usize = 1024 * 1024;
 /// How long the last flush before exit waits for a stderr that takes nothing.
 const EXIT_FLUSH_WAIT: Duration = Duration::from_secs(1);
+
+/// `--log-format json`, for the request line, which is written without the logger.
+static JSON: AtomicBool = AtomicBool::new(false);
 
 /// Lines dropped because stderr was not taking them, since start.
 static DROPPED: AtomicU64 = AtomicU64::new(0);
@@ -60,6 +63,7 @@ thread_local! {
 /// than fern's per-module levels: those walk the target's module path for every line,
 /// the request line included, at about 450 instructions a time.
 pub fn init(level: LevelFilter, format: LogFormat) -> Result<(), log::SetLoggerError> {
+    JSON.store(format == LogFormat::Json, Ordering::Relaxed);
     fern::Dispatch::new()
         .level(level)
         .chain(fern::Output::call(move |record| append(record, format)))
@@ -84,6 +88,30 @@ fn append(record: &log::Record<'_>, format: LogFormat) {
         return;
     }
     let written_at_once = record.level() <= log::Level::Warn;
+    add_line(written_at_once, |lines, stamps| {
+        format_line(lines, stamps, SystemTime::now(), record, format)
+    });
+}
+
+/// The line of one request, at info level like `info!` would write it (see
+/// `format_request_line`), but straight into this thread's buffer.
+pub fn request(line: &RequestLine<'_>) {
+    if log::max_level() < LevelFilter::Info {
+        return;
+    }
+    let format = if JSON.load(Ordering::Relaxed) {
+        LogFormat::Json
+    } else {
+        LogFormat::Logfmt
+    };
+    add_line(false, |lines, stamps| {
+        format::format_request_line(lines, stamps, SystemTime::now(), line, format)
+    });
+}
+
+/// Adds a line to this thread's buffer (`write` formats it), and writes the buffer
+/// at once when asked.
+fn add_line(written_at_once: bool, write: impl FnOnce(&mut Vec<u8>, &mut StampCache)) {
     let added = PENDING.with(|cell| {
         // Only a log call from inside formatting could find it borrowed; drop that
         // line rather than panic.
@@ -101,7 +129,7 @@ fn append(record: &log::Record<'_>, format: LogFormat) {
         if lines.is_empty() {
             *oldest = Some(Instant::now());
         }
-        format_line(lines, stamps, SystemTime::now(), record, format);
+        write(lines, stamps);
         true
     });
     if !added {
