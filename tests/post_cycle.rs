@@ -242,32 +242,45 @@ fn the_next_batch_goes_to_the_worker_while_one_is_posted_and_both_arrive_in_orde
     assert!(batches[1].at - batches[0].at >= Duration::from_millis(250));
 }
 
-#[test]
-fn after_a_failed_batch_the_one_behind_it_is_never_posted_and_both_are_dead_lettered() {
-    let dead_letter = temp_path("post-cycle-dead-letter.ndjson");
-    let sink = Sink::start(&["--status", "500", "--delay", "200ms"]);
-    let mut fwd = Forwarder::to(
-        &sink,
+/// Batches of one record to a sink that refuses them all (500), queue-wait 0.
+fn failing_one_record_batches(
+    sink: &Sink,
+    dead_letter: &std::path::Path,
+    retry_wait: &str,
+) -> Forwarder {
+    Forwarder::to(
+        sink,
         &[
             "--batch-size",
             "1",
             "--batch-interval",
             "1h",
             "--retry-wait",
-            "100ms",
+            retry_wait,
             "--queue-wait",
             "0",
             "--dead-letter",
             dead_letter.to_str().unwrap(),
         ],
-    );
-    post_two_batches_and_wait_until_the_worker_holds_both(&fwd);
-    assert_eq!(fwd.proc.wait_exit(Duration::from_secs(20)).code(), Some(3));
-    let posted: Vec<u64> = sink
-        .batches()
+    )
+}
+
+/// The user_ids of every POST the sink took, attempts included, in order.
+fn posted_ids(sink: &Sink) -> Vec<u64> {
+    sink.batches()
         .iter()
         .flat_map(|b| user_ids(&b.records))
-        .collect();
+        .collect()
+}
+
+#[test]
+fn after_a_failed_batch_the_one_behind_it_is_never_posted_and_both_are_dead_lettered() {
+    let dead_letter = temp_path("post-cycle-dead-letter.ndjson");
+    let sink = Sink::start(&["--status", "500", "--delay", "200ms"]);
+    let mut fwd = failing_one_record_batches(&sink, &dead_letter, "100ms");
+    post_two_batches_and_wait_until_the_worker_holds_both(&fwd);
+    assert_eq!(fwd.proc.wait_exit(Duration::from_secs(20)).code(), Some(3));
+    let posted = posted_ids(&sink);
     assert_eq!(
         posted,
         [1, 1, 1, 1],
@@ -285,21 +298,7 @@ fn after_a_failed_batch_the_one_behind_it_is_never_posted_and_both_are_dead_lett
 fn a_forced_stop_during_retries_abandons_the_first_and_never_posts_the_second() {
     let dead_letter = temp_path("post-cycle-forced.ndjson");
     let sink = Sink::start(&["--status", "500", "--delay", "100ms"]);
-    let mut fwd = Forwarder::to(
-        &sink,
-        &[
-            "--batch-size",
-            "1",
-            "--batch-interval",
-            "1h",
-            "--retry-wait",
-            "2s",
-            "--queue-wait",
-            "0",
-            "--dead-letter",
-            dead_letter.to_str().unwrap(),
-        ],
-    );
+    let mut fwd = failing_one_record_batches(&sink, &dead_letter, "2s");
     post_two_batches_and_wait_until_the_worker_holds_both(&fwd);
     // The first attempt fails; the worker waits 2 s to retry. Two signals force the
     // stop inside that wait.
@@ -315,11 +314,7 @@ fn a_forced_stop_during_retries_abandons_the_first_and_never_posts_the_second() 
         started.elapsed() < Duration::from_millis(1500),
         "the retry wait was cut short"
     );
-    let posted: Vec<u64> = sink
-        .batches()
-        .iter()
-        .flat_map(|b| user_ids(&b.records))
-        .collect();
+    let posted = posted_ids(&sink);
     assert_eq!(posted, [1], "one attempt at the first, none at the second");
     assert_eq!(dead_letter_ids(&dead_letter), [1, 2]);
 }
