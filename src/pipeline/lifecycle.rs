@@ -7,7 +7,8 @@ pub enum Lifecycle {
     Serving,
     /// First signal: no new connections or requests; queued records go out.
     Draining,
-    /// Second signal: the batch in flight is abandoned as soon as the worker allows,
+    /// Second signal: the batch being posted is abandoned as soon as the worker allows,
+    /// the one behind it goes back unattempted,
     /// and what is left goes to the dead-letter file.
     Forced,
 }
@@ -17,7 +18,7 @@ pub enum Lifecycle {
 pub enum SignalEffect {
     /// Close the listener and idle connections, refuse new requests, send what waits.
     BeginDrain,
-    /// Stop retrying the batch in flight.
+    /// Stop retrying the batch being posted; give back the one behind it.
     Force,
     /// Already forced: nothing more to do.
     Nothing,

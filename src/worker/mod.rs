@@ -145,7 +145,7 @@ impl Worker {
         let _ = self.jobs.send(Job::Abort);
     }
 
-    /// The outcome of the batch in flight, if it is known yet. Call it only while a
+    /// The outcome of the oldest batch in flight, if it is known yet. Call it only while a
     /// batch is in flight: a vanished worker then reads as a failed batch.
     pub fn poll_outcome(&mut self) -> Option<Outcome> {
         match self.outcomes.try_recv() {
