@@ -7,8 +7,10 @@
 //! The poll timeout is the nearest of the batch deadline, the connection deadlines and
 //! the log's, so an idle service sleeps in `epoll_wait` and uses no CPU at all.
 //!
-//! The worker shares the core under load, so the loop hands it a batch as soon as it
-//! is free and yields the core once per batch and once per busy turn.
+//! The worker shares the core under load and does not preempt the loop when it wakes
+//! (see `os::defer_wakeups_to_the_loop`), so the loop yields the core once per batch
+//! it hands over: the worker then reads the answer to the batch before and sends the
+//! new one in a single run.
 
 mod connections;
 
@@ -166,11 +168,6 @@ impl Server {
                 .continue_unfinished(self.poll.registry(), &mut app);
             self.connections
                 .release_held(self.poll.registry(), &mut app);
-            if self.pipeline.is_busy() {
-                // The endpoint's answer may be waiting for this core: one yield per
-                // turn (tens of requests under load) keeps the POST cycle short.
-                std::thread::yield_now();
-            }
             if let Some(stop) = self.forward(now) {
                 return self.finish(stop);
             }
@@ -253,9 +250,10 @@ impl Server {
                 admitted.push(ticket);
             }
         }
-        let worker_was_idle = !self.pipeline.is_busy();
+        let mut handed_over = false;
         let mut stop = None;
         while let Some(batch) = self.pipeline.next_batch(now) {
+            handed_over = true;
             if let Err(batch) = self.worker.send(batch) {
                 // The worker cannot vanish by design; if it did, keep the records safe.
                 error!(batch_size = batch.len(); "forwarder thread is gone");
@@ -267,10 +265,10 @@ impl Server {
             self.answer_waiting(ticket, WaitOutcome::Admitted);
         }
         self.admitted = admitted;
-        if stop.is_none() && worker_was_idle && self.pipeline.is_busy() {
-            // On a shared core, let the worker start the POST now rather than after
-            // this thread's time slice: one syscall per batch, not per request. A
-            // worker that was busy already has its next batch in hand.
+        if stop.is_none() && handed_over {
+            // The worker's wake-ups wait for the loop: this is where it gets the core,
+            // to send the batch, and first to read the answer to the one before if it
+            // has come. A yield with nothing else to run costs one cheap syscall.
             std::thread::yield_now();
         }
         stop

@@ -282,7 +282,7 @@ impl Poster {
     }
 
     fn run(mut self, jobs: Receiver<Job>, outcomes: Sender<Outcome>, doorbell: &Doorbell) {
-        crate::os::request_short_slice();
+        crate::os::defer_wakeups_to_the_loop();
         let mut inbox = Inbox::new(jobs);
         // After a failure the service is stopping: later batches go back unattempted,
         // so that none is delivered after records sent before it were given up on.
