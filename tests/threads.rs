@@ -44,3 +44,38 @@ fn no_thread_is_created_after_start_up() {
     );
     assert_eq!(threads_of(pid), before, "the same two threads");
 }
+
+/// Field 41 of /proc/PID/task/TID/stat: the thread's scheduling policy.
+fn policy_of(pid: u32, tid: &str) -> u32 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/stat")).expect("stat");
+    let after_name = stat.rsplit_once(')').expect("comm in parentheses").1;
+    after_name
+        .split_whitespace()
+        .nth(38)
+        .and_then(|f| f.parse().ok())
+        .expect("policy field")
+}
+
+/// The worker's wake-ups must not preempt the loop (see `os::defer_wakeups_to_the_loop`);
+/// the loop itself stays an ordinary thread so that clients are answered promptly.
+#[test]
+fn the_worker_is_batch_work_and_the_loop_is_not() {
+    const SCHED_OTHER: u32 = 0;
+    const SCHED_BATCH: u32 = 3;
+    let sink = Sink::start(&[]);
+    let fwd = Forwarder::start(
+        &["--post-endpoint", &sink.endpoint(), "--batch-size", "1"],
+        &[],
+    );
+    let pid = fwd.proc.pid();
+    assert_eq!(fwd.post(&record(1)).status, 201);
+    sink.wait_batches(1, SOON);
+    let policies: Vec<u32> = threads_of(pid).iter().map(|t| policy_of(pid, t)).collect();
+    let loop_policy = policy_of(pid, &pid.to_string());
+    assert_eq!(loop_policy, SCHED_OTHER, "the loop: {policies:?}");
+    assert_eq!(
+        policies.iter().filter(|&&p| p == SCHED_BATCH).count(),
+        1,
+        "one batch thread, the worker: {policies:?}"
+    );
+}
