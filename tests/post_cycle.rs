@@ -338,3 +338,76 @@ fn a_drain_with_two_batches_in_flight_delivers_everything_in_order() {
     assert_eq!(fwd.proc.wait_exit(Duration::from_secs(10)).code(), Some(0));
     assert_eq!(user_ids(&sink.delivered_records()), [1, 2, 3, 4, 5]);
 }
+
+/// The worker's wake-ups wait for the loop (it runs as SCHED_BATCH), but it must still
+/// get the core when the loop never runs out of work: with the whole service on one
+/// core and its loop flooded with `/healthz`, every record still goes out promptly
+/// and none waits long enough for a `503`.
+#[test]
+fn a_flooded_loop_on_one_core_still_lets_every_batch_out() {
+    use std::io::{Read, Write};
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+    let sink = Sink::start(&[]);
+    let fwd = Forwarder::to(&sink, &["--batch-size", "1", "--queue-wait", "2s"]);
+    let pid = fwd.proc.pid().to_string();
+    let pinned = std::process::Command::new("taskset")
+        .args(["-a", "-p", "-c", "0", &pid])
+        .output();
+    if !pinned.is_ok_and(|o| o.status.success()) {
+        eprintln!("taskset is not available: skipped");
+        return;
+    }
+    let stop = Arc::new(AtomicBool::new(false));
+    let answered = Arc::new(AtomicU64::new(0));
+    let flood: String = HEALTH.repeat(64);
+    let flooders: Vec<_> = (0..4)
+        .map(|_| {
+            let (stop, answered, flood, addr) =
+                (stop.clone(), answered.clone(), flood.clone(), fwd.addr);
+            std::thread::spawn(move || {
+                let mut conn = std::net::TcpStream::connect(addr).expect("connect");
+                let mut buf = vec![0u8; 64 * 1024];
+                while !stop.load(Ordering::Relaxed) {
+                    conn.write_all(flood.as_bytes()).expect("send the flood");
+                    let mut oks = 0;
+                    while oks < 64 {
+                        let n = conn.read(&mut buf).expect("read the answers");
+                        assert!(n > 0, "the service closed a flooding connection");
+                        oks += buf[..n].windows(4).filter(|w| w == b" 200").count();
+                    }
+                    answered.fetch_add(64, Ordering::Relaxed);
+                }
+            })
+        })
+        .collect();
+    let deadline = Instant::now() + SOON;
+    while answered.load(Ordering::Relaxed) < 10_000 {
+        assert!(Instant::now() < deadline, "the flood never got going");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let started = Instant::now();
+    let flood_before = answered.load(Ordering::Relaxed);
+    // The ring holds two records at batch size 1: from the third on, each one is
+    // admitted only once the worker has delivered an earlier one.
+    for n in 1..=20 {
+        let reply = fwd.post(&record(n));
+        assert_eq!(reply.status, 201, "record {n}: {}", reply.body);
+    }
+    let batches = sink.wait_batches(20, SOON);
+    let took = started.elapsed();
+    let flood_during = answered.load(Ordering::Relaxed) - flood_before;
+    stop.store(true, Ordering::Relaxed);
+    for flooder in flooders {
+        flooder.join().expect("flooder");
+    }
+    assert!(batches.iter().all(|b| b.status == 200));
+    assert!(flood_during > 0, "the loop was not kept busy");
+    // About 10 ms here; a worker made SCHED_IDLE instead took 690 ms, and one that
+    // waited for the loop to sleep would never finish.
+    assert!(
+        took < Duration::from_millis(300),
+        "20 batches took {took:?} with the loop flooded ({flood_during} health checks)"
+    );
+}
