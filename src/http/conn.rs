@@ -916,10 +916,27 @@ impl<'h> HeadFields<'h> {
     }
 }
 
-/// Whether a line of a complete head ends in LF without CR. One pass over the head,
-/// once per request.
+/// Whether a line of a complete head ends in LF without CR: an LF first, or after
+/// anything but CR. Pairs of bytes are compared a block at a time without branches,
+/// which the compiler turns into vector compares; a byte-at-a-time search was most
+/// of the loop's time on heads of a few KiB.
 fn has_bare_lf(head: &[u8]) -> bool {
-    head.first() == Some(&b'\n') || head.windows(2).any(|w| w[1] == b'\n' && w[0] != b'\r')
+    const BLOCK: usize = 64;
+    fn any_bare(before: &[u8], at: &[u8]) -> bool {
+        before.iter().zip(at).fold(false, |found, (&b, &a)| {
+            found | ((a == b'\n') & (b != b'\r'))
+        })
+    }
+    if head.first() == Some(&b'\n') {
+        return true;
+    }
+    let Some(at) = head.get(1..) else {
+        return false;
+    };
+    let before = &head[..at.len()];
+    let (blocks_before, blocks_at) = (before.chunks_exact(BLOCK), at.chunks_exact(BLOCK));
+    let (rest_before, rest_at) = (blocks_before.remainder(), blocks_at.remainder());
+    blocks_before.zip(blocks_at).any(|(b, a)| any_bare(b, a)) || any_bare(rest_before, rest_at)
 }
 
 /// Digits only: no sign, no spaces inside, no list (`5, 5`); overflow is invalid.

@@ -795,3 +795,41 @@ fn chunk_size_lines_are_bounded_per_request_by_the_head_limit() {
     assert_eq!(statuses, vec![201, 201]);
     assert_eq!(h.app.bodies, vec![vec![b'x'; 50], vec![b'x'; 50]]);
 }
+
+/// The counting form of the bare-LF check agrees with the plain definition: an LF at
+/// the start, or after anything but CR.
+#[test]
+fn bare_lf_counting_agrees_with_the_definition() {
+    fn by_definition(head: &[u8]) -> bool {
+        head.first() == Some(&b'\n') || head.windows(2).any(|w| w[1] == b'\n' && w[0] != b'\r')
+    }
+    let alphabet = [b'\r', b'\n', b'a'];
+    // Every head of up to seven bytes over CR, LF and one other byte.
+    for len in 0..=7u32 {
+        for mut code in 0..3usize.pow(len) {
+            let head: Vec<u8> = (0..len)
+                .map(|_| {
+                    let b = alphabet[code % 3];
+                    code /= 3;
+                    b
+                })
+                .collect();
+            assert_eq!(super::has_bare_lf(&head), by_definition(&head), "{head:?}");
+        }
+    }
+    // Long heads, so the vector loops and their tails both run.
+    let mut long = b"GET / HTTP/1.1\r\n".to_vec();
+    for i in 0..200 {
+        long.extend_from_slice(format!("X-Pad-{i}: {}\r\n", "a".repeat(i % 37)).as_bytes());
+    }
+    long.extend_from_slice(b"\r\n");
+    assert!(!super::has_bare_lf(&long));
+    for at in [0, 1, 15, 16, 17, 31, 32, 33, long.len() / 2, long.len() - 1] {
+        let mut bad = long.clone();
+        bad[at] = b'\n';
+        if at > 0 && bad[at - 1] == b'\r' {
+            continue;
+        }
+        assert!(super::has_bare_lf(&bad), "LF at {at}");
+    }
+}
