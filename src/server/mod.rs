@@ -214,9 +214,9 @@ impl Server {
     /// due. Cheap when there is nothing to do: one channel poll, one comparison.
     ///
     /// Room that a delivery frees goes to waiting requests at once, and the batch they
-    /// complete goes to the worker before they are answered: the worker is then posting
-    /// the batch after it, and the sooner the next is in its hands, the likelier it
-    /// starts that POST as soon as the answer comes, without waiting for this thread.
+    /// complete goes to the worker before they are answered, followed by a yield: the
+    /// worker then reads the answer to the batch it is posting and sends this one in
+    /// the same run, rather than waking once for each.
     fn forward(&mut self, now: Instant) -> Option<Stop> {
         let mut room_freed = false;
         while self.pipeline.is_busy() {
