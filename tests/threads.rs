@@ -79,3 +79,36 @@ fn the_worker_is_batch_work_and_the_loop_is_not() {
         "one batch thread, the worker: {policies:?}"
     );
 }
+
+/// A policy set from outside (here `chrt --idle`, which needs no privilege) is the
+/// operator's choice: the worker keeps it rather than switching to SCHED_BATCH.
+#[test]
+fn a_policy_set_from_outside_is_left_alone() {
+    const SCHED_IDLE: u32 = 5;
+    let sink = Sink::start(&[]);
+    let mut command = std::process::Command::new("chrt");
+    command
+        .args(["--idle", "0", env!("CARGO_BIN_EXE_webhook-forwarder")])
+        .args(["--http", "127.0.0.1:0", "--batch-size", "1"])
+        .args(["--post-endpoint", &sink.endpoint()])
+        .arg("--dead-letter")
+        .arg(temp_path("dead-letter.ndjson"));
+    let proc = Proc::spawn(command, true);
+    let line = proc.wait_line("listening", SOON);
+    let fwd = Forwarder {
+        addr: field(&line.text, "listen").parse().expect("listen address"),
+        proc,
+    };
+    // A delivered batch shows the worker has run, and so made its choice of policy.
+    assert_eq!(fwd.post(&record(1)).status, 201);
+    sink.wait_batches(1, SOON);
+    let pid = fwd.proc.pid();
+    let threads = threads_of(pid);
+    assert_eq!(threads.len(), 2, "the loop and the worker: {threads:?}");
+    let policies: Vec<u32> = threads.iter().map(|t| policy_of(pid, t)).collect();
+    assert_eq!(
+        policies,
+        [SCHED_IDLE, SCHED_IDLE],
+        "chrt's policy on both threads"
+    );
+}

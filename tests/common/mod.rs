@@ -33,7 +33,7 @@ pub struct Proc {
 }
 
 impl Proc {
-    fn spawn(mut command: Command, watch_stderr: bool) -> Proc {
+    pub fn spawn(mut command: Command, watch_stderr: bool) -> Proc {
         // The caller's WEBHOOK_* variables must not leak into a test.
         for (key, _) in std::env::vars() {
             if key.starts_with("WEBHOOK_") {
