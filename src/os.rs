@@ -71,6 +71,33 @@ pub fn raise_open_files_limit() -> Option<u64> {
     Some(limit.rlim_cur)
 }
 
+/// Ignores every signal whose default action would end the process at once and that
+/// the service does not use: SIGUSR1 and SIGUSR2 (log rotators and supervisors send
+/// them), the timer signals, SIGIO, SIGSTKFLT and the real-time signals. SIGXFSZ too:
+/// a dead-letter file past the size limit then fails with EFBIG, which falls back to
+/// stderr, instead of killing the process with the records. SIGPIPE is ignored by
+/// the Rust runtime already. The signals glibc keeps below SIGRTMIN are left alone.
+pub fn ignore_stray_signals() {
+    let fixed = [
+        libc::SIGUSR1,
+        libc::SIGUSR2,
+        libc::SIGALRM,
+        libc::SIGVTALRM,
+        libc::SIGPROF,
+        libc::SIGIO,
+        libc::SIGSTKFLT,
+        libc::SIGXFSZ,
+    ];
+    let real_time = libc::SIGRTMIN()..=libc::SIGRTMAX();
+    for signal in fixed.into_iter().chain(real_time) {
+        // SAFETY: signal(2) with SIG_IGN installs no handler; it only changes the
+        // disposition, which is process-wide and valid for any of these numbers.
+        unsafe {
+            libc::signal(signal, libc::SIG_IGN);
+        }
+    }
+}
+
 /// Whether stderr would take a write now without blocking, waiting at most `wait`.
 /// A pipe or terminal that reports writable takes at least one page (4 KiB) at
 /// once, so a write of that much does not block. Asking this, rather than setting

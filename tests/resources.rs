@@ -206,6 +206,35 @@ fn sighup_drains_like_sigterm() {
     fwd.proc.wait_line("signal received: draining", SOON);
 }
 
+/// A signal the service does not use must not kill it with records in hand (their
+/// default action would): it keeps serving, and SIGQUIT, nginx's graceful stop, drains.
+#[test]
+fn stray_signals_are_ignored_and_sigquit_drains() {
+    let sink = Sink::start(&[]);
+    let mut fwd = Forwarder::to(&sink, &["--batch-size", "10", "--batch-interval", "1h"]);
+    for n in 1..=3 {
+        assert_eq!(fwd.post(&record(n)).status, 201);
+    }
+    for signal in [
+        "USR1", "USR2", "ALRM", "VTALRM", "PROF", "IO", "XFSZ", "RTMIN+5",
+    ] {
+        fwd.proc.signal(signal);
+        // Still alive and serving after each one.
+        assert_eq!(fwd.post(&record(4)).status, 201, "after SIG{signal}");
+    }
+    fwd.proc.signal("QUIT");
+    assert_eq!(
+        fwd.proc.wait_exit(SOON).code(),
+        Some(0),
+        "{}",
+        fwd.proc.text()
+    );
+    assert_eq!(
+        user_ids(&sink.delivered_records()),
+        vec![1, 2, 3, 4, 4, 4, 4, 4, 4, 4, 4]
+    );
+}
+
 #[test]
 fn two_sigterms_back_to_back_force_the_stop() {
     let sink = Sink::start(&["--delay", "10s"]);

@@ -25,7 +25,7 @@ pub enum SignalEffect {
 }
 
 impl Lifecycle {
-    /// Every delivery of SIGTERM, SIGINT or SIGHUP counts, so two in a row force.
+    /// Every delivery of a stop signal counts, so two in a row force.
     pub fn on_signal(&mut self) -> SignalEffect {
         match self {
             Lifecycle::Serving => {

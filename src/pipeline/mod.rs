@@ -438,7 +438,7 @@ impl Pipeline {
         })
     }
 
-    /// SIGTERM, SIGINT or SIGHUP arrived.
+    /// A stop signal (SIGTERM, SIGINT, SIGHUP, SIGQUIT, ...) arrived.
     pub fn on_signal(&mut self) -> SignalEffect {
         self.lifecycle.on_signal()
     }

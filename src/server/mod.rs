@@ -19,11 +19,11 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use libc::{SIGHUP, SIGINT, SIGPWR, SIGQUIT, SIGTERM, SIGXCPU};
 use log::{error, info, warn};
 use mio::net::TcpListener;
 use mio::net::UnixStream;
 use mio::{Events, Interest, Poll, Token, Waker};
-use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 
 use crate::config::Config;
 use crate::deadletter::{self, Replay};
@@ -372,18 +372,26 @@ impl Server {
     }
 }
 
-/// SIGTERM, SIGINT and SIGHUP each write one byte to a socket the loop polls.
+/// The stop signals (`STOP_SIGNALS`) each write one byte to a socket the loop polls.
 ///
 /// Every delivery counts: two signals sent back to back are two steps (drain, then
 /// force), where a pending flag per signal would fold them into one. The handler
 /// (signal-hook's) only `send`s a byte, which is async-signal-safe. SIGHUP drains like
-/// SIGTERM instead of killing the process when its terminal goes away.
+/// SIGTERM instead of killing the process when its terminal goes away. The signals
+/// whose default would end the process on the spot are ignored (`os::ignore_stray_signals`):
+/// a stray `kill -USR1` must not take accepted records with it.
+/// Each drains, and a second one forces, like SIGTERM. SIGQUIT is nginx's graceful
+/// stop; SIGXCPU comes before the kernel's SIGKILL at a CPU limit, SIGPWR before a
+/// power cut: both leave time to drain.
+const STOP_SIGNALS: [libc::c_int; 6] = [SIGTERM, SIGINT, SIGHUP, SIGQUIT, SIGXCPU, SIGPWR];
+
 fn watch_signals() -> io::Result<UnixStream> {
     let (read, write) = std::os::unix::net::UnixStream::pair()?;
     read.set_nonblocking(true)?;
-    for signal in [SIGTERM, SIGINT, SIGHUP] {
+    for signal in STOP_SIGNALS {
         signal_hook::low_level::pipe::register(signal, write.try_clone()?)?;
     }
+    crate::os::ignore_stray_signals();
     Ok(UnixStream::from_std(read))
 }
 
