@@ -9,7 +9,7 @@
 use std::fs::{File, OpenOptions};
 use std::io::{self, BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use log::{error, info, warn};
 
@@ -55,22 +55,39 @@ pub fn write_records<'a>(
 pub enum Destination {
     Nothing,
     File(usize),
-    Stderr(usize),
+    /// The file failed: `written` records went to stderr, `lost` went nowhere.
+    Stderr {
+        written: usize,
+        lost: usize,
+    },
 }
 
 impl Destination {
     pub fn count(self) -> usize {
         match self {
             Destination::Nothing => 0,
-            Destination::File(n) | Destination::Stderr(n) => n,
+            Destination::File(n) | Destination::Stderr { written: n, .. } => n,
         }
     }
 }
 
+/// How long stderr may take nothing before records meant for it are given up: the
+/// last place they can go, so worth a wait the loop would never make (it waits
+/// only at exit; the worker's wait holds back its next batch, not requests).
+const STDERR_PATIENCE: Duration = Duration::from_secs(10);
+
 fn to_stderr(lines: &[u8], count: usize) -> Destination {
-    crate::logging::flush();
-    let _ = io::stderr().lock().write_all(lines);
-    Destination::Stderr(count)
+    let written = crate::logging::write_records(lines, STDERR_PATIENCE);
+    // Only whole lines count: a record cut short is as lost as one never written.
+    let whole = lines[..written].iter().filter(|&&b| b == b'\n').count();
+    let lost = count - whole;
+    if lost > 0 {
+        error!(records = lost, written = whole; "records lost: neither the dead-letter file nor stderr took them");
+    }
+    Destination::Stderr {
+        written: whole,
+        lost,
+    }
 }
 
 /// Why an append did not land, and what it left in the file.
@@ -427,6 +444,12 @@ mod tests {
     #[test]
     fn an_unwritable_path_falls_back_to_stderr() {
         let path = Path::new("/nonexistent-dir/for/sure/dl.ndjson");
-        assert_eq!(write_records(path, &[rec(1)]), Destination::Stderr(1));
+        assert_eq!(
+            write_records(path, &[rec(1)]),
+            Destination::Stderr {
+                written: 1,
+                lost: 0
+            }
+        );
     }
 }

@@ -117,6 +117,17 @@ pub fn stderr_writable(wait: std::time::Duration) -> bool {
     ready > 0
 }
 
+/// One write(2) to descriptor 2, without the standard library's stderr lock.
+pub fn write_stderr(bytes: &[u8]) -> io::Result<usize> {
+    // SAFETY: write(2) reads at most `bytes.len()` bytes from a live slice.
+    let n = unsafe { libc::write(libc::STDERR_FILENO, bytes.as_ptr().cast(), bytes.len()) };
+    if n < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(n as usize)
+    }
+}
+
 /// Lets the kernel queue as many not-yet-accepted connections as it allows
 /// (`net.core.somaxconn`), instead of the standard library's 128: a burst of
 /// connections then waits in the kernel instead of being reset. Calling listen(2)

@@ -8,12 +8,14 @@
 //! errors are written at once. Writes never block: stderr is asked first whether it
 //! would take them (`os::stderr_writable`), and what it will not take waits in the
 //! buffer. Past `MAX_BACKLOG` new lines are dropped and counted, and once writing
-//! works again one line says how many were lost.
+//! works again one line says how many were lost. The threads take turns at stderr
+//! and write whole lines (`stderr`), so neither tears the other's lines and the loop
+//! never waits for the worker's writes.
 
 mod format;
+mod stderr;
 
 use std::cell::RefCell;
-use std::io::Write as _;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -26,8 +28,6 @@ pub use format::{LogFormat, RequestLine, format_line};
 const FLUSH_SOON_BYTES: usize = 16 * 1024;
 /// ...or once its oldest line has waited this long.
 pub const FLUSH_DELAY: Duration = Duration::from_millis(20);
-/// Most bytes one write hands stderr: a pipe that says it is writable takes a page.
-const WRITE_CHUNK: usize = 4096;
 /// Lines a thread keeps while stderr takes nothing. Past this, lines are dropped.
 const MAX_BACKLOG: usize = 1024 * 1024;
 /// How long the last flush before exit waits for a stderr that takes nothing.
@@ -137,7 +137,7 @@ fn add_line(written_at_once: bool, write: impl FnOnce(&mut Vec<u8>, &mut StampCa
         return;
     }
     if written_at_once {
-        write_pending(Duration::ZERO);
+        write_due();
     }
 }
 
@@ -156,7 +156,7 @@ pub fn flush_due(now: Instant) -> Option<Instant> {
     if now < due {
         return Some(due);
     }
-    write_pending(Duration::ZERO);
+    write_due();
     // Whatever stderr did not take is tried again a little later.
     PENDING.with(|cell| {
         let pending = cell.try_borrow().ok()?;
@@ -164,41 +164,63 @@ pub fn flush_due(now: Instant) -> Option<Instant> {
     })
 }
 
-/// Writes this thread's lines now, waiting a little for a stderr that is full
-/// (before exit, and before records go to stderr as a last resort).
+/// Writes this thread's lines now, waiting a little for a stderr that is full or
+/// for the other thread's turn (before exit). The turn is given back even if a
+/// line is left half written: nothing more will finish it.
 pub fn flush() {
-    write_pending(EXIT_FLUSH_WAIT);
+    if stderr::take_turn(EXIT_FLUSH_WAIT) {
+        write_pending(EXIT_FLUSH_WAIT);
+        stderr::give_turn();
+    }
 }
 
-/// Hands stderr as much of this thread's buffer as it takes without blocking, or
-/// within `patience` when it is full; then reports lines dropped meanwhile.
-fn write_pending(patience: Duration) {
-    let deadline = Instant::now() + patience;
+/// Writes `records` (NDJSON) to stderr as the last place they can go, after this
+/// thread's pending lines, which are older. Waits for the turn and for a stderr
+/// that takes nothing for up to `patience` each time; returns how many bytes of
+/// `records` were written.
+pub fn write_records(records: &[u8], patience: Duration) -> usize {
+    if !stderr::take_turn(patience) {
+        return 0;
+    }
+    write_pending(patience);
+    let mut written = 0;
+    // A record left half written is not kept; the turn goes back regardless.
+    stderr::write_lines(records, &mut written, patience);
+    stderr::give_turn();
+    written
+}
+
+/// Writes this thread's lines while stderr takes them, waiting up to `patience`
+/// when it is full, when this thread has the turn; otherwise they wait. Lines are
+/// written whole, or a line too long for one write is finished before the turn is
+/// given back. Then reports lines dropped meanwhile.
+fn write_due() {
+    if !stderr::take_turn(Duration::ZERO) {
+        return;
+    }
+    let mid_line = write_pending(Duration::ZERO);
+    if !mid_line {
+        stderr::give_turn();
+    }
+}
+
+/// Hands stderr as much of this thread's buffer as it takes; the caller holds the
+/// turn. Returns whether a line was left half written.
+fn write_pending(patience: Duration) -> bool {
+    let mut mid_line = false;
     let emptied = PENDING.with(|cell| {
         let Ok(mut pending) = cell.try_borrow_mut() else {
             return false;
         };
         let lines = &mut pending.lines;
         let mut written = 0;
-        let mut stderr = std::io::stderr().lock();
-        while written < lines.len() {
-            let wait = deadline.saturating_duration_since(Instant::now());
-            if !crate::os::stderr_writable(wait) {
-                break;
-            }
-            let end = lines.len().min(written + WRITE_CHUNK);
-            match stderr.write(&lines[written..end]) {
-                Ok(0) => break,
-                Ok(n) => written += n,
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-                // stderr is gone (closed, EPIPE): nothing will ever take these lines.
-                Err(_) => {
-                    let lost = lines[written..].iter().filter(|&&b| b == b'\n').count();
-                    DROPPED.fetch_add(lost as u64, Ordering::Relaxed);
-                    written = lines.len();
-                }
-            }
+        if stderr::write_lines(lines, &mut written, patience) == stderr::Wrote::Gone {
+            // stderr is gone (closed, EPIPE): nothing will ever take these lines.
+            let lost = lines[written..].iter().filter(|&&b| b == b'\n').count();
+            DROPPED.fetch_add(lost as u64, Ordering::Relaxed);
+            written = lines.len();
         }
+        mid_line = stderr::mid_line(lines, written);
         lines.drain(..written);
         if lines.is_empty() {
             pending.oldest = None;
@@ -214,6 +236,7 @@ fn write_pending(patience: Duration) {
     if emptied {
         report_dropped();
     }
+    mid_line
 }
 
 /// One line for the lines lost while stderr took nothing, once it takes them again.
@@ -244,8 +267,16 @@ mod tests {
             );
             let due = flush_due(Instant::now()).expect("a line waits");
             assert!(due >= start + FLUSH_DELAY && due <= Instant::now() + FLUSH_DELAY);
-            assert_eq!(flush_due(due), None, "written once due");
-            assert_eq!(flush_due(due + FLUSH_DELAY), None, "and nothing left");
+            // Written once due; a test holding stderr's turn can put it off a little.
+            let give_up = Instant::now() + Duration::from_secs(5);
+            let mut now = due;
+            while let Some(again) = flush_due(now) {
+                assert_eq!(again, now + FLUSH_DELAY, "tried again after the delay");
+                assert!(Instant::now() < give_up, "never written");
+                std::thread::sleep(Duration::from_millis(5));
+                now = again;
+            }
+            assert_eq!(flush_due(now + FLUSH_DELAY), None, "and nothing left");
         })
         .join()
         .unwrap();
