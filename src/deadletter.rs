@@ -104,18 +104,23 @@ enum Failed {
     },
 }
 
+/// The worker (refused records) and the loop (at exit, and when it retires a replay
+/// file) both change dead-letter files: the length noted for a rollback, or for a
+/// replay file's tail, must not move under another append.
+fn one_at_a_time() -> std::sync::MutexGuard<'static, ()> {
+    static CHANGING: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    CHANGING
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
 /// Appends `bytes` as a whole or not at all: on a write or sync error (a full disk)
 /// the file is truncated back to its length before, so it never ends in a torn line
 /// and no record is both there and on stderr. The append starts on a line of its own,
 /// even after a torn last line left by an older version or a crash, so that line
 /// cannot swallow the first record.
 fn append_whole(path: &Path, bytes: &[u8]) -> Result<(), Failed> {
-    // The worker (refused records) and the loop (at exit) both append: the length
-    // noted for a rollback must not move under another append.
-    static APPENDING: std::sync::Mutex<()> = std::sync::Mutex::new(());
-    let _one_at_a_time = APPENDING
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    let _one_at_a_time = one_at_a_time();
     let mut file = OpenOptions::new()
         .create(true)
         .append(true)
@@ -185,6 +190,9 @@ pub struct Replay {
     pub path: PathBuf,
     pub records: std::collections::VecDeque<Record>,
     pub total: usize,
+    /// The bytes read: whatever is appended to the file after them (dead letters,
+    /// when it is also the dead-letter file) is not part of the replay.
+    pub length: u64,
 }
 
 /// Reads `path` for replay. A line that does not decode is reported with its number
@@ -199,10 +207,14 @@ pub fn load_replay(path: &Path) -> io::Result<Option<Replay>> {
         }
         Err(e) => return Err(e),
     };
+    let mut length = file.metadata()?.len();
     let mut records = std::collections::VecDeque::new();
     let mut rejected = Vec::new();
     let mut kept = Vec::new();
-    for (index, line) in BufReader::new(file).split(b'\n').enumerate() {
+    for (index, line) in BufReader::new(io::Read::take(file, length))
+        .split(b'\n')
+        .enumerate()
+    {
         let line = line?;
         if line.iter().all(u8::is_ascii_whitespace) {
             continue;
@@ -225,6 +237,7 @@ pub fn load_replay(path: &Path) -> io::Result<Option<Replay>> {
         // Moved, not copied: a replay that fails leaves its file for the next one,
         // which must not put the same lines in PATH.rejected again.
         rewrite_synced(path, &kept)?;
+        length = kept.len() as u64;
     }
     let total = records.len();
     info!(path:% = path.display(), records = total; "replaying records ahead of new ones");
@@ -232,6 +245,7 @@ pub fn load_replay(path: &Path) -> io::Result<Option<Replay>> {
         path: path.to_owned(),
         records,
         total,
+        length,
     }))
 }
 
@@ -245,8 +259,21 @@ fn rewrite_synced(path: &Path, bytes: &[u8]) -> io::Result<()> {
     std::fs::rename(&temporary, path)
 }
 
-/// Marks a fully delivered replay file, so a second `--replay` sends nothing twice.
-pub fn retire_replayed(path: &Path) -> io::Result<PathBuf> {
+/// A replay file set aside once all its records were delivered.
+#[derive(Debug)]
+pub struct Retired {
+    pub renamed_to: PathBuf,
+    /// Records appended to the file after it was read (it is also the dead-letter
+    /// file, and some were refused meanwhile), moved back to `path`.
+    pub kept: usize,
+}
+
+/// Marks a fully delivered replay file, so a second `--replay` sends nothing twice:
+/// renames it, then moves whatever was appended after the `length` bytes replayed
+/// back to `path`. When the replay file is also the dead-letter file, that tail is
+/// the records refused during the replay, which must stay where the next replay
+/// reads them, not in a file said to be safe to delete.
+pub fn retire_replayed(path: &Path, length: u64) -> io::Result<Retired> {
     let mut stamp = Vec::new();
     crate::clock::write_rfc3339_millis(&mut stamp, SystemTime::now());
     let stamp: String = String::from_utf8_lossy(&stamp)
@@ -254,8 +281,50 @@ pub fn retire_replayed(path: &Path) -> io::Result<PathBuf> {
         .filter(|c| c.is_ascii_alphanumeric())
         .collect();
     let target = sibling(path, &format!(".replayed-{stamp}"));
+    // No append may land in the file between the rename and the look at its tail.
+    let _one_at_a_time = one_at_a_time();
     std::fs::rename(path, &target)?;
-    Ok(target)
+    let moved_back = move_tail_back(path, &target, length).map_err(|e| {
+        io::Error::new(
+            e.kind(),
+            format!(
+                "renamed to {}, but what was appended to it after byte {length} (dead letters) could not be moved back: {e}",
+                target.display()
+            ),
+        )
+    })?;
+    Ok(Retired {
+        renamed_to: target,
+        kept: moved_back,
+    })
+}
+
+/// Moves the bytes of `renamed` past `length` to the end of `path`; how many lines.
+fn move_tail_back(path: &Path, renamed: &Path, length: u64) -> io::Result<usize> {
+    let mut renamed = OpenOptions::new().read(true).write(true).open(renamed)?;
+    let mut tail = Vec::new();
+    io::Seek::seek(&mut renamed, io::SeekFrom::Start(length))?;
+    io::Read::read_to_end(&mut renamed, &mut tail)?;
+    let start = tail.iter().position(|&b| b != b'\n').unwrap_or(tail.len());
+    let tail = &tail[start..];
+    if tail.is_empty() {
+        return Ok(0);
+    }
+    let mut live = OpenOptions::new()
+        .create(true)
+        .append(true)
+        .read(true)
+        .open(path)?;
+    match append_to(&mut live, tail) {
+        Ok(()) => {}
+        Err(Failed::Nothing(e) | Failed::RolledBack(e) | Failed::Torn { write: e, .. }) => {
+            return Err(e);
+        }
+    }
+    // The tail is safe in `path`: the replayed file keeps only what was replayed.
+    // If this fails, the records are in both, which a later replay sends twice.
+    let _ = renamed.set_len(length).and_then(|()| renamed.sync_all());
+    Ok(tail.iter().filter(|&&b| b == b'\n').count())
 }
 
 fn sibling(path: &Path, suffix: &str) -> PathBuf {
@@ -295,10 +364,47 @@ mod tests {
         let replay = load_replay(&path).unwrap().unwrap();
         let ids: Vec<i64> = replay.records.iter().map(|r| r.user_id).collect();
         assert_eq!(ids, vec![1, 2, 3]);
-        let retired = retire_replayed(&path).unwrap();
-        assert!(!path.exists() && retired.exists());
-        assert!(retired.to_string_lossy().contains(".replayed-"));
+        let retired = retire_replayed(&path, replay.length).unwrap();
+        assert_eq!(retired.kept, 0);
+        let renamed = retired.renamed_to;
+        assert!(!path.exists() && renamed.exists());
+        assert!(renamed.to_string_lossy().contains(".replayed-"));
         assert!(load_replay(&path).unwrap().is_none());
+    }
+
+    /// The replay file is also the dead-letter file (the image's setting): records
+    /// refused during the replay are appended to it, and must stay in the live file
+    /// when the replayed one is set aside.
+    #[test]
+    fn dead_letters_appended_during_a_replay_stay_in_the_live_file() {
+        let dir = temp_dir("same-file");
+        let path = dir.join("dl.ndjson");
+        // An older version's torn last line: the first append starts a line anyway.
+        let mut first = Vec::new();
+        for id in [1, 2, 3] {
+            record::write_record(&rec(id), &mut first);
+            first.push(b'\n');
+        }
+        first.extend_from_slice(b"{\"user_id\":");
+        std::fs::write(&path, &first).unwrap();
+        let replay = load_replay(&path).unwrap().unwrap();
+        let replayed_bytes = std::fs::read(&path).unwrap();
+        assert_eq!(replay.length, replayed_bytes.len() as u64);
+        // Refused while the replay runs.
+        assert_eq!(write_records(&path, &[rec(2)]), Destination::File(1));
+        assert_eq!(write_records(&path, &[rec(9)]), Destination::File(1));
+        let retired = retire_replayed(&path, replay.length).unwrap();
+        assert_eq!(retired.kept, 2);
+        assert_eq!(
+            std::fs::read(&retired.renamed_to).unwrap(),
+            replayed_bytes,
+            "the set-aside file holds only what was replayed"
+        );
+        let live = load_replay(&path).unwrap().unwrap();
+        let ids: Vec<i64> = live.records.iter().map(|r| r.user_id).collect();
+        assert_eq!(ids, vec![2, 9]);
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert!(text.starts_with("{\"user_id\":2,"), "{text:?}");
     }
 
     #[test]

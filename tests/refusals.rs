@@ -123,3 +123,39 @@ fn a_replay_file_with_a_refused_record_is_delivered_but_for_it_and_retired() {
     fwd.proc.signal("TERM");
     assert_eq!(fwd.proc.wait_exit(SOON).code(), Some(0));
 }
+
+/// The container's setting: one path for both. A record refused during the replay
+/// is appended to that file; it must stay there, for the next replay, and not leave
+/// with the replayed records in the file said to be safe to delete.
+#[test]
+fn a_refused_record_stays_in_a_dead_letter_file_that_is_also_the_replay_file() {
+    let file = temp_path("replay-and-dead-letter.ndjson");
+    let lines: String = (1..=6)
+        .map(|n| record(n).replace('\n', "") + "\n")
+        .collect();
+    std::fs::write(&file, &lines).unwrap();
+    let sink = Sink::start(&["--refuse-user-id", "4"]);
+    let mut fwd = Forwarder::to(
+        &sink,
+        &[
+            "--batch-size",
+            "10",
+            "--replay",
+            file.to_str().unwrap(),
+            "--dead-letter",
+            file.to_str().unwrap(),
+        ],
+    );
+    let delivered = sink.wait_delivered_records(5, SOON);
+    assert_eq!(sorted(user_ids(&delivered)), [1, 2, 3, 5, 6]);
+    let done = fwd.proc.wait_line("replay complete", SOON);
+    fwd.proc.signal("TERM");
+    assert_eq!(fwd.proc.wait_exit(SOON).code(), Some(0));
+    assert_eq!(dead_letter_ids(&file), [4], "{}", fwd.proc.text());
+    let renamed = field(&done.text, "renamed_to");
+    assert_eq!(
+        std::fs::read_to_string(renamed).unwrap(),
+        lines,
+        "the retired file holds what was replayed, nothing more"
+    );
+}

@@ -103,6 +103,8 @@ pub struct Stop {
 pub struct ReplayDone {
     pub path: PathBuf,
     pub records: usize,
+    /// The file's length when it was read: what follows was appended since.
+    pub length: u64,
 }
 
 pub struct Pipeline {
@@ -435,6 +437,7 @@ impl Pipeline {
         Some(ReplayDone {
             path: replay.path,
             records: replay.total,
+            length: replay.length,
         })
     }
 

@@ -39,6 +39,7 @@ fn replay(ids: std::ops::Range<i64>) -> Replay {
     Replay {
         path: PathBuf::from("/nowhere/replay.ndjson"),
         total: records.len(),
+        length: 0,
         records,
     }
 }

@@ -305,12 +305,15 @@ impl Server {
         let Some(done) = self.pipeline.take_finished_replay() else {
             return;
         };
-        match deadletter::retire_replayed(&done.path) {
-            Ok(to) => {
-                info!(records = done.records, renamed_to:% = to.display(); "replay complete")
+        match deadletter::retire_replayed(&done.path, done.length) {
+            Ok(retired) if retired.kept > 0 => {
+                info!(records = done.records, renamed_to:% = retired.renamed_to.display(), kept_in_place = retired.kept; "replay complete; the records dead-lettered meanwhile stay in the file")
+            }
+            Ok(retired) => {
+                info!(records = done.records, renamed_to:% = retired.renamed_to.display(); "replay complete")
             }
             Err(e) => {
-                warn!(path:% = done.path.display(), error:% = e; "replay complete, but the file could not be renamed; replaying it again would resend its records")
+                warn!(path:% = done.path.display(), error:% = e; "replay complete, but retiring its file failed (if it was not renamed, replaying it again would resend its records)")
             }
         }
     }
