@@ -258,3 +258,67 @@ fn a_303_is_not_followed_either() {
     std::thread::sleep(Duration::from_millis(50));
     assert_eq!(other.connections(), 0);
 }
+
+/// Credentials in the endpoint URL go as `Authorization: Basic`, as curl sends them,
+/// and never in the request line: not to the endpoint, not to a proxy.
+#[test]
+fn credentials_in_the_endpoint_url_are_sent_as_basic_auth_and_only_so() {
+    let endpoint = Catcher::start(ANSWER_200);
+    let url = endpoint
+        .url("/in")
+        .replace("http://", "http://us%40er:p%3Ass@");
+    let mut fwd = Forwarder::start(&["--post-endpoint", &url, "--batch-size", "1"], &[]);
+    assert_eq!(fwd.post(&record(1)).status, 201);
+    let caught = endpoint.wait_requests(1, SOON);
+    // base64("us@er:p:ss")
+    assert_eq!(
+        caught[0].header_values("authorization"),
+        vec!["Basic dXNAZXI6cDpzcw=="],
+        "{}",
+        caught[0].head
+    );
+    assert_eq!(caught[0].request_line(), "POST /in HTTP/1.1");
+    assert!(!caught[0].head.contains("us%40er"), "{}", caught[0].head);
+    fwd.proc.signal("TERM");
+    assert_eq!(fwd.proc.wait_exit(SOON).code(), Some(0));
+
+    // Through an HTTP proxy, in absolute form: the request line holds no userinfo.
+    let proxy = Catcher::start(ANSWER_200);
+    let mut fwd = Forwarder::start(
+        &[
+            "--post-endpoint",
+            "http://user:secret@endpoint.invalid:8080/in",
+            "--batch-size",
+            "1",
+        ],
+        &[(
+            "http_proxy",
+            &format!("http://127.0.0.1:{}", proxy.addr.port()),
+        )],
+    );
+    assert_eq!(fwd.post(&record(2)).status, 201);
+    let caught = proxy.wait_requests(1, SOON);
+    assert_eq!(
+        caught[0].request_line(),
+        "POST http://endpoint.invalid:8080/in HTTP/1.1"
+    );
+    assert_eq!(
+        caught[0].header_values("authorization"),
+        vec!["Basic dXNlcjpzZWNyZXQ="]
+    );
+    fwd.proc.signal("TERM");
+    assert_eq!(fwd.proc.wait_exit(SOON).code(), Some(0));
+
+    // Credentials both ways is a settings error, not a silent choice.
+    let mut both = spawn_forwarder(
+        &[
+            "--post-endpoint",
+            "http://user:secret@127.0.0.1:9/in",
+            "--post-header",
+            "Authorization: Bearer t",
+        ],
+        &[],
+    );
+    assert_eq!(both.wait_exit(SOON).code(), Some(2));
+    assert!(both.text().contains("drop one of them"), "{}", both.text());
+}

@@ -101,6 +101,21 @@ pub fn load<F: Fn(&str) -> Option<String>>(
             "--post-header Content-Encoding with --post-compression gzip: the forwarder sets it itself; drop one of them".to_owned(),
         ));
     }
+    // Credentials in the URL are sent the way curl sends them, and leave the URL,
+    // which reaches logs and, in absolute form, a proxy.
+    let (endpoint, credentials) = split_userinfo(&endpoint);
+    let mut headers = headers;
+    if let Some(basic) = credentials {
+        if headers
+            .iter()
+            .any(|(name, _)| name.eq_ignore_ascii_case("authorization"))
+        {
+            return Err(Stop::Invalid(
+                "the post endpoint URL carries credentials and --post-header sets Authorization too: drop one of them".to_owned(),
+            ));
+        }
+        headers.push(("Authorization".to_owned(), basic));
+    }
     let ca_setting = env.given(&flags.ca_file, settings::CA_FILE);
     let extra_roots = match &ca_setting {
         Some(s) => load_pem_certificates(s)?,
@@ -389,9 +404,125 @@ pub fn parse_endpoint(setting: &Setting) -> Result<String, Stop> {
     Ok(text.to_owned())
 }
 
+/// The endpoint without its userinfo, and that userinfo as an `Authorization: Basic`
+/// value (percent-decoded, as a URL carries it), if there was one.
+fn split_userinfo(endpoint: &str) -> (String, Option<String>) {
+    let Some(scheme_end) = endpoint.find("://").map(|at| at + 3) else {
+        return (endpoint.to_owned(), None);
+    };
+    let rest = &endpoint[scheme_end..];
+    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let Some(at) = rest[..authority_end].rfind('@') else {
+        return (endpoint.to_owned(), None);
+    };
+    let stripped = format!("{}{}", &endpoint[..scheme_end], &rest[at + 1..]);
+    let userinfo = &rest[..at];
+    let (user, password) = userinfo.split_once(':').unwrap_or((userinfo, ""));
+    let mut plain = percent_decode(user);
+    plain.push(b':');
+    plain.extend(percent_decode(password));
+    (stripped, Some(format!("Basic {}", base64(&plain))))
+}
+
+/// `%XX` to the byte; anything else, a malformed escape too, as it is.
+fn percent_decode(text: &str) -> Vec<u8> {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut at = 0;
+    while at < bytes.len() {
+        let hex = bytes.get(at + 1..at + 3).and_then(|pair| {
+            std::str::from_utf8(pair)
+                .ok()
+                .and_then(|pair| u8::from_str_radix(pair, 16).ok())
+        });
+        match (bytes[at], hex) {
+            (b'%', Some(byte)) => {
+                out.push(byte);
+                at += 3;
+            }
+            (byte, _) => {
+                out.push(byte);
+                at += 1;
+            }
+        }
+    }
+    out
+}
+
+/// Standard base64 with padding (RFC 4648), for the one header that needs it.
+fn base64(bytes: &[u8]) -> String {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
+    for chunk in bytes.chunks(3) {
+        let word = chunk
+            .iter()
+            .enumerate()
+            .fold(0u32, |word, (i, &b)| word | u32::from(b) << (16 - 8 * i));
+        for position in 0..4 {
+            if position <= chunk.len() {
+                let index = (word >> (18 - 6 * position)) & 0x3f;
+                out.push(char::from(ALPHABET[index as usize]));
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn base64_matches_the_rfc_vectors() {
+        let vectors = [
+            ("", ""),
+            ("f", "Zg=="),
+            ("fo", "Zm8="),
+            ("foo", "Zm9v"),
+            ("foob", "Zm9vYg=="),
+            ("fooba", "Zm9vYmE="),
+            ("foobar", "Zm9vYmFy"),
+        ];
+        for (plain, encoded) in vectors {
+            assert_eq!(base64(plain.as_bytes()), encoded, "{plain:?}");
+        }
+        assert_eq!(base64(&[0xff, 0xfe, 0x00]), "//4A");
+    }
+
+    #[test]
+    fn userinfo_leaves_the_url_and_becomes_basic_credentials() {
+        let split = |url: &str| split_userinfo(url);
+        assert_eq!(
+            split("https://user:pw@example.com/in?x=1"),
+            (
+                "https://example.com/in?x=1".to_owned(),
+                Some(format!("Basic {}", base64(b"user:pw")))
+            )
+        );
+        // Percent-escapes are decoded; the last @ ends the userinfo.
+        assert_eq!(
+            split("http://a%40b:p%3Ass%zz@h:8080/"),
+            (
+                "http://h:8080/".to_owned(),
+                Some(format!("Basic {}", base64(b"a@b:p:ss%zz")))
+            )
+        );
+        assert_eq!(
+            split("http://token@h/"),
+            (
+                "http://h/".to_owned(),
+                Some(format!("Basic {}", base64(b"token:")))
+            )
+        );
+        // An @ in the path or query is not userinfo.
+        assert_eq!(
+            split("http://h/a@b?c=@"),
+            ("http://h/a@b?c=@".to_owned(), None)
+        );
+        assert_eq!(split("http://h"), ("http://h".to_owned(), None));
+    }
 
     #[test]
     fn proxies_follow_the_usual_variables() {
