@@ -753,3 +753,45 @@ fn chunk_extensions_cannot_keep_one_request_going() {
     ));
     assert_eq!(c.response(false).status, 201);
 }
+
+/// A compressed body is refused as such, not as malformed JSON, and is never
+/// decoded; a body that only claims a coding is refused too, so it is not taken for
+/// plain JSON by mistake. Neither is accepted, so neither is forwarded.
+#[test]
+fn a_body_with_a_content_coding_is_415_and_not_forwarded() {
+    let (sink, mut fwd) = service(&["--batch-size", "1"]);
+    let mut gzipped = Vec::new();
+    let mut gzip = std::process::Command::new("gzip")
+        .arg("-c")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("gzip");
+    std::io::Write::write_all(&mut gzip.stdin.take().unwrap(), record(1).as_bytes()).unwrap();
+    std::io::Read::read_to_end(&mut gzip.stdout.take().unwrap(), &mut gzipped).unwrap();
+    assert!(gzip.wait().unwrap().success());
+    for (coding, body) in [("gzip", gzipped), ("br", record(2).into_bytes())] {
+        let mut raw = format!(
+            "POST /log HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\nContent-Encoding: {coding}\r\nContent-Length: {}\r\n\r\n",
+            body.len()
+        )
+        .into_bytes();
+        raw.extend_from_slice(&body);
+        let mut c = RawClient::connect(fwd.addr);
+        c.send(&raw);
+        let r = c.response(false);
+        assert_eq!(r.status, 415, "{coding}");
+        let body = String::from_utf8_lossy(&r.body);
+        assert!(body.contains("Content-Encoding is not supported"), "{body}");
+    }
+    fwd.post_accepted(&record(3));
+    assert_eq!(metric(fwd.addr, "webhook_records_accepted_total"), 1.0);
+    sink.proc.wait_line("batch records=1 status=200", SOON);
+    fwd.proc.signal("TERM");
+    assert_eq!(fwd.proc.wait_exit(SOON).code(), Some(0));
+    assert_eq!(
+        sink.proc.count("batch records="),
+        1,
+        "only the plain record"
+    );
+}

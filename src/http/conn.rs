@@ -888,6 +888,14 @@ impl<'h> HeadFields<'h> {
                 } else {
                     fields.unknown_expectation = true;
                 }
+            } else if name.eq_ignore_ascii_case("content-encoding") {
+                let identity = value
+                    .split(|&b| b == b',')
+                    .map(<[u8]>::trim_ascii)
+                    .all(|coding| coding.is_empty() || coding.eq_ignore_ascii_case(b"identity"));
+                if !identity {
+                    return Err(Refusal::CONTENT_CODING);
+                }
             } else if name.eq_ignore_ascii_case("host") {
                 fields.hosts += 1;
             } else if name.eq_ignore_ascii_case("authorization") {

@@ -41,9 +41,16 @@ impl Refusal {
     pub const CHUNK_LINES: Refusal =
         refusal(400, "chunk-size lines and extensions too long for one body");
     pub const TIMEOUT: Refusal = refusal(408, "request not received in time");
+    /// A compressed body would otherwise read as malformed JSON, or, if it happened
+    /// to be JSON, be taken for what it is not. Nothing is decoded: no body can
+    /// expand past the size limit it was checked against.
+    pub const CONTENT_CODING: Refusal = refusal(
+        415,
+        "Content-Encoding is not supported: send the body as plain JSON",
+    );
 
     /// Every refusal, for the tests and the fuzz targets.
-    pub const ALL: [Refusal; 18] = [
+    pub const ALL: [Refusal; 19] = [
         Refusal::MALFORMED_HEAD,
         Refusal::BARE_LF,
         Refusal::HEAD_TOO_LARGE,
@@ -62,6 +69,7 @@ impl Refusal {
         Refusal::MALFORMED_CHUNKED,
         Refusal::CHUNK_LINES,
         Refusal::TIMEOUT,
+        Refusal::CONTENT_CODING,
     ];
 }
 

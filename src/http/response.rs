@@ -49,7 +49,7 @@ impl<'a> Response<'a> {
 
 /// Every status this server answers with, and its reason phrase: the one list the
 /// status line and the metrics both use.
-pub const STATUSES: [(u16, &str); 17] = [
+pub const STATUSES: [(u16, &str); 18] = [
     (100, "Continue"),
     (200, "OK"),
     (201, "Created"),
@@ -60,6 +60,7 @@ pub const STATUSES: [(u16, &str); 17] = [
     (405, "Method Not Allowed"),
     (408, "Request Timeout"),
     (413, "Content Too Large"),
+    (415, "Unsupported Media Type"),
     (417, "Expectation Failed"),
     (429, "Too Many Requests"),
     (431, "Request Header Fields Too Large"),

@@ -310,6 +310,23 @@ fn unsupported_codings_versions_and_expectations() {
 }
 
 #[test]
+fn a_content_coding_is_415_and_identity_is_no_coding() {
+    for coding in ["gzip", "br", "deflate", "identity, gzip", "x-anything"] {
+        let head = format!(
+            "POST /log HTTP/1.1\r\nHost: x\r\nContent-Encoding: {coding}\r\nContent-Length: 2\r\n\r\n{{}}"
+        );
+        rejected(head.as_bytes(), 415);
+    }
+    for coding in ["identity", "IDENTITY", "", " identity , "] {
+        let head =
+            format!("GET /healthz HTTP/1.1\r\nHost: x\r\nContent-Encoding: {coding}\r\n\r\n");
+        let mut h = Harness::new();
+        h.feed(head.as_bytes());
+        assert_eq!(h.only_response().status, 200, "{coding:?}");
+    }
+}
+
+#[test]
 fn head_limits_are_431() {
     let limits = Limits {
         max_head_bytes: 256,
