@@ -23,7 +23,9 @@ pub struct Limits {
     pub max_head_bytes: usize,
     pub max_headers: usize,
     pub max_body_bytes: usize,
-    /// Unsent response bytes past which we stop reading requests from this peer.
+    /// Unsent response bytes past which no further request is read or answered for
+    /// this peer. One answer may cross it, so a peer that does not read holds at most
+    /// this plus its largest answer.
     pub max_pending_output: usize,
     pub header_timeout: Duration,
     pub body_timeout: Duration,
@@ -36,13 +38,19 @@ impl Default for Limits {
             max_head_bytes: 16 * 1024,
             max_headers: 64,
             max_body_bytes: 1024 * 1024,
-            max_pending_output: 64 * 1024,
+            // A few dozen pipelined answers per write; small, as every connection may
+            // hold it for a peer that does not read.
+            max_pending_output: 4 * 1024,
             header_timeout: Duration::from_secs(10),
             body_timeout: Duration::from_secs(30),
             idle_timeout: Duration::from_secs(60),
         }
     }
 }
+
+/// The smallest socket read. A connection holds at most a head's worth of input
+/// plus one such read without a body reservation (see the connection table).
+pub const MIN_READ: usize = 4096;
 
 /// httparse needs a header array up front; this caps `--max-headers`.
 pub const MAX_HEADERS_CAP: usize = 1024;
@@ -111,21 +119,47 @@ pub struct Exchange<'a, R> {
 
 /// Reusable byte buffers, so that serving a request allocates nothing once warm and
 /// an idle connection holds no buffer at all.
+///
+/// Output buffers are kept apart: one grown by a large body must never become the
+/// output a non-reading peer holds, whose size is bounded (see `max_pending_output`).
 pub struct BufferPool {
     free: Vec<Vec<u8>>,
+    free_output: Vec<Vec<u8>>,
     max_pooled: usize,
 }
 
 impl BufferPool {
     const FRESH_CAPACITY: usize = 4096;
+    /// Room for the default `max_pending_output` plus an error answer (at most about
+    /// 1.3 KiB), so that only a larger answer (`/metrics`) grows an output buffer.
+    pub const OUTPUT_CAPACITY: usize = 6 * 1024;
     /// Larger buffers (a big body) are freed rather than kept.
     const KEEP_CAPACITY: usize = 64 * 1024;
 
     pub fn new(max_pooled: usize) -> Self {
         BufferPool {
             free: Vec::with_capacity(max_pooled),
+            free_output: Vec::with_capacity(max_pooled),
             max_pooled,
         }
+    }
+
+    /// A buffer for answers: only ever grown by answers (see `Machine::reserve_output`).
+    pub fn take_output(&mut self) -> Vec<u8> {
+        self.free_output
+            .pop()
+            .unwrap_or_else(|| Vec::with_capacity(Self::OUTPUT_CAPACITY))
+    }
+
+    pub fn give_output(&mut self, mut buffer: Vec<u8>) {
+        if buffer.capacity() == 0
+            || buffer.capacity() > Self::KEEP_CAPACITY
+            || self.free_output.len() >= self.max_pooled
+        {
+            return;
+        }
+        buffer.clear();
+        self.free_output.push(buffer);
     }
 
     pub fn take(&mut self) -> Vec<u8> {
@@ -146,7 +180,7 @@ impl BufferPool {
     }
 
     pub fn pooled(&self) -> usize {
-        self.free.len()
+        self.free.len() + self.free_output.len()
     }
 }
 
@@ -246,14 +280,25 @@ impl<R: Copy> Conn<R> {
                 if self.inbuf.capacity() == 0 {
                     self.inbuf = io.pool.take();
                 }
-                self.inbuf.extend_from_slice(&data[used..]);
+                self.buffer_input(&data[used..], io.limits);
             }
         } else {
-            self.inbuf.extend_from_slice(data);
+            self.buffer_input(data, io.limits);
             let used = self.machine.process(&self.inbuf, io);
             self.inbuf.drain(..used);
         }
         self.settle(io);
+    }
+
+    /// Appends to `inbuf`. Within a head's worth plus a read it grows straight to that
+    /// size, never doubling past it: every connection may hold this much.
+    fn buffer_input(&mut self, data: &[u8], limits: &Limits) {
+        let (len, needed) = (self.inbuf.len(), self.inbuf.len() + data.len());
+        let allowance = limits.max_head_bytes + MIN_READ;
+        if needed > self.inbuf.capacity() && needed <= allowance {
+            self.inbuf.reserve_exact(allowance - len);
+        }
+        self.inbuf.extend_from_slice(data);
     }
 
     /// Continues with buffered requests after the output drained below its limit.
@@ -307,7 +352,7 @@ impl<R: Copy> Conn<R> {
         }
         let m = &mut self.machine;
         if m.out.is_empty() && m.out.capacity() > 0 {
-            pool.give(std::mem::take(&mut m.out));
+            pool.give_output(std::mem::take(&mut m.out));
         }
         if m.body.is_empty() && m.body.capacity() > 0 {
             pool.give(std::mem::take(&mut m.body));
@@ -319,7 +364,6 @@ impl<R: Copy> Conn<R> {
         &self.machine.out
     }
 
-    /// `n` bytes of `output()` were written.
     /// `n` bytes of `output()` were written at `now`.
     pub fn consumed_output(&mut self, n: usize, pool: &mut BufferPool, now: Instant) {
         let m = &mut self.machine;
@@ -333,17 +377,19 @@ impl<R: Copy> Conn<R> {
         let n = n.min(out.len());
         if n == out.len() {
             out.clear();
-            pool.give(std::mem::take(out));
+            pool.give_output(std::mem::take(out));
         } else {
             out.drain(..n);
         }
     }
 
-    /// Whether reading more from the socket is useful now.
+    /// Whether reading more from the socket is useful now. Not while requests already
+    /// read wait for the output to drain: reading on would only grow the input.
     pub fn wants_read(&self, limits: &Limits) -> bool {
         let m = &self.machine;
         !m.closing
             && !m.peer_closed
+            && !m.stalled
             && !matches!(m.phase, Phase::Waiting(_))
             && m.out.len() < limits.max_pending_output
     }
@@ -403,6 +449,11 @@ impl<R: Copy> Conn<R> {
     /// True once the connection should be closed after its output is written.
     pub fn is_closing(&self) -> bool {
         self.machine.closing
+    }
+
+    /// Capacity of the output buffer, for the memory-bound tests.
+    pub fn output_capacity(&self) -> usize {
+        self.machine.out.capacity()
     }
 
     /// Bytes held for this connection, for the memory-bound tests.
@@ -668,7 +719,7 @@ impl<R: Copy> Machine<R> {
                 self.log(&pending, status, io);
                 return false;
             }
-            self.out.extend_from_slice(response::CONTINUE);
+            response::write_continue(&mut self.out);
         }
         self.phase = Phase::Body(pending);
         self.since = io.now;
@@ -682,7 +733,7 @@ impl<R: Copy> Machine<R> {
 
     fn begin_output_at(&mut self, now: Instant, pool: &mut BufferPool) {
         if self.out.capacity() == 0 {
-            self.out = pool.take();
+            self.out = pool.take_output();
         }
         if self.out.is_empty() {
             self.output_since = now;

@@ -5,6 +5,6 @@ pub mod conn;
 pub mod refusal;
 pub mod response;
 
-pub use conn::{BufferPool, Conn, Exchange, Handler, Io, Limits, Method, Reply};
+pub use conn::{BufferPool, Conn, Exchange, Handler, Io, Limits, MIN_READ, Method, Reply};
 pub use refusal::Refusal;
 pub use response::Response;

@@ -91,7 +91,32 @@ pub enum Persistence {
 
 pub const CONTINUE: &[u8] = b"HTTP/1.1 100 Continue\r\n\r\n";
 
+/// What `write` adds besides the variable texts: the status line, header names and
+/// separators, and numbers at their longest.
+const FIXED_LEN: usize = 192;
+
+/// Appends `100 Continue`, growing `out` by no more than that (see `write`).
+pub fn write_continue(out: &mut Vec<u8>) {
+    out.reserve_exact(CONTINUE.len());
+    out.extend_from_slice(CONTINUE);
+}
+
+/// The most bytes `write` appends for `response`.
+pub fn written_len_bound(response: &Response<'_>, head_only: bool, date: &[u8]) -> usize {
+    let body = if head_only { 0 } else { response.body.len() };
+    FIXED_LEN
+        + response.content_type.len()
+        + response.allow.map_or(0, str::len)
+        + response.www_authenticate.map_or(0, str::len)
+        + date.len()
+        + body
+}
+
 /// Appends the response; `head_only` omits the body but keeps its length (HEAD).
+///
+/// Room for it is reserved exactly, so the buffer grows to what it must hold and no
+/// further: left to itself a `Vec` doubles, and a peer that does not read keeps the
+/// doubled buffer.
 pub fn write(
     out: &mut Vec<u8>,
     response: &Response<'_>,
@@ -99,6 +124,7 @@ pub fn write(
     persistence: Persistence,
     date: &[u8],
 ) {
+    out.reserve_exact(written_len_bound(response, head_only, date));
     out.extend_from_slice(b"HTTP/1.1 ");
     push_decimal(out, u64::from(response.status));
     out.push(b' ');
@@ -146,6 +172,8 @@ pub fn write_static_error(
     debug_assert!(!message.bytes().any(|b| b == b'"' || b == b'\\' || b < 0x20));
     const OPEN: &[u8] = b"{\"message\":\"";
     const CLOSE: &[u8] = b"\"}";
+    // Exactly, as in `write`.
+    out.reserve_exact(FIXED_LEN + date.len() + message.len());
     out.extend_from_slice(b"HTTP/1.1 ");
     push_decimal(out, u64::from(status));
     out.push(b' ');
@@ -329,6 +357,34 @@ mod tests {
         assert_eq!(out.len(), MAX_ERROR_BODY);
         let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
         assert_eq!(v["message"], exact.as_str());
+    }
+
+    #[test]
+    fn the_length_bound_covers_the_longest_answer_and_is_reserved_exactly() {
+        let date = b"Thu, 01 Jan 1970 00:00:00 GMT";
+        let longest = STATUSES.iter().map(|(_, r)| r.len()).max().unwrap();
+        let (status, _) = *STATUSES.iter().find(|(_, r)| r.len() == longest).unwrap();
+        let mut r = Response::text(status, b"body");
+        r.allow = Some("GET, HEAD");
+        r.retry_after = Some(u32::MAX);
+        r.www_authenticate = Some("Bearer");
+        for persistence in [Persistence::KeepAlive, Persistence::KeepAliveHttp10] {
+            let mut out = Vec::new();
+            write(&mut out, &r, false, persistence, date);
+            let bound = written_len_bound(&r, false, date);
+            // Content-Length's 20 digits at most, here 1.
+            assert!(out.len() + 19 <= bound, "{} > {bound}", out.len());
+            assert!(
+                bound - out.len() < 64,
+                "a loose bound: {bound} for {}",
+                out.len()
+            );
+            assert_eq!(out.capacity(), bound, "reserved exactly");
+        }
+        let mut out = Vec::new();
+        write_static_error(&mut out, status, "a message", false, date);
+        assert!(out.len() + 19 <= FIXED_LEN + date.len() + "a message".len());
+        assert_eq!(out.capacity(), FIXED_LEN + date.len() + "a message".len());
     }
 
     #[test]

@@ -14,16 +14,13 @@ use mio::net::{TcpListener, TcpStream};
 use mio::{Interest, Registry, Token};
 
 use crate::clock::HttpDateCache;
-use crate::http::{BufferPool, Conn, Io, Limits};
+use crate::http::{BufferPool, Conn, Io, Limits, MIN_READ};
 use crate::pipeline::{Pipeline, Ticket};
 use crate::service::{ConnectionGauges, Peer, Route, Service, WaitOutcome};
 use crate::text::FixedText;
 
 /// One socket read; also the most a connection can add to its input in one go.
 const READ_CHUNK: usize = 64 * 1024;
-/// The smallest read: a connection over its free allowance still makes progress
-/// on a request it can finish (a head, a small body) once its budget is granted.
-const MIN_READ: usize = 4096;
 /// Reads per connection per turn, so one busy peer cannot starve the others.
 const READS_PER_TURN: usize = 16;
 /// How long a closing connection may keep sending before we drop it (see `linger`).
@@ -466,6 +463,8 @@ impl Connections {
             reads += 1;
             // Without a reservation a connection holds at most a head's worth (plus
             // what the machine consumes at once); with one, it reads in full chunks.
+            // The smallest read still makes progress on a request it can finish (a
+            // head, a small body) once its budget is granted.
             let window = if needed > 0 && client.reserved >= needed {
                 read_buf.len()
             } else {

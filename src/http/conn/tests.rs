@@ -9,7 +9,11 @@ enum Route {
     /// Answered later, through `Conn::answer_waiting`.
     Wait,
     NotFound,
+    /// An answer larger than the output limit, as `/metrics` is.
+    Big,
 }
+
+static BIG: [u8; 10 * 1024] = [b'b'; 10 * 1024];
 
 /// A tiny application: /healthz, /log (echoes the body length), /full (always 503),
 /// /wait (answer deferred).
@@ -31,6 +35,7 @@ impl Handler for App {
             (_, "/log") => Route::Log,
             (_, "/full") => Route::Full,
             (_, "/wait") => Route::Wait,
+            (Method::Get, "/big") => Route::Big,
             _ => Route::NotFound,
         }
     }
@@ -55,6 +60,7 @@ impl Handler for App {
             }
             Route::Full => Response::text(503, b"full").into(),
             Route::NotFound => Response::text(404, b"nope").into(),
+            Route::Big => Response::text(200, &BIG).into(),
         }
     }
     fn exchanged(&mut self, e: &Exchange<'_, Route>) {
@@ -533,9 +539,73 @@ fn unread_output_stops_processing_until_it_drains() {
     assert!(h.conn.output().len() >= 1024 && h.conn.output().len() < 1024 + 200);
     assert!(!h.conn.wants_read(&limits));
     assert!(h.conn.is_stalled());
-    assert!(h.conn.buffered_bytes() < input.len() + 4096 + 2048);
+    // Input grows to a head's worth and a read at most, output to its own size.
+    assert!(
+        h.conn.buffered_bytes() <= limits.max_head_bytes + MIN_READ + BufferPool::OUTPUT_CAPACITY
+    );
     h.drain();
     assert_eq!(h.responses().len(), 200);
+    assert!(h.conn.wants_read(&limits));
+}
+
+#[test]
+fn a_peer_that_does_not_read_holds_a_bounded_output_buffer() {
+    // Issue F5: the buffer grew past a 64 KiB limit to 128 KiB of capacity.
+    let limits = Limits::default();
+    let mut h = Harness::with_limits(limits.clone());
+    // A buffer a large body left in the pool must not become this output.
+    let mut large = Vec::with_capacity(64 * 1024);
+    large.push(0);
+    h.pool.give(large);
+    let health = b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n";
+    let big = b"GET /big HTTP/1.1\r\nHost: x\r\n\r\n";
+    let answer = |route_body: &'static [u8]| {
+        response::written_len_bound(&Response::text(200, route_body), false, b"")
+    };
+    let mut input = Vec::new();
+    let mut expected = Vec::new();
+    // Healthz answers up to just under the limit, then one larger than the limit.
+    for round in 0..3 {
+        let n = limits.max_pending_output / 40 + round;
+        input.extend(health.repeat(n));
+        expected.extend(std::iter::repeat_n(2, n));
+        input.extend_from_slice(big);
+        expected.push(BIG.len());
+    }
+    let (conn, mut io) = h.io();
+    conn.feed(&input, &mut io);
+    let bound = BufferPool::OUTPUT_CAPACITY.max(limits.max_pending_output + answer(&BIG));
+    let mut stalls = 0;
+    loop {
+        // The peer reads nothing until the service stops producing.
+        assert!(!h.conn.wants_read(&limits));
+        let pending = h.conn.output().len();
+        assert!(
+            pending < limits.max_pending_output + answer(&BIG),
+            "{pending} bytes pending"
+        );
+        assert!(
+            h.conn.output_capacity() <= bound,
+            "output capacity {} over {bound}",
+            h.conn.output_capacity()
+        );
+        // Then it reads everything, and the service goes on.
+        let out = h.conn.output().to_vec();
+        h.written.extend_from_slice(&out);
+        h.conn.consumed_output(out.len(), &mut h.pool, h.now);
+        let (conn, mut io) = h.io();
+        conn.resume(&mut io);
+        stalls += 1;
+        if h.conn.output().is_empty() {
+            break;
+        }
+    }
+    assert!(
+        stalls > 3,
+        "only {stalls} stalls: the limit was not reached"
+    );
+    let bodies: Vec<usize> = h.responses().iter().map(|r| r.body.len()).collect();
+    assert_eq!(bodies, expected, "every answer, in order");
     assert!(h.conn.wants_read(&limits));
 }
 
