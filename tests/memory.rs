@@ -131,3 +131,116 @@ fn a_burst_of_connections_waits_in_the_kernel_instead_of_being_reset() {
     drop(established);
     assert_eq!(fwd.get("/healthz").status, 200);
 }
+
+/// Answers of `route` and `code` so far, from `/metrics`.
+fn answered(addr: SocketAddr, route: &str, code: u16) -> f64 {
+    metric(
+        addr,
+        &format!("webhook_http_requests_total{{route=\"{route}\",code=\"{code}\"}}"),
+    )
+}
+
+#[test]
+fn pipelining_clients_that_never_read_hold_a_bounded_amount_and_get_every_answer() {
+    // Issue F5: each such connection held a 64 KiB output limit grown to 128 KiB.
+    const CLIENTS: usize = 100;
+    // 7 MB of answers: more than the kernel buffers for a socket that is not read.
+    const METRICS: usize = 800;
+    const HEALTH: usize = 2000;
+    const MAX_HEAD: usize = 16 * 1024;
+    const BUDGET: usize = MIB;
+    let port = closed_port();
+    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    // Warnings only: a line per request would fill the log buffer and the pipe.
+    let proc = spawn_forwarder(
+        &[
+            "--http",
+            &addr.to_string(),
+            "--post-endpoint",
+            &format!("http://127.0.0.1:{}/in", closed_port()),
+            "--max-connections",
+            "1000",
+            "--max-buffered-bytes",
+            &BUDGET.to_string(),
+            "--log-level",
+            "warn",
+        ],
+        &[],
+    );
+    let deadline = Instant::now() + SOON;
+    while TcpStream::connect(addr).is_err() {
+        assert!(
+            Instant::now() < deadline,
+            "the service did not start listening"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let idle = proc.rss_kib();
+    // /metrics answers (the largest) fill the kernel's buffers; the healthz answers
+    // behind them are what the service must hold back.
+    let mut requests = b"GET /metrics HTTP/1.1\r\nHost: t\r\n\r\n".repeat(METRICS);
+    requests.extend(b"GET /healthz HTTP/1.1\r\nHost: t\r\n\r\n".repeat(HEALTH));
+    let mut clients: Vec<(RawClient, usize)> = (0..CLIENTS)
+        .map(|_| {
+            let c = RawClient::connect(addr);
+            c.stream.set_nonblocking(true).unwrap();
+            (c, 0)
+        })
+        .collect();
+    let deadline = Instant::now() + SOON;
+    while clients.iter().any(|(_, sent)| *sent < requests.len()) {
+        assert!(
+            Instant::now() < deadline,
+            "the service stopped reading requests"
+        );
+        for (c, sent) in &mut clients {
+            if let Ok(n) = c.stream.write(&requests[*sent..]) {
+                *sent += n;
+            }
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    // Every connection stalls once its unread answers reach the limit: the count of
+    // answers stops moving. (Only healthz: reading /metrics is an answer too.)
+    let deadline = Instant::now() + SOON;
+    let mut last = -1.0;
+    loop {
+        std::thread::sleep(Duration::from_millis(300));
+        let now = answered(addr, "/healthz", 200);
+        if now == last {
+            break;
+        }
+        assert!(Instant::now() < deadline, "answers kept coming: {now}");
+        last = now;
+    }
+    let healthz = last as usize;
+    assert!(
+        healthz < CLIENTS * HEALTH / 2,
+        "{healthz} of {} answers produced: too few connections stalled to test the bound",
+        CLIENTS * HEALTH
+    );
+    let rss = proc.rss_kib();
+    // README's worst case: the budget, plus per connection a head and a read of
+    // input, and 16 KiB of unread answers; a quarter more for the allocator.
+    let formula = BUDGET + CLIENTS * (MAX_HEAD + 4096 + 16 * 1024);
+    let bound = idle as usize + (formula + formula / 4) / 1024;
+    assert!(
+        (rss as usize) < bound,
+        "RSS {rss} KiB with {CLIENTS} stalled pipelining clients, over {bound} KiB \
+         (idle {idle} KiB)"
+    );
+    eprintln!("RSS {idle} KiB idle, {rss} KiB with {CLIENTS} stalled clients");
+    // The clients read at last: every answer arrives, in order.
+    for (c, _) in clients.iter_mut().take(3) {
+        c.stream.set_nonblocking(false).unwrap();
+        for i in 0..METRICS + HEALTH {
+            let r = c.response(false);
+            assert_eq!(r.status, 200, "answer {i}");
+            if i < METRICS {
+                assert!(r.body.starts_with(b"# HELP"), "answer {i} is not /metrics");
+            } else {
+                assert_eq!(r.body, b"OK", "answer {i}");
+            }
+        }
+    }
+}
