@@ -167,6 +167,7 @@ pub struct Gauges {
     pub capacity: usize,
     pub open_connections: usize,
     pub accepted_connections: u64,
+    pub evicted_connections: u64,
     /// Requests waiting for queue room now.
     pub waiting_requests: usize,
     pub delivery: Totals,
@@ -450,6 +451,12 @@ impl Metrics {
         );
         counter(
             out,
+            "webhook_connections_evicted_total",
+            "Idle client connections closed to make room for a new one at the connection limit.",
+            gauges.evicted_connections,
+        );
+        counter(
+            out,
             "webhook_log_lines_dropped_total",
             "Log lines dropped because stderr was not taking them.",
             crate::logging::dropped_lines(),
@@ -594,6 +601,7 @@ mod tests {
                 capacity: 20,
                 open_connections: 1,
                 accepted_connections: 4,
+                evicted_connections: 2,
                 waiting_requests: 2,
                 delivery: Totals {
                     accepted: 2,
@@ -620,6 +628,7 @@ mod tests {
             "webhook_queue_wait_seconds_count 0",
             "webhook_open_connections 1",
             "webhook_connections_accepted_total 4",
+            "webhook_connections_evicted_total 2",
             "# TYPE webhook_post_duration_seconds histogram",
             concat!(
                 "webhook_build_info{version=\"",
@@ -673,6 +682,7 @@ mod tests {
             capacity: 20,
             open_connections: 0,
             accepted_connections: 0,
+            evicted_connections: 0,
             waiting_requests: 0,
             delivery: Totals::default(),
         }

@@ -62,6 +62,7 @@ pub struct Service {
 pub struct ConnectionGauges {
     pub open: usize,
     pub accepted_total: u64,
+    pub evicted_total: u64,
 }
 
 impl Service {
@@ -232,6 +233,7 @@ impl Peer<'_> {
             capacity: self.pipeline.capacity(),
             open_connections: self.connections.open,
             accepted_connections: self.connections.accepted_total,
+            evicted_connections: self.connections.evicted_total,
             waiting_requests: self.pipeline.waiting_requests(),
             delivery: self.pipeline.totals(),
         };

@@ -405,14 +405,22 @@ fn chunked_bodies_are_stopped_as_soon_as_they_pass_the_limit() {
     assert!(c.closed_within(SOON));
 }
 
+/// A POST whose head and part of whose body are sent: a request under way.
+fn part_sent_post(addr: std::net::SocketAddr) -> RawClient {
+    let mut c = RawClient::connect(addr);
+    c.send(format!(
+        "POST /log HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{}",
+        SAMPLE.len(),
+        &SAMPLE[..10]
+    ));
+    c
+}
+
 #[test]
 fn past_the_connection_limit_new_connections_wait_for_a_free_slot() {
     let (_sink, fwd) = service(&["--max-connections", "3"]);
-    let mut held: Vec<RawClient> = (0..3).map(|_| RawClient::connect(fwd.addr)).collect();
-    for c in &mut held {
-        c.send(HEALTH);
-        assert_eq!(c.response(false).status, 200);
-    }
+    // Requests under way: none of them may be closed to make room.
+    let mut held: Vec<RawClient> = (0..3).map(|_| part_sent_post(fwd.addr)).collect();
     let mut waiting = RawClient::connect(fwd.addr); // accepted by the kernel, not by us
     waiting.send(HEALTH);
     waiting
@@ -428,6 +436,43 @@ fn past_the_connection_limit_new_connections_wait_for_a_free_slot() {
     drop(before);
     waiting.stream.set_read_timeout(Some(SOON)).unwrap();
     assert_eq!(waiting.response(false).status, 200);
+    for c in &mut held {
+        c.send(&SAMPLE[10..]);
+        assert_eq!(c.response(false).status, 201);
+    }
+}
+
+#[test]
+fn at_the_connection_limit_the_longest_quiet_connection_makes_room() {
+    // Issue F6: idle connections held every slot, and a liveness probe waited in the
+    // backlog for a header timeout.
+    const CAP: usize = 8;
+    let (_sink, fwd) = service(&["--max-connections", &CAP.to_string()]);
+    // The oldest connection has a request under way; the next one had its answer
+    // and stays open; the rest never send a byte.
+    let mut busy = part_sent_post(fwd.addr);
+    let mut kept_alive = RawClient::connect(fwd.addr);
+    kept_alive.send(HEALTH);
+    assert_eq!(kept_alive.response(false).status, 200);
+    let silent: Vec<std::net::TcpStream> = (0..CAP + 10)
+        .map(|_| std::net::TcpStream::connect(fwd.addr).unwrap())
+        .collect();
+    let started = std::time::Instant::now();
+    let mut probe = RawClient::connect(fwd.addr);
+    probe.send(HEALTH);
+    assert_eq!(probe.response(false).status, 200);
+    let waited = started.elapsed();
+    assert!(
+        waited < Duration::from_secs(1),
+        "healthz waited {waited:?} at the connection limit"
+    );
+    // The keep-alive connection was quiet longest, so it went first; the request
+    // under way was left alone.
+    assert!(kept_alive.closed_within(SOON));
+    busy.send(&SAMPLE[10..]);
+    assert_eq!(busy.response(false).status, 201);
+    assert!(metric(fwd.addr, "webhook_connections_evicted_total") >= 11.0);
+    drop(silent);
 }
 
 #[test]

@@ -446,6 +446,18 @@ impl<R: Copy> Conn<R> {
         matches!(m.phase, Phase::Idle) && m.out.is_empty() && self.inbuf.is_empty()
     }
 
+    /// When this connection last started waiting for a request, if it has none under
+    /// way (no head complete, no body, no answer owed or unsent): closing it then
+    /// loses nothing the client was promised.
+    pub fn quiet_since(&self) -> Option<Instant> {
+        let m = &self.machine;
+        let quiet = matches!(m.phase, Phase::Idle | Phase::Head)
+            && m.out.is_empty()
+            && !m.stalled
+            && !m.closing;
+        quiet.then_some(m.since)
+    }
+
     /// True once the connection should be closed after its output is written.
     pub fn is_closing(&self) -> bool {
         self.machine.closing

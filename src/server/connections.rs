@@ -27,6 +27,9 @@ const READS_PER_TURN: usize = 16;
 const LINGER: Duration = Duration::from_secs(2);
 /// Connection deadlines are checked at most this often.
 const SWEEP_GRANULARITY: Duration = Duration::from_millis(100);
+/// At the connection limit, a quiet connection is closed for a new one only once it
+/// has been quiet this long, so that one just accepted gets its request read first.
+const EVICT_AFTER: Duration = Duration::from_millis(100);
 /// After EMFILE and friends, try accepting again after this long.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 /// After this many connections closed, the memory they held is handed back to the
@@ -80,6 +83,74 @@ impl Client {
     }
 }
 
+/// The quiet connections (see `Conn::quiet_since`), longest quiet first: a list
+/// linked through the slots, so that keeping it and finding whom to evict at the
+/// connection limit are O(1).
+#[derive(Default)]
+struct QuietList {
+    links: Vec<Link>,
+    head: Option<usize>,
+    tail: Option<usize>,
+}
+
+#[derive(Clone, Copy, Default)]
+struct Link {
+    prev: Option<usize>,
+    next: Option<usize>,
+    /// `Some` while listed: the connection's `quiet_since` and when it was listed.
+    listed: Option<(Instant, Instant)>,
+}
+
+impl QuietList {
+    /// Lists `slot` as quiet since `since`, at the back when that is news; unlists it
+    /// when `since` is `None`.
+    fn update(&mut self, slot: usize, since: Option<Instant>, now: Instant) {
+        if self.links.len() <= slot {
+            self.links.resize(slot + 1, Link::default());
+        }
+        let listed = self.links[slot].listed;
+        if since.is_some() && listed.map(|(s, _)| s) == since {
+            return;
+        }
+        self.remove(slot);
+        let Some(since) = since else { return };
+        self.links[slot] = Link {
+            prev: self.tail,
+            next: None,
+            listed: Some((since, now)),
+        };
+        match self.tail {
+            Some(tail) => self.links[tail].next = Some(slot),
+            None => self.head = Some(slot),
+        }
+        self.tail = Some(slot);
+    }
+
+    fn remove(&mut self, slot: usize) {
+        let Some(link) = self.links.get(slot).copied() else {
+            return;
+        };
+        if link.listed.is_none() {
+            return;
+        }
+        match link.prev {
+            Some(prev) => self.links[prev].next = link.next,
+            None => self.head = link.next,
+        }
+        match link.next {
+            Some(next) => self.links[next].prev = link.prev,
+            None => self.tail = link.prev,
+        }
+        self.links[slot] = Link::default();
+    }
+
+    /// The slot quiet longest, and when it was listed.
+    fn front(&self) -> Option<(usize, Instant)> {
+        let slot = self.head?;
+        Some((slot, self.links[slot].listed?.1))
+    }
+}
+
 /// What serving a connection's bytes ended with.
 enum Served {
     Open,
@@ -99,6 +170,12 @@ pub struct Connections {
     free_slots: Vec<usize>,
     open: usize,
     accepted_total: u64,
+    /// Quiet connections closed to make room at the limit.
+    evicted_total: u64,
+    quiet: QuietList,
+    /// A connection accepted at the limit, waiting for a quiet one to be closed (it
+    /// would otherwise wait in the backlog, where we could not know of it).
+    parked: Option<(TcpStream, SocketAddr)>,
     max_connections: usize,
     limits: Limits,
     pool: BufferPool,
@@ -134,6 +211,9 @@ impl Connections {
             free_slots: Vec::new(),
             open: 0,
             accepted_total: 0,
+            evicted_total: 0,
+            quiet: QuietList::default(),
+            parked: None,
             max_connections,
             limits,
             pool: BufferPool::new(64),
@@ -154,6 +234,7 @@ impl Connections {
         ConnectionGauges {
             open: self.open,
             accepted_total: self.accepted_total,
+            evicted_total: self.evicted_total,
         }
     }
 
@@ -176,7 +257,12 @@ impl Connections {
             Accepting::Backoff(at) => Some(at),
             _ => None,
         };
-        [sweep, backoff].into_iter().flatten().min()
+        // A parked connection waits for the longest quiet one to become evictable.
+        let evict = match self.parked {
+            Some(_) => self.quiet.front().map(|(_, listed)| listed + EVICT_AFTER),
+            None => None,
+        };
+        [sweep, backoff, evict].into_iter().flatten().min()
     }
 
     /// When memory freed by closed connections should next be handed back.
@@ -202,9 +288,10 @@ impl Connections {
             .any(|c| c.linger_until.is_none())
     }
 
-    /// The listener is readable: take every connection waiting in the backlog.
+    /// The listener is readable: take every connection waiting in the backlog. At
+    /// the limit, take one, to close a quiet connection for it (see `make_room`).
     pub fn accept(&mut self, registry: &Registry, now: Instant) {
-        if self.accepting == Accepting::Open {
+        if matches!(self.accepting, Accepting::Open | Accepting::AtCapacity) {
             self.accept_waiting(registry, now, false);
         }
     }
@@ -213,7 +300,10 @@ impl Connections {
     pub fn resume_accepting(&mut self, registry: &Registry, now: Instant) {
         match self.accepting {
             Accepting::Backoff(at) if now >= at => self.accept_waiting(registry, now, true),
-            Accepting::AtCapacity if self.open < self.max_connections => {
+            Accepting::AtCapacity
+                if self.open < self.max_connections
+                    || (self.parked.is_some() && self.evictable(now).is_some()) =>
+            {
                 self.accept_waiting(registry, now, false)
             }
             _ => {}
@@ -226,9 +316,16 @@ impl Connections {
         self.accepting = Accepting::Open;
         let mut starved = starved;
         loop {
-            if self.open >= self.max_connections {
+            let full = self.open >= self.max_connections;
+            if full && self.parked.is_some() && !self.make_room(now) {
                 self.accepting = Accepting::AtCapacity;
                 return;
+            }
+            if self.open < self.max_connections
+                && let Some((stream, remote)) = self.parked.take()
+            {
+                self.add_client(registry, stream, remote, now);
+                continue;
             }
             let Some(listener) = &self.listener else {
                 return;
@@ -239,9 +336,18 @@ impl Connections {
                         info!(open = self.open; "accepting again");
                         starved = false;
                     }
-                    self.add_client(registry, stream, remote, now)
+                    if full {
+                        self.parked = Some((stream, remote));
+                    } else {
+                        self.add_client(registry, stream, remote, now)
+                    }
                 }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    if full {
+                        self.accepting = Accepting::AtCapacity;
+                    }
+                    return;
+                }
                 Err(e) if crate::os::is_resource_exhaustion(&e) => {
                     if !starved {
                         warn!(error:% = e, open = self.open; "cannot accept: out of resources, pausing");
@@ -253,6 +359,33 @@ impl Connections {
                 Err(e) => debug!(error:% = e; "accept failed"),
             }
         }
+    }
+
+    /// The quiet connection to close for a waiting one, once quiet `EVICT_AFTER`.
+    fn evictable(&self, now: Instant) -> Option<usize> {
+        let (slot, listed) = self.quiet.front()?;
+        (listed + EVICT_AFTER <= now).then_some(slot)
+    }
+
+    /// At the limit with a connection waiting: closes the one quiet longest, as
+    /// nginx reuses idle keep-alive connections, so that idle clients cannot keep a
+    /// liveness probe out until their header timeout. A connection with a request
+    /// under way is never chosen.
+    fn make_room(&mut self, now: Instant) -> bool {
+        while let Some(slot) = self.evictable(now) {
+            // The list is kept by `serve`, which every change of state goes through.
+            let quiet = matches!(self.slots.get(slot), Some(Some(c))
+                if c.linger_until.is_none() && c.conn.quiet_since().is_some());
+            debug_assert!(quiet, "slot {slot} listed as quiet");
+            if let (true, Some(Some(client))) = (quiet, self.slots.get(slot)) {
+                debug!(remote = client.remote.as_str(), open = self.open; "closed a quiet connection to make room for a new one");
+                self.close(slot);
+                self.evicted_total += 1;
+                return true;
+            }
+            self.quiet.remove(slot);
+        }
+        false
     }
 
     fn add_client(
@@ -285,6 +418,7 @@ impl Connections {
             reserved: 0,
         };
         let deadline = client.conn.deadline(&self.limits);
+        self.quiet.update(slot, client.conn.quiet_since(), now);
         if slot == self.slots.len() {
             self.slots.push(Some(client));
         } else {
@@ -406,6 +540,8 @@ impl Connections {
             client.wants_writable = pending;
         }
         let deadline = client.conn.deadline(&self.limits);
+        self.quiet
+            .update(slot, client.conn.quiet_since(), app.service.now);
         self.note_deadline(deadline);
     }
 
@@ -502,6 +638,7 @@ impl Connections {
         }
         let until = Instant::now() + LINGER;
         client.linger_until = Some(until);
+        self.quiet.remove(slot);
         self.note_deadline(Some(until));
     }
 
@@ -510,6 +647,7 @@ impl Connections {
             && let Some(client) = entry.take()
         {
             self.reserved -= client.reserved;
+            self.quiet.remove(slot);
             if !self.held.is_empty() {
                 self.held.retain(|&held| held != slot);
             }
@@ -620,6 +758,7 @@ impl Connections {
     /// backlog until we exit) and close the ones with nothing under way.
     pub fn stop_accepting(&mut self) {
         self.listener = None;
+        self.parked = None;
         self.accepting = Accepting::Closed;
         let idle: Vec<usize> = self
             .slots
@@ -686,4 +825,45 @@ fn drain_lingering(client: &mut Client, buf: &mut [u8]) -> bool {
         }
     }
     false
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn order(list: &QuietList) -> Vec<usize> {
+        let mut slots = Vec::new();
+        let mut at = list.head;
+        while let Some(slot) = at {
+            slots.push(slot);
+            at = list.links[slot].next;
+        }
+        slots
+    }
+
+    #[test]
+    fn the_quiet_list_keeps_the_longest_quiet_first() {
+        let t = Instant::now();
+        let ms = |n| t + Duration::from_millis(n);
+        let mut list = QuietList::default();
+        for slot in [3, 0, 5] {
+            list.update(slot, Some(t), t);
+        }
+        assert_eq!(order(&list), [3, 0, 5]);
+        // Bytes of a head still arriving: no news, the place is kept.
+        list.update(3, Some(t), ms(5));
+        assert_eq!(list.front(), Some((3, t)));
+        // A request began: off the list; done: back, at the end.
+        list.update(3, None, ms(6));
+        assert_eq!(order(&list), [0, 5]);
+        list.update(3, Some(ms(7)), ms(7));
+        assert_eq!(order(&list), [0, 5, 3]);
+        list.remove(5);
+        list.remove(5);
+        assert_eq!(order(&list), [0, 3]);
+        list.remove(0);
+        list.remove(3);
+        assert_eq!(list.front(), None);
+        assert_eq!((list.head, list.tail), (None, None));
+    }
 }
