@@ -203,6 +203,8 @@ fn io_for<'a>(sink: &'a mut Sink, limits: &'a Limits, pool: &'a mut BufferPool) 
 fn serve(mut stream: TcpStream, behaviour: Arc<Behaviour>) {
     let limits = Limits {
         max_body_bytes: 256 * 1024 * 1024,
+        // It reads gzip bodies itself (by their magic bytes).
+        refuse_content_coding: false,
         ..Limits::default()
     };
     let mut pool = BufferPool::new(4);

@@ -173,6 +173,7 @@ pub fn load(
         body_timeout: with_default(&flags.body_timeout, settings::BODY_TIMEOUT).duration(false)?,
         idle_timeout: with_default(&flags.idle_timeout, settings::IDLE_TIMEOUT).duration(false)?,
         max_pending_output: Limits::default().max_pending_output,
+        refuse_content_coding: true,
     };
     let buffered = with_default(&flags.max_buffered_bytes, settings::MAX_BUFFERED_BYTES);
     let max_buffered_bytes = buffered.count(1, 1 << 40)?;

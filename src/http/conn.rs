@@ -27,6 +27,9 @@ pub struct Limits {
     /// this peer. One answer may cross it, so a peer that does not read holds at most
     /// this plus its largest answer.
     pub max_pending_output: usize,
+    /// Refuse (415) a body with a `Content-Encoding` other than identity. The
+    /// forwarder takes plain JSON only; the bundled receiver reads gzip itself.
+    pub refuse_content_coding: bool,
     pub header_timeout: Duration,
     pub body_timeout: Duration,
     pub idle_timeout: Duration,
@@ -41,6 +44,7 @@ impl Default for Limits {
             // A few dozen pipelined answers per write; small, as every connection may
             // hold it for a peer that does not read.
             max_pending_output: 4 * 1024,
+            refuse_content_coding: true,
             header_timeout: Duration::from_secs(10),
             body_timeout: Duration::from_secs(30),
             idle_timeout: Duration::from_secs(60),
@@ -652,7 +656,7 @@ impl<R: Copy> Machine<R> {
         let http11 = request.version == Some(1);
         let method = Method::from_token(method_text);
         let path = route_path(target);
-        let head = HeadFields::read(request.headers);
+        let head = HeadFields::read(request.headers, io.limits.refuse_content_coding);
         let authorization = head.as_ref().ok().and_then(HeadFields::authorization);
         let route = io.handler.route(method, path, authorization);
         let refuse = |machine: &mut Self, refusal: Refusal, io: &mut Io<'_, H>| {
@@ -912,7 +916,10 @@ struct HeadFields<'h> {
 }
 
 impl<'h> HeadFields<'h> {
-    fn read(headers: &[httparse::Header<'h>]) -> Result<HeadFields<'h>, Refusal> {
+    fn read(
+        headers: &[httparse::Header<'h>],
+        refuse_content_coding: bool,
+    ) -> Result<HeadFields<'h>, Refusal> {
         let mut fields = HeadFields::default();
         let mut transfer_codings = 0usize;
         let mut chunked_codings = 0usize;
@@ -951,7 +958,7 @@ impl<'h> HeadFields<'h> {
                 } else {
                     fields.unknown_expectation = true;
                 }
-            } else if name.eq_ignore_ascii_case("content-encoding") {
+            } else if refuse_content_coding && name.eq_ignore_ascii_case("content-encoding") {
                 let identity = value
                     .split(|&b| b == b',')
                     .map(<[u8]>::trim_ascii)

@@ -88,6 +88,7 @@ fn conn_limits() -> Limits {
         max_headers: 16,
         max_body_bytes: 4096,
         max_pending_output: 2048,
+        refuse_content_coding: true,
         header_timeout: Duration::from_secs(10),
         body_timeout: Duration::from_secs(30),
         idle_timeout: Duration::from_secs(60),
