@@ -47,6 +47,9 @@ struct Pending {
     stamps: StampCache,
     /// When the oldest unwritten line was added.
     oldest: Option<Instant>,
+    /// The last write stopped inside a line: this thread keeps stderr's turn until
+    /// the rest of it is written.
+    mid_line: bool,
 }
 
 thread_local! {
@@ -55,6 +58,7 @@ thread_local! {
             lines: Vec::new(),
             stamps: StampCache::new(),
             oldest: None,
+            mid_line: false,
         })
     };
 }
@@ -125,6 +129,7 @@ fn add_line(written_at_once: bool, write: impl FnOnce(&mut Vec<u8>, &mut StampCa
             lines,
             stamps,
             oldest,
+            ..
         } = &mut *pending;
         if lines.is_empty() {
             *oldest = Some(Instant::now());
@@ -182,7 +187,12 @@ pub fn write_records(records: &[u8], patience: Duration) -> usize {
     if !stderr::take_turn(patience) {
         return 0;
     }
-    write_pending(patience);
+    if write_pending(patience) {
+        // stderr took nothing for `patience` in the middle of a log line: records
+        // written now would land inside it, and would stall as long anyway.
+        stderr::give_turn();
+        return 0;
+    }
     let mut written = 0;
     // A record left half written is not kept; the turn goes back regardless.
     stderr::write_lines(records, &mut written, patience);
@@ -212,7 +222,11 @@ fn write_pending(patience: Duration) -> bool {
         let Ok(mut pending) = cell.try_borrow_mut() else {
             return false;
         };
-        let lines = &mut pending.lines;
+        let Pending {
+            lines,
+            mid_line: part_written,
+            ..
+        } = &mut *pending;
         let mut written = 0;
         if stderr::write_lines(lines, &mut written, patience) == stderr::Wrote::Gone {
             // stderr is gone (closed, EPIPE): nothing will ever take these lines.
@@ -220,7 +234,10 @@ fn write_pending(patience: Duration) -> bool {
             DROPPED.fetch_add(lost as u64, Ordering::Relaxed);
             written = lines.len();
         }
-        mid_line = stderr::mid_line(lines, written);
+        if let Some(inside) = stderr::ends_mid_line(lines, written) {
+            *part_written = inside;
+        }
+        mid_line = *part_written;
         lines.drain(..written);
         if lines.is_empty() {
             pending.oldest = None;

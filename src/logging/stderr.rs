@@ -4,8 +4,8 @@
 //! Both threads write their own buffers. A thread writes only while it holds the
 //! turn; it writes whole lines, at most `WRITE_CHUNK` bytes at a time (a pipe takes
 //! that much at once), so another thread's lines never land inside one of its own.
-//! A line longer than that may be taken in parts; the thread then keeps the turn
-//! until the line is finished. The turn is taken without waiting by the loop (its
+//! A line longer than that goes in pieces of that size; the thread keeps the turn
+//! until the line is finished, however many calls that takes. The turn is taken without waiting by the loop (its
 //! lines wait in its buffer instead) and with a bounded wait before exit and for
 //! records written here as a last resort. Writes go to descriptor 2 directly, not
 //! through the standard library's stderr, whose lock a blocked writer would hold.
@@ -67,18 +67,14 @@ pub enum Wrote {
 }
 
 /// Where the next write of `bytes[from..]` ends: after the last whole line within
-/// `WRITE_CHUNK`, or, for a line longer than that, at its end.
+/// `WRITE_CHUNK`, or, inside a line longer than that, `WRITE_CHUNK` on. A piece is
+/// never longer: a pipe that says it is writable takes that much without blocking,
+/// and more could block until a reader takes it.
 fn piece_end(bytes: &[u8], from: usize) -> usize {
-    let window = &bytes[from..bytes.len().min(from + WRITE_CHUNK)];
-    if let Some(last) = window.iter().rposition(|&b| b == b'\n') {
-        return from + last + 1;
-    }
-    match bytes[from + window.len()..]
-        .iter()
-        .position(|&b| b == b'\n')
-    {
-        Some(at) => from + window.len() + at + 1,
-        None => bytes.len(),
+    let end = bytes.len().min(from + WRITE_CHUNK);
+    match bytes[from..end].iter().rposition(|&b| b == b'\n') {
+        Some(last) => from + last + 1,
+        None => end,
     }
 }
 
@@ -114,9 +110,10 @@ pub fn write_lines(bytes: &[u8], written: &mut usize, patience: Duration) -> Wro
     Wrote::All
 }
 
-/// Whether `bytes[..written]` stops inside a line.
-pub fn mid_line(bytes: &[u8], written: usize) -> bool {
-    written > 0 && written < bytes.len() && bytes[written - 1] != b'\n'
+/// Whether writing `bytes[..written]` leaves a line part-written: `None` when nothing
+/// was written, which changes nothing.
+pub fn ends_mid_line(bytes: &[u8], written: usize) -> Option<bool> {
+    (written > 0).then(|| bytes[written - 1] != b'\n')
 }
 
 #[cfg(test)]
@@ -134,34 +131,28 @@ mod tests {
         assert_eq!(piece_end(&many, 0), 4000);
         assert_eq!(piece_end(&many, 4000), 8000);
         assert_eq!(piece_end(&many, 8000), 10_000);
-        // A line longer than a piece goes whole; what follows starts the next piece.
+        // A line longer than a piece goes a piece at a time, then what follows.
         let long = [vec![b'y'; 10_000], b"\nz\n".to_vec()].concat();
-        assert_eq!(piece_end(&long, 0), 10_001);
-        assert_eq!(piece_end(&long, 10_001), long.len());
-        // Resuming inside the long line finishes it first.
-        assert_eq!(piece_end(&long, 5000), 10_001);
+        assert_eq!(piece_end(&long, 0), 4096);
+        assert_eq!(piece_end(&long, 4096), 8192);
+        assert_eq!(piece_end(&long, 8192), long.len());
         // A last line without its newline is written as it is.
         assert_eq!(piece_end(b"abc", 0), 3);
-        assert!(piece_end(&long, 0) <= long.len());
     }
 
     #[test]
-    fn every_piece_is_whole_lines_or_one_line() {
+    fn no_piece_is_longer_than_a_pipe_takes_at_once() {
         let mut bytes = Vec::new();
         for n in 0..500usize {
-            bytes.extend(std::iter::repeat_n(b'a', (n * 37) % 6000));
+            bytes.extend(std::iter::repeat_n(b'a', (n * 37) % 9000));
             bytes.push(b'\n');
         }
         let mut from = 0;
         while from < bytes.len() {
             let end = piece_end(&bytes, from);
-            assert!(end > from);
-            assert_eq!(bytes[end - 1], b'\n', "a piece ends a line");
-            let lines = bytes[from..end].iter().filter(|&&b| b == b'\n').count();
-            assert!(
-                end - from <= WRITE_CHUNK || lines == 1,
-                "over a page: one line only"
-            );
+            assert!(end > from && end - from <= WRITE_CHUNK);
+            // It ends a line, or is a full piece of a line too long for one.
+            assert!(bytes[end - 1] == b'\n' || end - from == WRITE_CHUNK);
             from = end;
         }
     }
@@ -187,10 +178,10 @@ mod tests {
     }
 
     #[test]
-    fn mid_line_means_part_of_a_line_written() {
-        assert!(!mid_line(b"ab\ncd\n", 0));
-        assert!(!mid_line(b"ab\ncd\n", 3));
-        assert!(mid_line(b"ab\ncd\n", 4));
-        assert!(!mid_line(b"ab\ncd\n", 6));
+    fn a_write_that_stops_inside_a_line_says_so() {
+        assert_eq!(ends_mid_line(b"ab\ncd\n", 0), None);
+        assert_eq!(ends_mid_line(b"ab\ncd\n", 3), Some(false));
+        assert_eq!(ends_mid_line(b"ab\ncd\n", 4), Some(true));
+        assert_eq!(ends_mid_line(b"ab\ncd\n", 6), Some(false));
     }
 }
