@@ -207,6 +207,9 @@ pub fn load_replay(path: &Path) -> io::Result<Option<Replay>> {
         }
         Err(e) => return Err(e),
     };
+    // Through a symlink, the file itself is rewritten and retired, not the link.
+    let canonical = std::fs::canonicalize(path)?;
+    let path = canonical.as_path();
     let mut length = file.metadata()?.len();
     let mut records = std::collections::VecDeque::new();
     let mut rejected = Vec::new();
@@ -263,16 +266,18 @@ fn rewrite_synced(path: &Path, bytes: &[u8]) -> io::Result<()> {
 #[derive(Debug)]
 pub struct Retired {
     pub renamed_to: PathBuf,
-    /// Records appended to the file after it was read (it is also the dead-letter
-    /// file, and some were refused meanwhile), moved back to `path`.
-    pub kept: usize,
+    /// Bytes appended to the file after it was read (dead letters, when it is also
+    /// the dead-letter file), which stay in it.
+    pub kept_bytes: u64,
 }
 
 /// Marks a fully delivered replay file, so a second `--replay` sends nothing twice:
-/// renames it, then moves whatever was appended after the `length` bytes replayed
-/// back to `path`. When the replay file is also the dead-letter file, that tail is
-/// the records refused during the replay, which must stay where the next replay
-/// reads them, not in a file said to be safe to delete.
+/// renames it to `PATH.replayed-<timestamp>`. If anything was appended after the
+/// `length` bytes replayed (when the replay file is also the dead-letter file, the
+/// records refused meanwhile), those must stay where the next replay reads them: the
+/// replayed part is copied out instead, and the file is replaced by what follows it.
+/// At no moment is an appended record only in the file said to be safe to delete; a
+/// crash part-way leaves the file whole, and a later replay sends some records twice.
 pub fn retire_replayed(path: &Path, length: u64) -> io::Result<Retired> {
     let mut stamp = Vec::new();
     crate::clock::write_rfc3339_millis(&mut stamp, SystemTime::now());
@@ -281,50 +286,33 @@ pub fn retire_replayed(path: &Path, length: u64) -> io::Result<Retired> {
         .filter(|c| c.is_ascii_alphanumeric())
         .collect();
     let target = sibling(path, &format!(".replayed-{stamp}"));
-    // No append may land in the file between the rename and the look at its tail.
+    // No append of ours may land in the file while it is looked at and replaced.
     let _one_at_a_time = one_at_a_time();
-    std::fs::rename(path, &target)?;
-    let moved_back = move_tail_back(path, &target, length).map_err(|e| {
-        io::Error::new(
-            e.kind(),
-            format!(
-                "renamed to {}, but what was appended to it after byte {length} (dead letters) could not be moved back: {e}",
-                target.display()
-            ),
-        )
-    })?;
+    let mut file = File::open(path)?;
+    let now = file.metadata()?.len();
+    if now <= length {
+        std::fs::rename(path, &target)?;
+        return Ok(Retired {
+            renamed_to: target,
+            kept_bytes: 0,
+        });
+    }
+    copy_synced(&mut io::Read::take(&file, length), &target)?;
+    io::Seek::seek(&mut file, io::SeekFrom::Start(length))?;
+    let temporary = sibling(path, ".rewriting");
+    copy_synced(&mut file, &temporary)?;
+    std::fs::rename(&temporary, path)?;
     Ok(Retired {
         renamed_to: target,
-        kept: moved_back,
+        kept_bytes: now - length,
     })
 }
 
-/// Moves the bytes of `renamed` past `length` to the end of `path`; how many lines.
-fn move_tail_back(path: &Path, renamed: &Path, length: u64) -> io::Result<usize> {
-    let mut renamed = OpenOptions::new().read(true).write(true).open(renamed)?;
-    let mut tail = Vec::new();
-    io::Seek::seek(&mut renamed, io::SeekFrom::Start(length))?;
-    io::Read::read_to_end(&mut renamed, &mut tail)?;
-    let start = tail.iter().position(|&b| b != b'\n').unwrap_or(tail.len());
-    let tail = &tail[start..];
-    if tail.is_empty() {
-        return Ok(0);
-    }
-    let mut live = OpenOptions::new()
-        .create(true)
-        .append(true)
-        .read(true)
-        .open(path)?;
-    match append_to(&mut live, tail) {
-        Ok(()) => {}
-        Err(Failed::Nothing(e) | Failed::RolledBack(e) | Failed::Torn { write: e, .. }) => {
-            return Err(e);
-        }
-    }
-    // The tail is safe in `path`: the replayed file keeps only what was replayed.
-    // If this fails, the records are in both, which a later replay sends twice.
-    let _ = renamed.set_len(length).and_then(|()| renamed.sync_all());
-    Ok(tail.iter().filter(|&&b| b == b'\n').count())
+/// Copies `from` into a new file at `to`, a buffer at a time, and syncs it.
+fn copy_synced(from: &mut impl io::Read, to: &Path) -> io::Result<()> {
+    let mut out = File::create(to)?;
+    io::copy(from, &mut out)?;
+    out.sync_all()
 }
 
 fn sibling(path: &Path, suffix: &str) -> PathBuf {
@@ -365,7 +353,7 @@ mod tests {
         let ids: Vec<i64> = replay.records.iter().map(|r| r.user_id).collect();
         assert_eq!(ids, vec![1, 2, 3]);
         let retired = retire_replayed(&path, replay.length).unwrap();
-        assert_eq!(retired.kept, 0);
+        assert_eq!(retired.kept_bytes, 0);
         let renamed = retired.renamed_to;
         assert!(!path.exists() && renamed.exists());
         assert!(renamed.to_string_lossy().contains(".replayed-"));
@@ -393,8 +381,9 @@ mod tests {
         // Refused while the replay runs.
         assert_eq!(write_records(&path, &[rec(2)]), Destination::File(1));
         assert_eq!(write_records(&path, &[rec(9)]), Destination::File(1));
+        let appended = std::fs::metadata(&path).unwrap().len() - replay.length;
         let retired = retire_replayed(&path, replay.length).unwrap();
-        assert_eq!(retired.kept, 2);
+        assert_eq!(retired.kept_bytes, appended);
         assert_eq!(
             std::fs::read(&retired.renamed_to).unwrap(),
             replayed_bytes,
@@ -403,8 +392,7 @@ mod tests {
         let live = load_replay(&path).unwrap().unwrap();
         let ids: Vec<i64> = live.records.iter().map(|r| r.user_id).collect();
         assert_eq!(ids, vec![2, 9]);
-        let text = std::fs::read_to_string(&path).unwrap();
-        assert!(text.starts_with("{\"user_id\":2,"), "{text:?}");
+        assert!(!sibling(&path, ".rewriting").exists());
     }
 
     #[test]

@@ -306,8 +306,8 @@ impl Server {
             return;
         };
         match deadletter::retire_replayed(&done.path, done.length) {
-            Ok(retired) if retired.kept > 0 => {
-                info!(records = done.records, renamed_to:% = retired.renamed_to.display(), kept_in_place = retired.kept; "replay complete; the records dead-lettered meanwhile stay in the file")
+            Ok(retired) if retired.kept_bytes > 0 => {
+                info!(records = done.records, renamed_to:% = retired.renamed_to.display(), kept_bytes = retired.kept_bytes; "replay complete; the records dead-lettered meanwhile stay in the file")
             }
             Ok(retired) => {
                 info!(records = done.records, renamed_to:% = retired.renamed_to.display(); "replay complete")
