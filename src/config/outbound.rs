@@ -397,6 +397,14 @@ pub fn parse_endpoint(setting: &Setting) -> Result<String, Stop> {
         source: setting.source,
     };
     let uri: ureq::http::Uri = text.parse().map_err(|_| shown.invalid("is not a URL"))?;
+    // The log hides everything up to the last @ before the query, where a password
+    // may be; an @ in the path would make the log show another host than the one
+    // posted to (and a raw / in a password puts its @ in the path).
+    if uri.path().contains('@') {
+        return Err(shown.invalid(
+            "has an @ in its path: percent-encode it (%40), and any / in a password (%2F)",
+        ));
+    }
     let scheme_ok = matches!(uri.scheme_str(), Some(s) if s.eq_ignore_ascii_case("http") || s.eq_ignore_ascii_case("https"));
     if !scheme_ok || uri.host().is_none_or(str::is_empty) {
         return Err(shown.invalid("is not an absolute http:// or https:// URL"));
@@ -415,6 +423,10 @@ fn split_userinfo(endpoint: &str) -> (String, Option<String>) {
     let Some(at) = rest[..authority_end].rfind('@') else {
         return (endpoint.to_owned(), None);
     };
+    if at == 0 {
+        // `http://@host/`: no credentials were given; none are made up.
+        return (format!("{}{}", &endpoint[..scheme_end], &rest[1..]), None);
+    }
     let stripped = format!("{}{}", &endpoint[..scheme_end], &rest[at + 1..]);
     let userinfo = &rest[..at];
     let (user, password) = userinfo.split_once(':').unwrap_or((userinfo, ""));
@@ -430,11 +442,12 @@ fn percent_decode(text: &str) -> Vec<u8> {
     let mut out = Vec::with_capacity(bytes.len());
     let mut at = 0;
     while at < bytes.len() {
-        let hex = bytes.get(at + 1..at + 3).and_then(|pair| {
-            std::str::from_utf8(pair)
-                .ok()
-                .and_then(|pair| u8::from_str_radix(pair, 16).ok())
-        });
+        // Two hex digits exactly: from_str_radix alone would take a sign (`%+4`).
+        let hex = bytes
+            .get(at + 1..at + 3)
+            .filter(|pair| pair.iter().all(u8::is_ascii_hexdigit))
+            .and_then(|pair| std::str::from_utf8(pair).ok())
+            .and_then(|pair| u8::from_str_radix(pair, 16).ok());
         match (bytes[at], hex) {
             (b'%', Some(byte)) => {
                 out.push(byte);

@@ -693,6 +693,11 @@ impl<R: Copy> Machine<R> {
             }
         };
         let has_body = !matches!(framing, Framing::Length(0));
+        // Only a body that would be read is refused for its coding: a health check
+        // carrying the header gets its answer.
+        if head.content_coded && has_body {
+            return refuse(self, Refusal::CONTENT_CODING, io);
+        }
         if head.unknown_expectation && http11 {
             return refuse(self, Refusal::EXPECTATION, io);
         }
@@ -913,6 +918,8 @@ struct HeadFields<'h> {
     /// Borrowed from the head: no copy of a credential is made.
     authorization: Option<&'h [u8]>,
     authorizations: usize,
+    /// A `Content-Encoding` other than identity (only looked for when refused).
+    content_coded: bool,
 }
 
 impl<'h> HeadFields<'h> {
@@ -959,13 +966,10 @@ impl<'h> HeadFields<'h> {
                     fields.unknown_expectation = true;
                 }
             } else if refuse_content_coding && name.eq_ignore_ascii_case("content-encoding") {
-                let identity = value
+                fields.content_coded |= !value
                     .split(|&b| b == b',')
                     .map(<[u8]>::trim_ascii)
                     .all(|coding| coding.is_empty() || coding.eq_ignore_ascii_case(b"identity"));
-                if !identity {
-                    return Err(Refusal::CONTENT_CODING);
-                }
             } else if name.eq_ignore_ascii_case("host") {
                 fields.hosts += 1;
             } else if name.eq_ignore_ascii_case("authorization") {

@@ -316,7 +316,7 @@ fn unsupported_codings_versions_and_expectations() {
 }
 
 #[test]
-fn a_content_coding_is_415_and_identity_is_no_coding() {
+fn a_coded_body_is_415_and_identity_or_no_body_is_not() {
     for coding in ["gzip", "br", "deflate", "identity, gzip", "x-anything"] {
         let head = format!(
             "POST /log HTTP/1.1\r\nHost: x\r\nContent-Encoding: {coding}\r\nContent-Length: 2\r\n\r\n{{}}"
