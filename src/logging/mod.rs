@@ -174,9 +174,35 @@ pub fn flush_due(now: Instant) -> Option<Instant> {
 /// line is left half written: nothing more will finish it.
 pub fn flush() {
     if stderr::take_turn(EXIT_FLUSH_WAIT) {
-        write_pending(EXIT_FLUSH_WAIT);
-        stderr::give_turn();
+        if write_pending(EXIT_FLUSH_WAIT) {
+            abandon_part_written_line();
+        } else {
+            stderr::give_turn();
+        }
     }
+}
+
+/// stderr stalled in the middle of one of this thread's lines and the turn must go
+/// back: the rest of that line is dropped (and counted), and the next writer ends
+/// the broken line, so no other line lands in it.
+fn abandon_part_written_line() {
+    PENDING.with(|cell| {
+        let Ok(mut pending) = cell.try_borrow_mut() else {
+            return;
+        };
+        let rest = pending
+            .lines
+            .iter()
+            .position(|&b| b == b'\n')
+            .map_or(pending.lines.len(), |at| at + 1);
+        pending.lines.drain(..rest);
+        pending.mid_line = false;
+        if pending.lines.is_empty() {
+            pending.oldest = None;
+        }
+    });
+    DROPPED.fetch_add(1, Ordering::Relaxed);
+    stderr::abandon_turn();
 }
 
 /// Writes `records` (NDJSON) to stderr as the last place they can go, after this
@@ -190,13 +216,17 @@ pub fn write_records(records: &[u8], patience: Duration) -> usize {
     if write_pending(patience) {
         // stderr took nothing for `patience` in the middle of a log line: records
         // written now would land inside it, and would stall as long anyway.
-        stderr::give_turn();
+        abandon_part_written_line();
         return 0;
     }
     let mut written = 0;
-    // A record left half written is not kept; the turn goes back regardless.
     stderr::write_lines(records, &mut written, patience);
-    stderr::give_turn();
+    if stderr::ends_mid_line(records, written) == Some(true) {
+        // A record cut short counts as lost; the next writer ends its line.
+        stderr::abandon_turn();
+    } else {
+        stderr::give_turn();
+    }
     written
 }
 

@@ -12,7 +12,7 @@
 
 use std::cell::Cell;
 use std::io;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 /// Most bytes one write hands stderr: a pipe that says it is writable takes a page.
@@ -23,6 +23,9 @@ const TURN_RETRY: Duration = Duration::from_millis(1);
 /// The thread whose turn it is to write (its `token`), or 0: nobody's.
 static TURN: AtomicU64 = AtomicU64::new(0);
 static NEXT_TOKEN: AtomicU64 = AtomicU64::new(1);
+/// A thread gave up the turn in the middle of a line: the next write ends that line
+/// first, so what follows starts on a line of its own.
+static LINE_OPEN: AtomicBool = AtomicBool::new(false);
 
 thread_local! {
     static TOKEN: Cell<u64> = const { Cell::new(0) };
@@ -56,6 +59,13 @@ pub fn give_turn() {
     let _ = TURN.compare_exchange(token(), 0, Ordering::Release, Ordering::Relaxed);
 }
 
+/// Gives the turn back with a line left part-written (stderr stalled too long): the
+/// next write ends it with a newline. The broken line is lost; nothing lands in it.
+pub fn abandon_turn() {
+    LINE_OPEN.store(true, Ordering::Relaxed);
+    give_turn();
+}
+
 /// How a write of lines ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Wrote {
@@ -82,6 +92,17 @@ fn piece_end(bytes: &[u8], from: usize) -> usize {
 /// stderr takes them; waits up to `patience` for it each time it takes nothing. The
 /// caller holds the turn.
 pub fn write_lines(bytes: &[u8], written: &mut usize, patience: Duration) -> Wrote {
+    if *written < bytes.len() && LINE_OPEN.load(Ordering::Relaxed) {
+        let mut newline = 0;
+        match write_lines_after_open(b"\n", &mut newline, patience) {
+            Wrote::All => LINE_OPEN.store(false, Ordering::Relaxed),
+            other => return other,
+        }
+    }
+    write_lines_after_open(bytes, written, patience)
+}
+
+fn write_lines_after_open(bytes: &[u8], written: &mut usize, patience: Duration) -> Wrote {
     let mut deadline = Instant::now() + patience;
     while *written < bytes.len() {
         let wait = deadline.saturating_duration_since(Instant::now());
