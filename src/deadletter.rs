@@ -199,6 +199,7 @@ pub struct Replay {
 /// and copied to `PATH.rejected`; it is never dropped. A missing file means there is
 /// nothing to replay (a restart after a completed replay), not an error.
 pub fn load_replay(path: &Path) -> io::Result<Option<Replay>> {
+    recover(path)?;
     let file = match File::open(path) {
         Ok(file) => file,
         Err(e) if e.kind() == io::ErrorKind::NotFound => {
@@ -256,9 +257,8 @@ pub fn load_replay(path: &Path) -> io::Result<Option<Replay>> {
 /// so a crash leaves either the old file or the new one.
 fn rewrite_synced(path: &Path, bytes: &[u8]) -> io::Result<()> {
     let temporary = sibling(path, ".rewriting");
-    let mut file = File::create(&temporary)?;
-    file.write_all(bytes)?;
-    file.sync_all()?;
+    let permissions = std::fs::metadata(path)?.permissions();
+    copy_synced(&mut &bytes[..], &temporary, permissions)?;
     std::fs::rename(&temporary, path)
 }
 
@@ -274,10 +274,12 @@ pub struct Retired {
 /// Marks a fully delivered replay file, so a second `--replay` sends nothing twice:
 /// renames it to `PATH.replayed-<timestamp>`. If anything was appended after the
 /// `length` bytes replayed (when the replay file is also the dead-letter file, the
-/// records refused meanwhile), those must stay where the next replay reads them: the
-/// replayed part is copied out instead, and the file is replaced by what follows it.
-/// At no moment is an appended record only in the file said to be safe to delete; a
-/// crash part-way leaves the file whole, and a later replay sends some records twice.
+/// records refused meanwhile), those must stay where the next replay reads them:
+/// they are first copied to `PATH.retiring` (synced, with the file's permissions),
+/// then the file is renamed and the copy renamed to `PATH`, and the set-aside file
+/// is cut back to what was replayed. Only the appended part is copied, so this costs
+/// little time and space however large the replay was. A crash between the two
+/// renames leaves the copy, which the next `load_replay` puts back (`recover`).
 pub fn retire_replayed(path: &Path, length: u64) -> io::Result<Retired> {
     let mut stamp = Vec::new();
     crate::clock::write_rfc3339_millis(&mut stamp, SystemTime::now());
@@ -289,7 +291,8 @@ pub fn retire_replayed(path: &Path, length: u64) -> io::Result<Retired> {
     // No append of ours may land in the file while it is looked at and replaced.
     let _one_at_a_time = one_at_a_time();
     let mut file = File::open(path)?;
-    let now = file.metadata()?.len();
+    let metadata = file.metadata()?;
+    let now = metadata.len();
     if now <= length {
         std::fs::rename(path, &target)?;
         return Ok(Retired {
@@ -297,20 +300,67 @@ pub fn retire_replayed(path: &Path, length: u64) -> io::Result<Retired> {
             kept_bytes: 0,
         });
     }
-    copy_synced(&mut io::Read::take(&file, length), &target)?;
     io::Seek::seek(&mut file, io::SeekFrom::Start(length))?;
-    let temporary = sibling(path, ".rewriting");
-    copy_synced(&mut file, &temporary)?;
-    std::fs::rename(&temporary, path)?;
+    let copy = sibling(path, RETIRING);
+    if let Err(e) = copy_synced(&mut file, &copy, metadata.permissions()) {
+        // A full disk: leave nothing behind; the file is retired another time.
+        let _ = std::fs::remove_file(&copy);
+        return Err(e);
+    }
+    std::fs::rename(path, &target)?;
+    std::fs::rename(&copy, path)?;
+    // The set-aside file keeps only what was replayed. If this fails, the appended
+    // records are in both files; the live one is what a replay reads.
+    let _ = OpenOptions::new()
+        .write(true)
+        .open(&target)
+        .and_then(|f| f.set_len(length).and_then(|()| f.sync_all()));
     Ok(Retired {
         renamed_to: target,
         kept_bytes: now - length,
     })
 }
 
-/// Copies `from` into a new file at `to`, a buffer at a time, and syncs it.
-fn copy_synced(from: &mut impl io::Read, to: &Path) -> io::Result<()> {
+/// Where `retire_replayed` copies the records appended during a replay.
+const RETIRING: &str = ".retiring";
+
+/// Puts back what a stop in `retire_replayed` left behind: a `PATH.retiring` holds
+/// records dead-lettered during the last replay. With no `PATH` it becomes `PATH`;
+/// with one (a start without `--replay` may have made it since), it is appended to
+/// it, which at worst repeats records (the copy may have been unfinished while
+/// `PATH` still held them all). A `PATH.rewriting` (from `rewrite_synced`) holds
+/// nothing `PATH` lacks and is removed.
+fn recover(path: &Path) -> io::Result<()> {
+    let rewriting = sibling(path, ".rewriting");
+    if rewriting.exists() && path.exists() {
+        std::fs::remove_file(&rewriting)?;
+    }
+    let copy = sibling(path, RETIRING);
+    if !copy.exists() {
+        return Ok(());
+    }
+    if path.exists() {
+        let bytes = std::fs::read(&copy)?;
+        append_whole(path, &bytes).map_err(|failed| match failed {
+            Failed::Nothing(e) | Failed::RolledBack(e) | Failed::Torn { write: e, .. } => e,
+        })?;
+        std::fs::remove_file(&copy)?;
+    } else {
+        std::fs::rename(&copy, path)?;
+    }
+    warn!(path:% = path.display(); "put back in PATH the records dead-lettered during the last replay, which a stop had left in PATH.retiring");
+    Ok(())
+}
+
+/// Copies `from` into a new file at `to`, a buffer at a time, with `permissions`
+/// (the records are no more readable than in the file they came from), and syncs it.
+fn copy_synced(
+    from: &mut impl io::Read,
+    to: &Path,
+    permissions: std::fs::Permissions,
+) -> io::Result<()> {
     let mut out = File::create(to)?;
+    out.set_permissions(permissions)?;
     io::copy(from, &mut out)?;
     out.sync_all()
 }
@@ -378,6 +428,9 @@ mod tests {
         let replay = load_replay(&path).unwrap().unwrap();
         let replayed_bytes = std::fs::read(&path).unwrap();
         assert_eq!(replay.length, replayed_bytes.len() as u64);
+        // The records are no more readable after than before.
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
         // Refused while the replay runs.
         assert_eq!(write_records(&path, &[rec(2)]), Destination::File(1));
         assert_eq!(write_records(&path, &[rec(9)]), Destination::File(1));
@@ -389,10 +442,41 @@ mod tests {
             replayed_bytes,
             "the set-aside file holds only what was replayed"
         );
+        for file in [&path, &retired.renamed_to] {
+            let mode = std::fs::metadata(file).unwrap().permissions().mode();
+            assert_eq!(mode & 0o777, 0o600, "{}", file.display());
+        }
         let live = load_replay(&path).unwrap().unwrap();
         let ids: Vec<i64> = live.records.iter().map(|r| r.user_id).collect();
         assert_eq!(ids, vec![2, 9]);
+    }
+
+    /// What a stop between `retire_replayed`'s renames leaves is put back at the next
+    /// load: alone, or appended to a dead-letter file made since; never dropped.
+    #[test]
+    fn a_retire_cut_short_loses_nothing_at_the_next_load() {
+        let dir = temp_dir("retire-cut-short");
+        let path = dir.join("dl.ndjson");
+        let line = |id| {
+            let mut out = Vec::new();
+            record::write_record(&rec(id), &mut out);
+            out.push(b'\n');
+            out
+        };
+        // Stopped between the renames: only the copy is there.
+        std::fs::write(sibling(&path, RETIRING), line(7)).unwrap();
+        let ids = |replay: Replay| replay.records.iter().map(|r| r.user_id).collect::<Vec<_>>();
+        assert_eq!(ids(load_replay(&path).unwrap().unwrap()), vec![7]);
+        assert!(!sibling(&path, RETIRING).exists());
+        // A start without --replay dead-lettered into a new file meanwhile.
+        std::fs::write(&path, line(8)).unwrap();
+        std::fs::write(sibling(&path, RETIRING), line(7)).unwrap();
+        assert_eq!(ids(load_replay(&path).unwrap().unwrap()), vec![8, 7]);
+        // A rewrite's leftover holds nothing the file lacks.
+        std::fs::write(sibling(&path, ".rewriting"), line(8)).unwrap();
+        assert_eq!(ids(load_replay(&path).unwrap().unwrap()), vec![8, 7]);
         assert!(!sibling(&path, ".rewriting").exists());
+        assert!(!sibling(&path, RETIRING).exists());
     }
 
     #[test]
