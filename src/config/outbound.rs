@@ -397,13 +397,22 @@ pub fn parse_endpoint(setting: &Setting) -> Result<String, Stop> {
         source: setting.source,
     };
     let uri: ureq::http::Uri = text.parse().map_err(|_| shown.invalid("is not a URL"))?;
-    // The log hides everything up to the last @ before the query, where a password
-    // may be; an @ in the path would make the log show another host than the one
-    // posted to (and a raw / in a password puts its @ in the path).
-    if uri.path().contains('@') {
-        return Err(shown.invalid(
-            "has an @ in its path: percent-encode it (%40), and any / in a password (%2F)",
-        ));
+    // Userinfo ends at the authority's last @, and the authority at the first /, ?
+    // or #. An @ after that (a raw /, ? or # in a password puts it there) makes the
+    // log, which hides up to the last @ before the query, and the request name
+    // different hosts, and the log show part of the password: refused, and the
+    // message shows none of the URL.
+    let after_scheme = text.find("://").map_or(0, |at| at + 3);
+    let rest = &text[after_scheme..];
+    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    if rest[authority_end..].contains('@') {
+        let source = match setting.source {
+            Source::Flag(name) => format!("--{name}"),
+            Source::Env(name) | Source::Default(name) => name.to_owned(),
+        };
+        return Err(Stop::Invalid(format!(
+            "{source} has an @ after its host (a raw /, ? or # in a password puts one there): percent-encode them (%40, %2F, %3F, %23)"
+        )));
     }
     let scheme_ok = matches!(uri.scheme_str(), Some(s) if s.eq_ignore_ascii_case("http") || s.eq_ignore_ascii_case("https"));
     if !scheme_ok || uri.host().is_none_or(str::is_empty) {
