@@ -3,6 +3,7 @@
 
 mod common;
 
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -92,16 +93,16 @@ fn an_endpoint_that_refuses_every_record_is_a_failure() {
     assert!(sink.delivered_records().is_empty());
 }
 
-#[test]
-fn a_replay_file_with_a_refused_record_is_delivered_but_for_it_and_retired() {
-    let replay = temp_path("replay-with-bad.ndjson");
-    let dead = temp_path("replay-dead.ndjson");
+/// Replays records 1 to 6 from `replay` to a receiver that refuses record 4, with
+/// `dead` as the dead-letter file, until the replay is complete. Returns the
+/// service, its "replay complete" line and the replay file's text.
+fn replay_refusing_four(replay: &Path, dead: &Path) -> (Forwarder, Line, String) {
     let lines: String = (1..=6)
         .map(|n| record(n).replace('\n', "") + "\n")
         .collect();
-    std::fs::write(&replay, lines).unwrap();
+    std::fs::write(replay, &lines).unwrap();
     let sink = Sink::start(&["--refuse-user-id", "4"]);
-    let mut fwd = Forwarder::to(
+    let fwd = Forwarder::to(
         &sink,
         &[
             "--batch-size",
@@ -114,7 +115,15 @@ fn a_replay_file_with_a_refused_record_is_delivered_but_for_it_and_retired() {
     );
     let delivered = sink.wait_delivered_records(5, SOON);
     assert_eq!(sorted(user_ids(&delivered)), [1, 2, 3, 5, 6]);
-    fwd.proc.wait_line("replay complete", SOON);
+    let done = fwd.proc.wait_line("replay complete", SOON);
+    (fwd, done, lines)
+}
+
+#[test]
+fn a_replay_file_with_a_refused_record_is_delivered_but_for_it_and_retired() {
+    let replay = temp_path("replay-with-bad.ndjson");
+    let dead = temp_path("replay-dead.ndjson");
+    let (mut fwd, _, _) = replay_refusing_four(&replay, &dead);
     assert!(
         !replay.exists(),
         "the replay file is retired, not replayed again"
@@ -130,25 +139,7 @@ fn a_replay_file_with_a_refused_record_is_delivered_but_for_it_and_retired() {
 #[test]
 fn a_refused_record_stays_in_a_dead_letter_file_that_is_also_the_replay_file() {
     let file = temp_path("replay-and-dead-letter.ndjson");
-    let lines: String = (1..=6)
-        .map(|n| record(n).replace('\n', "") + "\n")
-        .collect();
-    std::fs::write(&file, &lines).unwrap();
-    let sink = Sink::start(&["--refuse-user-id", "4"]);
-    let mut fwd = Forwarder::to(
-        &sink,
-        &[
-            "--batch-size",
-            "10",
-            "--replay",
-            file.to_str().unwrap(),
-            "--dead-letter",
-            file.to_str().unwrap(),
-        ],
-    );
-    let delivered = sink.wait_delivered_records(5, SOON);
-    assert_eq!(sorted(user_ids(&delivered)), [1, 2, 3, 5, 6]);
-    let done = fwd.proc.wait_line("replay complete", SOON);
+    let (mut fwd, done, lines) = replay_refusing_four(&file, &file);
     fwd.proc.signal("TERM");
     assert_eq!(fwd.proc.wait_exit(SOON).code(), Some(0));
     assert_eq!(dead_letter_ids(&file), [4], "{}", fwd.proc.text());
