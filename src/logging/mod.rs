@@ -171,7 +171,7 @@ pub fn flush_due(now: Instant) -> Option<Instant> {
 
 /// Writes this thread's lines now, waiting a little for a stderr that is full or
 /// for the other thread's turn (before exit). The turn is given back even if a
-/// line is left half written: nothing more will finish it.
+/// line is left half written: its rest is dropped and the next writer ends it.
 pub fn flush() {
     if stderr::take_turn(EXIT_FLUSH_WAIT) {
         if write_pending(EXIT_FLUSH_WAIT) {
