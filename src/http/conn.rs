@@ -148,44 +148,44 @@ impl BufferPool {
         }
     }
 
-    /// A buffer for answers: only ever grown by answers (see `Machine::reserve_output`).
+    /// A buffer for answers: only ever grown by answers, exactly (`response::write`).
     pub fn take_output(&mut self) -> Vec<u8> {
-        self.free_output
-            .pop()
-            .unwrap_or_else(|| Vec::with_capacity(Self::OUTPUT_CAPACITY))
+        reuse(&mut self.free_output, Self::OUTPUT_CAPACITY)
     }
 
-    pub fn give_output(&mut self, mut buffer: Vec<u8>) {
-        if buffer.capacity() == 0
-            || buffer.capacity() > Self::KEEP_CAPACITY
-            || self.free_output.len() >= self.max_pooled
-        {
-            return;
-        }
-        buffer.clear();
-        self.free_output.push(buffer);
+    pub fn give_output(&mut self, buffer: Vec<u8>) {
+        keep(&mut self.free_output, self.max_pooled, buffer);
     }
 
     pub fn take(&mut self) -> Vec<u8> {
-        self.free
-            .pop()
-            .unwrap_or_else(|| Vec::with_capacity(Self::FRESH_CAPACITY))
+        reuse(&mut self.free, Self::FRESH_CAPACITY)
     }
 
-    pub fn give(&mut self, mut buffer: Vec<u8>) {
-        if buffer.capacity() == 0
-            || buffer.capacity() > Self::KEEP_CAPACITY
-            || self.free.len() >= self.max_pooled
-        {
-            return;
-        }
-        buffer.clear();
-        self.free.push(buffer);
+    pub fn give(&mut self, buffer: Vec<u8>) {
+        keep(&mut self.free, self.max_pooled, buffer);
     }
 
     pub fn pooled(&self) -> usize {
         self.free.len() + self.free_output.len()
     }
+}
+
+/// A pooled buffer, or a fresh one of `fresh` bytes.
+fn reuse(free: &mut Vec<Vec<u8>>, fresh: usize) -> Vec<u8> {
+    free.pop().unwrap_or_else(|| Vec::with_capacity(fresh))
+}
+
+/// Pools `buffer` emptied, unless it holds nothing, grew large (a big body is freed
+/// rather than kept), or the pool is full.
+fn keep(free: &mut Vec<Vec<u8>>, max_pooled: usize, mut buffer: Vec<u8>) {
+    if buffer.capacity() == 0
+        || buffer.capacity() > BufferPool::KEEP_CAPACITY
+        || free.len() >= max_pooled
+    {
+        return;
+    }
+    buffer.clear();
+    free.push(buffer);
 }
 
 /// Everything outside the connection that a step needs.
