@@ -35,7 +35,7 @@ CPU layout: the service under test (nginx ceiling or the forwarder, all its thre
 is pinned to CPU 0 at exec; wrk, the endpoint nginx and this script run on CPU 1.
 
 It installs wrk and nginx (apt-get) when missing, builds the release binaries, prints
-one table with the targets of issue 5 and PASS/FAIL, and writes every figure to
+one table with the targets of issues 5 and 12 and PASS/FAIL, and writes every figure to
 target/bench/results.json (forwarder logs go to target/bench/*.log). Every process it
 starts runs in its own process group and is killed on exit, error or Ctrl-C.
 
@@ -582,17 +582,52 @@ def remote_run(procs, batch):
     }
 
 
+class NewTasks:
+    """Counts the threads (and processes) `pid` creates while it runs, with perf's
+    task:task_newtask tracepoint: it fires only on creation, so it costs the measured
+    run nothing. None where perf or the tracepoint is unavailable."""
+
+    def __init__(self, pid):
+        self.out = OUT / f"newtask-{pid}.txt"
+        self.proc = None
+        if shutil.which("perf"):
+            self.proc = subprocess.Popen(
+                ["perf", "stat", "-x,", "-e", "task:task_newtask", "-p", str(pid),
+                 "-o", str(self.out)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            time.sleep(0.3)  # perf attaches before the count starts to matter
+            if self.proc.poll() is not None:
+                self.proc = None
+
+    def finish(self):
+        if self.proc is None:
+            return None
+        self.proc.send_signal(signal.SIGINT)
+        try:
+            self.proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            return None
+        for line in self.out.read_text().splitlines() if self.out.exists() else []:
+            fields = line.split(",")
+            if len(fields) > 2 and fields[2] == "task:task_newtask" and fields[0].isdigit():
+                return int(fields[0])
+        return None
+
+
 def forwarder_run(procs, name, flags, conns, record_len):
     ep, ep_port, ep_dir = start_nginx(procs, "nginx-endpoint.conf", LOAD_CPU)
     try:
         fw, port = start_forwarder(procs, name, ep_port, flags)
         try:
+            # Start-up is over once /healthz answers: every thread from here is new.
+            new_tasks = NewTasks(fw.pid)
             if WARMUP > 0:
                 wrk(procs, port, conns, WARMUP)
             posts0 = metrics(port).get("webhook_post_attempts_total", 0)
             ctx0 = context_switches(fw.pid)
             w = measured_wrk(procs, fw.pid, port, conns, warmup=False)
             ctx1 = context_switches(fw.pid)
+            w["threads_created"] = new_tasks.finish()
             m = metrics(port)
             posts = m.get("webhook_post_attempts_total", 0) - posts0
             w["posts_measured"] = int(posts)
@@ -960,6 +995,22 @@ def table(results):
             ok = all_ok(per_conn(lambda c: c[name]["cpu_us_per_req"]
                                  <= 1.2 * ceil(c)["cpu_us_per_req"]))
             rows.append((f"CPU per 2xx, {label}", *cells, "<= 1.2 x nginx", verdict(ok)))
+        # Issue 12's targets: the POST cycle at -c64, against the same run's ceiling.
+        c64 = load["64"]
+        for name, label, rps_min, cpu_max in (("batch10", "batch 10", 0.7, 1.5),
+                                              ("batch100", "batch 100", 0.95, 1.1)):
+            rps_ratio = ratio(c64[name]["ok_per_s"], c64["ceiling"]["ok_per_s"])
+            cpu_ratio = ratio(c64[name]["cpu_us_per_req"], c64["ceiling"]["cpu_us_per_req"])
+            ok = None if rps_ratio is None or cpu_ratio is None else (
+                rps_ratio >= rps_min and cpu_ratio <= cpu_max)
+            rows.append((f"POST cycle, {label}: 2xx/s; CPU/2xx",
+                         "n/a" if ok is None else f"{rps_ratio:.2f}x; {cpu_ratio:.2f}x", "",
+                         f">= {rps_min} x; <= {cpu_max} x nginx (c64)", verdict(ok)))
+        created = [c64[n].get("threads_created") for n in ("batch100", "batch10")]
+        ok = None if None in created else sum(created) == 0
+        rows.append(("threads created after start-up, b100 / b10",
+                     " / ".join("n/a (perf)" if n is None else str(n) for n in created), "",
+                     "0", verdict(ok)))
         rows.append(("peak RSS, ceiling (nginx)", *per_conn(
             lambda c: fmt_mib(ceil(c)["peak_rss_kib"])), "", ""))
         for name, label in (("batch100", "batch 100"), ("batch10", "batch 10")):
@@ -1181,6 +1232,8 @@ def median_run(runs):
     for key in SUMMED_KEYS:
         if all(key in r for r in runs):
             out[key] = sum(r[key] for r in runs)
+    created = [r.get("threads_created") for r in runs]
+    out["threads_created"] = None if None in created else sum(created)
     if all("exit_status" in r for r in runs):
         out["exit_status"] = next((r["exit_status"] for r in runs if r["exit_status"] != 0), 0)
     out["rounds"] = [{k: r.get(k) for k in ("rps", "cpu_us_per_req", "p99_ms", "non2xx", "lost")}
