@@ -1,7 +1,8 @@
 //! What one POST costs and what it survives: on a kept-alive connection a batch is one
-//! write and one read (plus one peek to see the connection is still good), with no
-//! socket option or mode changed; and an endpoint that closes idle connections, or
-//! says more than it was asked, costs a new connection, never a failed attempt.
+//! write and one read (plus one peek to see the connection is still good, after it sat
+//! idle), with no socket option or mode changed; and an endpoint that closes idle
+//! connections, or says more than it was asked, costs a new connection, never a failed
+//! attempt.
 //! The worker holds the next batch while it posts one, and posts nothing after a
 //! failure or a forced stop; a drain delivers both, in order.
 
@@ -23,10 +24,18 @@ fn worker_tid(pid: u32) -> String {
         .expect("a thread named forwarder")
 }
 
+/// strace's lines with `-ttt`: the time (s) and the call.
+fn timed_calls(trace: &str) -> impl Iterator<Item = (f64, &str)> {
+    trace.lines().filter_map(|l| {
+        let (time, call) = l.split_once(' ')?;
+        Some((time.parse().ok()?, call))
+    })
+}
+
 fn calls_named(trace: &str, name: &str) -> Vec<String> {
-    trace
-        .lines()
-        .filter(|l| l.starts_with(&format!("{name}(")))
+    timed_calls(trace)
+        .map(|(_, call)| call)
+        .filter(|call| call.starts_with(&format!("{name}(")))
         .map(str::to_owned)
         .collect()
 }
@@ -45,7 +54,12 @@ fn a_batch_is_one_write_and_one_read_once_the_connection_is_up() {
     sink.wait_batches(1, SOON);
     let strace = Strace::attach(
         &worker_tid(fwd.proc.pid()),
-        &["-qq", "-e", "trace=%network,ioctl,fcntl,write,writev"],
+        &[
+            "-qq",
+            "-ttt",
+            "-e",
+            "trace=%network,ioctl,fcntl,write,writev",
+        ],
         "post-cycle.trace",
     );
     const BATCHES: usize = 20;
@@ -80,11 +94,33 @@ fn a_batch_is_one_write_and_one_read_once_the_connection_is_up() {
     ]
     .concat();
     assert_eq!(sends.len(), BATCHES, "one write per batch:\n{calls}");
-    let (peeks, reads): (Vec<_>, Vec<_>) = calls_named(&calls, "recvfrom")
+    let reads = calls_named(&calls, "recvfrom")
         .into_iter()
-        .partition(|c| c.contains("MSG_PEEK"));
-    assert_eq!(peeks.len(), BATCHES, "one peek per batch:\n{calls}");
-    assert_eq!(reads.len(), BATCHES, "one read per batch:\n{calls}");
+        .filter(|c| !c.contains("MSG_PEEK"))
+        .count();
+    assert_eq!(reads, BATCHES, "one read per batch:\n{calls}");
+    // A peek only for a connection that sat idle: not between batches that follow
+    // each other within PROBE_AFTER_IDLE (100 ms) of the last answer.
+    let (mut last_read, mut quick, mut idle) = (None, 0, 0);
+    for (time, call) in timed_calls(&calls) {
+        if !call.starts_with("recvfrom(") {
+            continue;
+        }
+        if call.contains("MSG_PEEK") {
+            // The first may come before any traced answer: attaching took 300 ms.
+            if let Some(read) = last_read {
+                let gap = time - read;
+                assert!(gap >= 0.1, "a peek {gap:.3} s after an answer:\n{calls}");
+            }
+            idle += 1;
+        } else {
+            if last_read.is_some() {
+                quick += 1;
+            }
+            last_read = Some(time);
+        }
+    }
+    assert!(quick > idle, "batches came too slowly to tell:\n{calls}");
 }
 
 #[test]
@@ -131,6 +167,64 @@ fn an_endpoint_that_drops_idle_connections_costs_no_failed_attempt() {
         );
         assert_eq!(fwd.proc.count("attempt=1"), 3, "{}", fwd.proc.text());
     }
+}
+
+#[test]
+fn an_endpoint_that_closes_connections_soon_after_answering_costs_a_second_send_only() {
+    // Closes each connection 20 ms after its one answer, without `Connection: close`:
+    // batches 40 ms apart find the connection closed, too soon for the probe an idle
+    // connection gets, and only the read for the answer shows it.
+    let closing = Catcher::start_closing(ANSWER_200, Some(Duration::from_millis(20)));
+    let fwd = Forwarder::start(
+        &[
+            "--post-endpoint",
+            &closing.url("/in"),
+            "--batch-size",
+            "1",
+            "--retry-wait",
+            "5s",
+            "--log-level",
+            "debug",
+        ],
+        &[],
+    );
+    const BATCHES: u64 = 4;
+    for n in 1..=BATCHES {
+        assert_eq!(fwd.post(&record(n)).status, 201);
+        let deadline = Instant::now() + SOON;
+        while metric(fwd.addr, "webhook_records_forwarded_total") < n as f64 {
+            assert!(Instant::now() < deadline, "batch {n} never came back");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        std::thread::sleep(Duration::from_millis(40));
+    }
+    let deadline = Instant::now() + SOON;
+    while fwd.proc.count("msg=\"batch sent\"") < BATCHES as usize {
+        assert!(Instant::now() < deadline, "{}", fwd.proc.text());
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert_eq!(
+        fwd.proc.count("batch post failed"),
+        0,
+        "{}",
+        fwd.proc.text()
+    );
+    assert_eq!(
+        fwd.proc.count("attempt=1"),
+        BATCHES as usize,
+        "{}",
+        fwd.proc.text()
+    );
+    assert!(
+        fwd.proc.count("sending the batch again on a new one") >= 1,
+        "no batch met a closed connection:\n{}",
+        fwd.proc.text()
+    );
+    // Each record reached the endpoint once: the closed connection never read the
+    // request that met it.
+    let caught = closing.caught();
+    assert_eq!(caught.len(), BATCHES as usize, "{caught:?}");
+    assert_eq!(closing.connections(), BATCHES as usize);
 }
 
 #[test]

@@ -12,7 +12,7 @@ use std::sync::mpsc::{self, Receiver, Sender};
 use std::thread::JoinHandle;
 use std::time::Instant;
 
-use log::{error, info, warn};
+use log::{debug, error, info, warn};
 
 mod doorbell;
 mod inbox;
@@ -28,6 +28,7 @@ use doorbell::Doorbell;
 use inbox::{Inbox, Job};
 use resolver::CachingResolver;
 use std::sync::atomic::Ordering;
+use transport::ClosedBeforeAnswering;
 use ureq::http::{HeaderName, HeaderValue, Uri, header};
 use ureq::unversioned::transport::Connector;
 
@@ -474,7 +475,8 @@ impl Poster {
         }
     }
 
-    fn post_once(&mut self) -> Attempt {
+    /// The POST of the batch in hand, ready to send, and its body.
+    fn request(&self) -> (ureq::RequestBuilder<ureq::typestate::WithBody>, &[u8]) {
         let mut request = self.agent.post(self.endpoint.clone());
         let body = match &self.gzip {
             Some(gzip) if self.gzipped => {
@@ -487,8 +489,24 @@ impl Poster {
         for (name, value) in &self.headers {
             request = request.header(name.clone(), value.clone());
         }
+        (request, body)
+    }
+
+    fn post_once(&mut self) -> Attempt {
+        let (request, body) = self.request();
         self.stats.observe_sent(body.len());
-        match request.send(body) {
+        let mut sent = request.send(body);
+        if sent.as_ref().is_err_and(ClosedBeforeAnswering::is) {
+            // Not a failed attempt: the endpoint dropped an idle connection as we
+            // reused it. ureq has let go of it; this goes out on a new one.
+            debug!(
+                "the endpoint closed a kept-alive connection before answering; sending the batch again on a new one"
+            );
+            let (request, body) = self.request();
+            self.stats.observe_sent(body.len());
+            sent = request.send(body);
+        }
+        match sent {
             Ok(mut response) => {
                 let status = response.status().as_u16();
                 if (200..300).contains(&status) {

@@ -9,9 +9,12 @@
 //! - sets a socket timeout only when the one already set could let a read or write run
 //!   more than `SLACK` past its deadline, and on a timeout before the deadline sets the
 //!   time left and tries again: on a steady connection the timeouts are set once;
-//! - probes a connection only when it is taken out of the pool, with one
-//!   `recv(MSG_PEEK | MSG_DONTWAIT)`; as it goes back, right after an answer was read
-//!   to its end, the next probe would see the same things;
+//! - probes a connection only when it is taken out of the pool after `PROBE_AFTER_IDLE`
+//!   or more, with one `recv(MSG_PEEK | MSG_DONTWAIT)`: that is when endpoints close
+//!   idle connections. Batches that follow each other sooner go without it, and an
+//!   endpoint that closed such a connection anyway is caught by the read for the
+//!   answer: the `ClosedBeforeAnswering` error, on which the worker sends the batch
+//!   again at once on a new connection, as curl and Go's client do;
 //! - holds what ureq transmits (the head, the body, TLS records) until it waits for
 //!   the answer or `COALESCE_LIMIT` bytes are held, and sends it in one write. The
 //!   time that takes counts against the wait for the answer, a peer that takes a
@@ -20,6 +23,7 @@
 //!
 //! TLS, CONNECT proxies and the absolute-form rewrite chain onto it as onto ureq's.
 
+use std::fmt;
 use std::io::{self, IoSlice, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::os::fd::AsRawFd;
@@ -35,6 +39,11 @@ use ureq::unversioned::transport::{
 /// How far past its deadline a read or write may run before shortening the socket's
 /// timeout is worth a system call.
 const SLACK: Duration = Duration::from_millis(100);
+
+/// A connection idle this long is probed before it carries a batch. Shorter gaps go
+/// unprobed: no endpoint closes a kept-alive connection that soon on purpose, and
+/// one that does costs a second send, not a failed attempt.
+const PROBE_AFTER_IDLE: Duration = Duration::from_millis(100);
 
 /// Output held for one write up to this size; beyond it, what is held goes out with
 /// the next piece in one vectored write.
@@ -147,6 +156,36 @@ fn worth_the_next_address(e: &io::Error) -> bool {
     )
 }
 
+/// The endpoint closed a connection that had carried an earlier answer, before any of
+/// this answer came: it never saw the request, or dropped it unanswered. Sending it
+/// again on a new connection is safe, and is not a failed attempt.
+#[derive(Debug)]
+pub struct ClosedBeforeAnswering;
+
+impl fmt::Display for ClosedBeforeAnswering {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("the endpoint closed a kept-alive connection before answering")
+    }
+}
+
+impl std::error::Error for ClosedBeforeAnswering {}
+
+impl ClosedBeforeAnswering {
+    /// Whether ureq's error is this one, from under any layer (TLS, proxy) that
+    /// passed it through.
+    pub fn is(error: &ureq::Error) -> bool {
+        matches!(error, ureq::Error::Io(e)
+            if e.get_ref().is_some_and(|inner| inner.is::<ClosedBeforeAnswering>()))
+    }
+
+    fn error() -> ureq::Error {
+        ureq::Error::Io(io::Error::new(
+            io::ErrorKind::ConnectionReset,
+            ClosedBeforeAnswering,
+        ))
+    }
+}
+
 /// One socket's timeout as last set, so it is set again only when it must be.
 #[derive(Debug, Default, Clone, Copy)]
 struct SocketTimeout {
@@ -183,9 +222,13 @@ pub struct LeanTcpTransport {
     write_timeout: SocketTimeout,
     /// Output transmitted by ureq and not yet written (see `COALESCE_LIMIT`).
     held: Vec<u8>,
-    /// An answer was read since the last probe: the connection is going back to the
-    /// pool, and the probe when it is taken out will tell all there is to tell.
+    /// Some of the answer to the request under way was read; between requests: the
+    /// connection is going back to the pool (see `is_open`).
     read_since_probe: bool,
+    /// When the connection last went back to the pool.
+    pooled_at: Option<Instant>,
+    /// The connection carried an earlier request: the endpoint may have closed it.
+    reused: bool,
 }
 
 impl LeanTcpTransport {
@@ -197,7 +240,28 @@ impl LeanTcpTransport {
             write_timeout: SocketTimeout::default(),
             held: Vec::new(),
             read_since_probe: false,
+            pooled_at: None,
+            reused: false,
         }
+    }
+
+    /// `error` as it reaches ureq: `ClosedBeforeAnswering` when it shows the endpoint
+    /// closed a reused connection before answering.
+    fn failure(&self, error: io::Error) -> ureq::Error {
+        let closed = matches!(
+            error.kind(),
+            io::ErrorKind::BrokenPipe
+                | io::ErrorKind::ConnectionReset
+                | io::ErrorKind::ConnectionAborted
+        );
+        if closed && self.closed_before_answering() {
+            return ClosedBeforeAnswering::error();
+        }
+        error.into()
+    }
+
+    fn closed_before_answering(&self) -> bool {
+        self.reused && !self.read_since_probe
     }
 
     /// Sets the socket's timeout for `direction` if `remaining` calls for it.
@@ -296,7 +360,7 @@ impl LeanTcpTransport {
                         return Err(ureq::Error::Timeout(reason));
                     }
                 }
-                Err(e) => return Err(e.into()),
+                Err(e) => return Err(self.failure(e)),
             }
         }
     }
@@ -351,9 +415,12 @@ impl Transport for LeanTcpTransport {
                         return Err(ureq::Error::Timeout(timeout.reason));
                     }
                 }
-                Err(e) => return Err(e.into()),
+                Err(e) => return Err(self.failure(e)),
             }
         };
+        if amount == 0 && self.closed_before_answering() {
+            return Err(ClosedBeforeAnswering::error());
+        }
         self.buffers.input_appended(amount);
         // Only bytes read count: after an end of stream, the probe must see it.
         self.read_since_probe |= amount > 0;
@@ -366,10 +433,18 @@ impl Transport for LeanTcpTransport {
         if !self.held.is_empty() {
             return false;
         }
+        // ureq asks as the connection goes back to the pool, right after an answer
+        // was read to its end: a probe then would find what the read found.
         if std::mem::take(&mut self.read_since_probe) {
+            self.pooled_at = Some(Instant::now());
             return true;
         }
-        crate::os::idle_connection_usable(self.stream.as_raw_fd())
+        // And again as it is taken out for the next request.
+        self.reused = true;
+        let recently = self
+            .pooled_at
+            .is_some_and(|at| at.elapsed() < PROBE_AFTER_IDLE);
+        recently || crate::os::idle_connection_usable(self.stream.as_raw_fd())
     }
 }
 
@@ -442,6 +517,86 @@ mod tests {
         assert!(matches!(result, Err(ureq::Error::Timeout(_))), "{result:?}");
         // Sending took about 300 ms of the 500; the answer gets what is left.
         assert!(took < Duration::from_millis(500) + SLACK * 2, "{took:?}");
+    }
+
+    /// A transport to a peer that answers each request with `answers[i]` (or closes
+    /// the connection, for `None`), reading one request's bytes first.
+    fn to_a_peer_answering(answers: Vec<Option<&'static [u8]>>) -> LeanTcpTransport {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        std::thread::spawn(move || {
+            let (mut peer, _) = listener.accept().unwrap();
+            let mut request = [0u8; 64];
+            for answer in answers {
+                if !matches!(peer.read(&mut request), Ok(n) if n > 0) {
+                    return;
+                }
+                match answer {
+                    Some(bytes) => peer.write_all(bytes).unwrap(),
+                    None => return,
+                }
+            }
+        });
+        let stream = TcpStream::connect(addr).unwrap();
+        LeanTcpTransport::new(stream, LazyBuffers::new(1024, 1024))
+    }
+
+    /// One request and its whole answer, as ureq drives the transport, ending with
+    /// the connection back in the pool.
+    fn exchange(t: &mut LeanTcpTransport) {
+        transmit(t, 8, Duration::from_secs(5)).unwrap();
+        assert!(t.await_input(within(Duration::from_secs(5))).unwrap());
+        let answered = t.buffers().input().len();
+        t.buffers().input_consume(answered);
+        assert!(t.is_open(), "back to the pool after a whole answer");
+    }
+
+    fn closed_before_answering(result: &Result<bool, ureq::Error>) -> bool {
+        matches!(result, Err(e) if ClosedBeforeAnswering::is(e))
+    }
+
+    #[test]
+    fn a_reused_connection_closed_before_the_answer_may_be_sent_again() {
+        let mut t = to_a_peer_answering(vec![Some(b"answer"), None]);
+        exchange(&mut t);
+        // Taken out at once: no probe, so the close shows only in the read.
+        assert!(t.is_open());
+        transmit(&mut t, 8, Duration::from_secs(5)).unwrap();
+        let result = t.await_input(within(Duration::from_secs(5)));
+        assert!(closed_before_answering(&result), "{result:?}");
+        assert!(
+            ClosedBeforeAnswering::error()
+                .to_string()
+                .contains("closed a kept-alive connection before answering")
+        );
+    }
+
+    #[test]
+    fn a_close_on_a_new_connection_or_within_an_answer_is_a_failure() {
+        // A new connection: the endpoint saw the request and dropped it.
+        let mut t = to_a_peer_answering(vec![None]);
+        transmit(&mut t, 8, Duration::from_secs(5)).unwrap();
+        let result = t.await_input(within(Duration::from_secs(5)));
+        assert!(matches!(result, Ok(false)), "{result:?}");
+        // A reused one, after part of the answer: the endpoint did answer.
+        let mut t = to_a_peer_answering(vec![Some(b"answer"), Some(b"HTTP/1.1 2")]);
+        exchange(&mut t);
+        assert!(t.is_open());
+        transmit(&mut t, 8, Duration::from_secs(5)).unwrap();
+        assert!(t.await_input(within(Duration::from_secs(5))).unwrap());
+        let result = t.await_input(within(Duration::from_secs(5)));
+        assert!(matches!(result, Ok(false)), "{result:?}");
+    }
+
+    #[test]
+    fn a_connection_idle_for_a_while_is_probed_before_it_is_used() {
+        let mut t = to_a_peer_answering(vec![Some(b"answer"), None]);
+        exchange(&mut t);
+        // Nothing to read yet for the peer's read below: send the next request's
+        // bytes outside the transport, so the peer closes while we are idle.
+        (&*t.stream).write_all(b"request!").unwrap();
+        std::thread::sleep(PROBE_AFTER_IDLE + Duration::from_millis(50));
+        assert!(!t.is_open(), "the probe sees the close");
     }
 
     #[test]
