@@ -227,6 +227,77 @@ fn an_endpoint_that_closes_connections_soon_after_answering_costs_a_second_send_
     assert_eq!(closing.connections(), BATCHES as usize);
 }
 
+/// Reads one HTTP request (head and Content-Length body) from `stream`.
+fn read_request(stream: &mut std::net::TcpStream) -> bool {
+    use std::io::Read;
+    let mut seen = Vec::new();
+    let mut byte = [0u8; 1];
+    while !seen.ends_with(b"\r\n\r\n") {
+        if !matches!(stream.read(&mut byte), Ok(1)) {
+            return false;
+        }
+        seen.push(byte[0]);
+    }
+    let head = String::from_utf8_lossy(&seen).to_ascii_lowercase();
+    let length: usize = head
+        .lines()
+        .find_map(|l| l.strip_prefix("content-length:"))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0);
+    stream.read_exact(&mut vec![0u8; length]).is_ok()
+}
+
+#[test]
+fn a_late_close_of_a_reused_connection_cannot_stretch_an_attempt_past_the_post_timeout() {
+    use std::io::Write;
+    // Answers the first batch and keeps the connection; holds the second batch 800 ms
+    // and closes without answering; never answers on a new connection.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}/in", listener.local_addr().unwrap());
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for (n, stream) in listener.incoming().flatten().enumerate() {
+            let mut stream = stream;
+            if n == 0 {
+                std::thread::spawn(move || {
+                    if read_request(&mut stream) {
+                        let _ = stream.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n");
+                    }
+                    if read_request(&mut stream) {
+                        std::thread::sleep(Duration::from_millis(800));
+                    }
+                });
+            } else {
+                held.push(stream);
+            }
+        }
+    });
+    let fwd = Forwarder::start(
+        &[
+            "--post-endpoint",
+            &url,
+            "--batch-size",
+            "1",
+            "--post-timeout",
+            "1s",
+            "--retry-wait",
+            "5s",
+        ],
+        &[],
+    );
+    assert_eq!(fwd.post(&record(1)).status, 201);
+    fwd.proc.wait_line("msg=\"batch sent\"", SOON);
+    assert_eq!(fwd.post(&record(2)).status, 201);
+    let failed = fwd.proc.wait_line("batch post failed", SOON);
+    let took: f64 = field(&failed.text, "duration_ms").parse().unwrap();
+    // 800 ms on the reused connection, then the rest of the second on a new one.
+    assert!(
+        (900.0..1400.0).contains(&took),
+        "the attempt took {took} ms:\n{}",
+        fwd.proc.text()
+    );
+}
+
 #[test]
 fn an_endpoint_that_never_reads_or_answers_costs_the_post_timeout_not_more() {
     // Accepts, then neither reads nor answers: a large batch blocks in the write,

@@ -493,18 +493,26 @@ impl Poster {
     }
 
     fn post_once(&mut self) -> Attempt {
+        let started = Instant::now();
         let (request, body) = self.request();
         self.stats.observe_sent(body.len());
         let mut sent = request.send(body);
-        if sent.as_ref().is_err_and(ClosedBeforeAnswering::is) {
+        let left = self.settings.post_timeout.saturating_sub(started.elapsed());
+        if sent.as_ref().is_err_and(ClosedBeforeAnswering::is) && !left.is_zero() {
             // Not a failed attempt: the endpoint dropped an idle connection as we
-            // reused it. ureq has let go of it; this goes out on a new one.
+            // reused it. ureq has let go of it; this goes out on a new one, within
+            // what is left of the attempt's --post-timeout, so that an endpoint
+            // closing late cannot make an attempt last longer than that.
             debug!(
                 "the endpoint closed a kept-alive connection before answering; sending the batch again on a new one"
             );
             let (request, body) = self.request();
             self.stats.observe_sent(body.len());
-            sent = request.send(body);
+            sent = request
+                .config()
+                .timeout_global(Some(left))
+                .build()
+                .send(body);
         }
         match sent {
             Ok(mut response) => {
