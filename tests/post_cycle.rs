@@ -1,13 +1,16 @@
 //! What one POST costs and what it survives: on a kept-alive connection a batch is one
-//! write and one read (plus one peek to see the connection is still good, after it sat
-//! idle), with no socket option or mode changed; and an endpoint that closes idle
-//! connections, or says more than it was asked, costs a new connection, never a failed
-//! attempt.
+//! write and one read (plus one peek to see the connection is still good), with no
+//! socket option or mode changed; and an endpoint that closes idle connections, or
+//! says more than it was asked, costs a new connection, never a failed attempt.
 //! The worker holds the next batch while it posts one, and posts nothing after a
 //! failure or a forced stop; a drain delivers both, in order.
 
 mod common;
 
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -24,18 +27,10 @@ fn worker_tid(pid: u32) -> String {
         .expect("a thread named forwarder")
 }
 
-/// strace's lines with `-ttt`: the time (s) and the call.
-fn timed_calls(trace: &str) -> impl Iterator<Item = (f64, &str)> {
-    trace.lines().filter_map(|l| {
-        let (time, call) = l.split_once(' ')?;
-        Some((time.parse().ok()?, call))
-    })
-}
-
 fn calls_named(trace: &str, name: &str) -> Vec<String> {
-    timed_calls(trace)
-        .map(|(_, call)| call)
-        .filter(|call| call.starts_with(&format!("{name}(")))
+    trace
+        .lines()
+        .filter(|l| l.starts_with(&format!("{name}(")))
         .map(str::to_owned)
         .collect()
 }
@@ -54,12 +49,7 @@ fn a_batch_is_one_write_and_one_read_once_the_connection_is_up() {
     sink.wait_batches(1, SOON);
     let strace = Strace::attach(
         &worker_tid(fwd.proc.pid()),
-        &[
-            "-qq",
-            "-ttt",
-            "-e",
-            "trace=%network,ioctl,fcntl,write,writev",
-        ],
+        &["-qq", "-e", "trace=%network,ioctl,fcntl,write,writev"],
         "post-cycle.trace",
     );
     const BATCHES: usize = 20;
@@ -94,33 +84,11 @@ fn a_batch_is_one_write_and_one_read_once_the_connection_is_up() {
     ]
     .concat();
     assert_eq!(sends.len(), BATCHES, "one write per batch:\n{calls}");
-    let reads = calls_named(&calls, "recvfrom")
+    let (peeks, reads): (Vec<_>, Vec<_>) = calls_named(&calls, "recvfrom")
         .into_iter()
-        .filter(|c| !c.contains("MSG_PEEK"))
-        .count();
-    assert_eq!(reads, BATCHES, "one read per batch:\n{calls}");
-    // A peek only for a connection that sat idle: not between batches that follow
-    // each other within PROBE_AFTER_IDLE (100 ms) of the last answer.
-    let (mut last_read, mut quick, mut idle) = (None, 0, 0);
-    for (time, call) in timed_calls(&calls) {
-        if !call.starts_with("recvfrom(") {
-            continue;
-        }
-        if call.contains("MSG_PEEK") {
-            // The first may come before any traced answer: attaching took 300 ms.
-            if let Some(read) = last_read {
-                let gap = time - read;
-                assert!(gap >= 0.1, "a peek {gap:.3} s after an answer:\n{calls}");
-            }
-            idle += 1;
-        } else {
-            if last_read.is_some() {
-                quick += 1;
-            }
-            last_read = Some(time);
-        }
-    }
-    assert!(quick > idle, "batches came too slowly to tell:\n{calls}");
+        .partition(|c| c.contains("MSG_PEEK"));
+    assert_eq!(peeks.len(), BATCHES, "one peek per batch:\n{calls}");
+    assert_eq!(reads.len(), BATCHES, "one read per batch:\n{calls}");
 }
 
 #[test]
@@ -169,67 +137,77 @@ fn an_endpoint_that_drops_idle_connections_costs_no_failed_attempt() {
     }
 }
 
-#[test]
-fn an_endpoint_that_closes_connections_soon_after_answering_costs_a_second_send_only() {
-    // Closes each connection 20 ms after its one answer, without `Connection: close`:
-    // batches 40 ms apart find the connection closed, too soon for the probe an idle
-    // connection gets, and only the read for the answer shows it.
-    let closing = Catcher::start_closing(ANSWER_200, Some(Duration::from_millis(20)));
-    let fwd = Forwarder::start(
-        &[
-            "--post-endpoint",
-            &closing.url("/in"),
-            "--batch-size",
-            "1",
-            "--retry-wait",
-            "5s",
-            "--log-level",
-            "debug",
-        ],
-        &[],
-    );
-    const BATCHES: u64 = 4;
-    for n in 1..=BATCHES {
-        assert_eq!(fwd.post(&record(n)).status, 201);
-        let deadline = Instant::now() + SOON;
-        while metric(fwd.addr, "webhook_records_forwarded_total") < n as f64 {
-            assert!(Instant::now() < deadline, "batch {n} never came back");
-            std::thread::sleep(Duration::from_millis(5));
-        }
-        std::thread::sleep(Duration::from_millis(40));
-    }
-    let deadline = Instant::now() + SOON;
-    while fwd.proc.count("msg=\"batch sent\"") < BATCHES as usize {
-        assert!(Instant::now() < deadline, "{}", fwd.proc.text());
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    assert_eq!(
-        fwd.proc.count("batch post failed"),
-        0,
-        "{}",
-        fwd.proc.text()
-    );
-    assert_eq!(
-        fwd.proc.count("attempt=1"),
-        BATCHES as usize,
-        "{}",
-        fwd.proc.text()
-    );
-    assert!(
-        fwd.proc.count("sending the batch again on a new one") >= 1,
-        "no batch met a closed connection:\n{}",
-        fwd.proc.text()
-    );
-    // Each record reached the endpoint once: the closed connection never read the
-    // request that met it.
-    let caught = closing.caught();
-    assert_eq!(caught.len(), BATCHES as usize, "{caught:?}");
-    assert_eq!(closing.connections(), BATCHES as usize);
+type Bodies = Arc<Mutex<Vec<String>>>;
+
+/// An endpoint whose first connection runs `first`; later ones answer `200` to every
+/// request, or read one and hold it unanswered (`answer_later` false).
+struct Scripted {
+    url: String,
+    bodies: Bodies,
+    connections: Arc<AtomicUsize>,
 }
 
-/// Reads one HTTP request (head and Content-Length body) from `stream`.
-fn read_request(stream: &mut std::net::TcpStream) -> bool {
-    use std::io::Read;
+const OK: &[u8] = b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n";
+
+impl Scripted {
+    fn start(first: fn(&mut TcpStream, &Bodies), answer_later: bool) -> Scripted {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}/in", listener.local_addr().unwrap());
+        let bodies = Bodies::default();
+        let connections = Arc::new(AtomicUsize::new(0));
+        let (seen, count) = (Arc::clone(&bodies), Arc::clone(&connections));
+        std::thread::spawn(move || {
+            for mut stream in listener.incoming().flatten() {
+                let n = count.fetch_add(1, Ordering::SeqCst);
+                let seen = Arc::clone(&seen);
+                std::thread::spawn(move || {
+                    if n == 0 {
+                        first(&mut stream, &seen);
+                        return;
+                    }
+                    while read_request(&mut stream, &seen) {
+                        if !answer_later {
+                            std::thread::sleep(Duration::from_secs(60));
+                        }
+                        if stream.write_all(OK).is_err() {
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        Scripted {
+            url,
+            bodies,
+            connections,
+        }
+    }
+
+    /// The user_id of every record the endpoint read, in order, repeats included.
+    fn user_ids(&self) -> Vec<u64> {
+        let bodies = self.bodies.lock().unwrap().clone();
+        bodies
+            .iter()
+            .flat_map(|b| serde_json::from_str::<Vec<serde_json::Value>>(b).unwrap())
+            .map(|r| r["user_id"].as_u64().unwrap())
+            .collect()
+    }
+
+    fn wait_user_ids(&self, count: usize) -> Vec<u64> {
+        let deadline = Instant::now() + SOON;
+        loop {
+            let ids = self.user_ids();
+            if ids.len() >= count {
+                return ids;
+            }
+            assert!(Instant::now() < deadline, "the endpoint read only {ids:?}");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+}
+
+/// Reads one request (head, and a Content-Length body, kept in `bodies`).
+fn read_request(stream: &mut TcpStream, bodies: &Bodies) -> bool {
     let mut seen = Vec::new();
     let mut byte = [0u8; 1];
     while !seen.ends_with(b"\r\n\r\n") {
@@ -244,58 +222,193 @@ fn read_request(stream: &mut std::net::TcpStream) -> bool {
         .find_map(|l| l.strip_prefix("content-length:"))
         .and_then(|v| v.trim().parse().ok())
         .unwrap_or(0);
-    stream.read_exact(&mut vec![0u8; length]).is_ok()
+    let mut body = vec![0u8; length];
+    if stream.read_exact(&mut body).is_err() {
+        return false;
+    }
+    bodies
+        .lock()
+        .unwrap()
+        .push(String::from_utf8_lossy(&body).into_owned());
+    true
 }
 
-#[test]
-fn a_late_close_of_a_reused_connection_cannot_stretch_an_attempt_past_the_post_timeout() {
-    use std::io::Write;
-    // Answers the first batch and keeps the connection; holds the second batch 800 ms
-    // and closes without answering; never answers on a new connection.
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let url = format!("http://{}/in", listener.local_addr().unwrap());
-    std::thread::spawn(move || {
-        let mut held = Vec::new();
-        for (n, stream) in listener.incoming().flatten().enumerate() {
-            let mut stream = stream;
-            if n == 0 {
-                std::thread::spawn(move || {
-                    if read_request(&mut stream) {
-                        let _ = stream.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n");
-                    }
-                    if read_request(&mut stream) {
-                        std::thread::sleep(Duration::from_millis(800));
-                    }
-                });
-            } else {
-                held.push(stream);
-            }
-        }
-    });
-    let fwd = Forwarder::start(
+fn one_record_batches_to(endpoint: &Scripted, post_timeout: &str) -> Forwarder {
+    Forwarder::start(
         &[
             "--post-endpoint",
-            &url,
+            &endpoint.url,
             "--batch-size",
             "1",
             "--post-timeout",
-            "1s",
+            post_timeout,
             "--retry-wait",
             "5s",
         ],
         &[],
-    );
+    )
+}
+
+/// Posts record 1 and waits until it is delivered, then posts record 2: it goes out
+/// on the kept-alive connection the first used.
+fn post_two_one_after_the_other(fwd: &Forwarder) {
     assert_eq!(fwd.post(&record(1)).status, 201);
     fwd.proc.wait_line("msg=\"batch sent\"", SOON);
     assert_eq!(fwd.post(&record(2)).status, 201);
+}
+
+#[test]
+fn bytes_an_endpoint_sends_after_its_answer_are_never_taken_for_the_next_answer() {
+    // A second answer 3 ms after the first, in a write of its own; the batch after
+    // it is never read on that connection.
+    let endpoint = Scripted::start(
+        |stream, bodies| {
+            if read_request(stream, bodies) {
+                let _ = stream.write_all(OK);
+                std::thread::sleep(Duration::from_millis(3));
+                let _ = stream.write_all(OK);
+                std::thread::sleep(Duration::from_secs(5));
+            }
+        },
+        true,
+    );
+    let fwd = one_record_batches_to(&endpoint, "5s");
+    assert_eq!(fwd.post(&record(1)).status, 201);
+    fwd.proc.wait_line("msg=\"batch sent\"", SOON);
+    // Long enough for the second answer to have come, well within the endpoint's hold.
+    std::thread::sleep(Duration::from_millis(30));
+    assert_eq!(fwd.post(&record(2)).status, 201);
+    // Taken as record 2's answer, it would have lost record 2: "sent", never read.
+    assert_eq!(endpoint.wait_user_ids(2), [1, 2]);
+    assert_eq!(endpoint.connections.load(Ordering::SeqCst), 2);
+}
+
+#[test]
+fn a_batch_an_endpoint_drops_with_a_reused_connection_goes_again_on_a_new_one() {
+    // Reads the second batch on the kept-alive connection and closes it unanswered,
+    // after the forwarder's liveness peek found it open.
+    let endpoint = Scripted::start(
+        |stream, bodies| {
+            if read_request(stream, bodies) && stream.write_all(OK).is_ok() {
+                read_request(stream, bodies);
+            }
+        },
+        true,
+    );
+    let fwd = one_record_batches_to(&endpoint, "5s");
+    post_two_one_after_the_other(&fwd);
+    // Sent again at once, not a failed attempt with a 5 s wait.
+    assert_eq!(endpoint.wait_user_ids(3), [1, 2, 2]);
+    fwd.proc
+        .wait_for("the second \"batch sent\"", SOON, |lines| {
+            (lines
+                .iter()
+                .filter(|l| l.text.contains("msg=\"batch sent\""))
+                .count()
+                == 2)
+                .then_some(())
+        });
+    let log = fwd.proc.text();
+    assert_eq!(fwd.proc.count("batch post failed"), 0, "{log}");
+    assert_eq!(fwd.proc.count("attempt=1"), 2, "{log}");
+    assert_eq!(
+        fwd.proc
+            .count("sending the batch again on a new connection"),
+        1,
+        "{log}"
+    );
+    assert_eq!(endpoint.connections.load(Ordering::SeqCst), 2);
+}
+
+#[test]
+fn a_batch_sent_again_gets_only_what_is_left_of_the_post_timeout() {
+    // Holds the second batch 800 ms on the reused connection and closes it
+    // unanswered; on a new connection, reads and never answers.
+    let endpoint = Scripted::start(
+        |stream, bodies| {
+            if read_request(stream, bodies) && stream.write_all(OK).is_ok() {
+                read_request(stream, bodies);
+                std::thread::sleep(Duration::from_millis(800));
+            }
+        },
+        false,
+    );
+    let fwd = one_record_batches_to(&endpoint, "1s");
+    post_two_one_after_the_other(&fwd);
     let failed = fwd.proc.wait_line("batch post failed", SOON);
     let took: f64 = field(&failed.text, "duration_ms").parse().unwrap();
-    // 800 ms on the reused connection, then the rest of the second on a new one.
+    // 800 ms on the reused connection, the rest of the second on a new one.
     assert!(
         (900.0..1400.0).contains(&took),
         "the attempt took {took} ms:\n{}",
         fwd.proc.text()
     );
+    // The retry, 5 s later, fails in --post-timeout on its new connection.
+    let retry = fwd
+        .proc
+        .wait_for("the retry's failure", Duration::from_secs(12), |lines| {
+            lines
+                .iter()
+                .filter(|l| l.text.contains("batch post failed"))
+                .nth(1)
+                .cloned()
+        });
+    assert!(retry.text.contains("attempt=2"), "{}", retry.text);
+    let took: f64 = field(&retry.text, "duration_ms").parse().unwrap();
+    assert!((900.0..1400.0).contains(&took), "{}", retry.text);
+    assert_eq!(
+        fwd.proc
+            .count("sending the batch again on a new connection"),
+        1,
+        "{}",
+        fwd.proc.text()
+    );
+}
+
+#[test]
+fn a_forced_stop_during_a_send_is_not_followed_by_a_second_one() {
+    // Holds the second batch 1.5 s on the reused connection, then closes it.
+    let endpoint = Scripted::start(
+        |stream, bodies| {
+            if read_request(stream, bodies) && stream.write_all(OK).is_ok() {
+                read_request(stream, bodies);
+                std::thread::sleep(Duration::from_millis(1500));
+            }
+        },
+        true,
+    );
+    let dead_letter = temp_path("post-cycle-forced-resend.ndjson");
+    let mut fwd = Forwarder::start(
+        &[
+            "--post-endpoint",
+            &endpoint.url,
+            "--batch-size",
+            "1",
+            "--post-timeout",
+            "5s",
+            "--dead-letter",
+            dead_letter.to_str().unwrap(),
+        ],
+        &[],
+    );
+    post_two_one_after_the_other(&fwd);
+    endpoint.wait_user_ids(2);
+    fwd.proc.signal("TERM");
+    fwd.proc.wait_line("signal received: draining", SOON);
+    fwd.proc.signal("TERM");
+    assert_eq!(
+        fwd.proc.wait_exit(SOON).code(),
+        Some(4),
+        "{}",
+        fwd.proc.text()
+    );
+    assert_eq!(
+        endpoint.user_ids(),
+        [1, 2],
+        "nothing sent after the forced stop"
+    );
+    assert_eq!(endpoint.connections.load(Ordering::SeqCst), 1);
+    assert_eq!(dead_letter_ids(&dead_letter), [2]);
 }
 
 #[test]

@@ -12,7 +12,7 @@ use std::sync::mpsc::{self, Receiver, Sender};
 use std::thread::JoinHandle;
 use std::time::Instant;
 
-use log::{debug, error, info, warn};
+use log::{error, info, warn};
 
 mod doorbell;
 mod inbox;
@@ -412,6 +412,8 @@ impl Poster {
         let size = records.len();
         self.gzipped = self.compress();
         let mut last = String::new();
+        // One second send per batch at most, whatever its attempts (see post_once).
+        let mut may_send_again = true;
         let first = if refusals_retried { 2 } else { 1 };
         for attempt in first..=RETRIES + 1 {
             if attempt > 1 {
@@ -421,7 +423,7 @@ impl Poster {
                 }
             }
             let started = Instant::now();
-            let result = self.post_once();
+            let result = self.post_once(inbox, &mut may_send_again);
             let took = started.elapsed();
             self.stats.attempts.fetch_add(1, Ordering::Relaxed);
             if attempt > 1 {
@@ -492,21 +494,24 @@ impl Poster {
         (request, body)
     }
 
-    fn post_once(&mut self) -> Attempt {
+    /// One attempt. A batch that met a reused connection the endpoint had closed
+    /// (between the liveness peek and the write) goes out again at once on a new
+    /// connection, once per batch, within the attempt's --post-timeout, and not
+    /// after a forced stop.
+    fn post_once(&mut self, inbox: &mut Inbox, may_send_again: &mut bool) -> Attempt {
         let started = Instant::now();
         let (request, body) = self.request();
         self.stats.observe_sent(body.len());
         let mut sent = request.send(body);
         let left = self.settings.post_timeout.saturating_sub(started.elapsed());
-        if sent.as_ref().is_err_and(ClosedBeforeAnswering::is) && !left.is_zero() {
-            // Not a failed attempt: the endpoint dropped an idle connection as we
-            // reused it. ureq has let go of it; this goes out on a new one, within
-            // what is left of the attempt's --post-timeout, so that an endpoint
-            // closing late cannot make an attempt last longer than that.
-            debug!(
-                "the endpoint closed a kept-alive connection before answering; sending the batch again on a new one"
-            );
+        if *may_send_again
+            && sent.as_ref().is_err_and(ClosedBeforeAnswering::is)
+            && !left.is_zero()
+            && !inbox.must_give_up()
+        {
+            *may_send_again = false;
             let (request, body) = self.request();
+            info!(error = ClosedBeforeAnswering.to_string().as_str(); "sending the batch again on a new connection");
             self.stats.observe_sent(body.len());
             sent = request
                 .config()

@@ -9,11 +9,13 @@
 //! - sets a socket timeout only when the one already set could let a read or write run
 //!   more than `SLACK` past its deadline, and on a timeout before the deadline sets the
 //!   time left and tries again: on a steady connection the timeouts are set once;
-//! - probes a connection only when it is taken out of the pool after `PROBE_AFTER_IDLE`
-//!   or more, with one `recv(MSG_PEEK | MSG_DONTWAIT)`: that is when endpoints close
-//!   idle connections. Batches that follow each other sooner go without it, and an
-//!   endpoint that closed such a connection anyway is caught by the read for the
-//!   answer: the `ClosedBeforeAnswering` error, on which the worker sends the batch
+//! - probes a connection only when it is taken out of the pool, with one
+//!   `recv(MSG_PEEK | MSG_DONTWAIT)`; as it goes back, right after an answer was read
+//!   to its end, the next probe would see the same things. The probe is what keeps
+//!   bytes the endpoint sent after its answer (a second answer, a 408, a TLS
+//!   close_notify) from being taken for the next batch's answer, however soon that
+//!   batch follows. A close between the probe and the write shows in the read for the
+//!   answer instead: `ClosedBeforeAnswering`, on which the worker sends the batch
 //!   again at once on a new connection, as curl and Go's client do;
 //! - holds what ureq transmits (the head, the body, TLS records) until it waits for
 //!   the answer or `COALESCE_LIMIT` bytes are held, and sends it in one write. The
@@ -39,11 +41,6 @@ use ureq::unversioned::transport::{
 /// How far past its deadline a read or write may run before shortening the socket's
 /// timeout is worth a system call.
 const SLACK: Duration = Duration::from_millis(100);
-
-/// A connection idle this long is probed before it carries a batch. Shorter gaps go
-/// unprobed: no endpoint closes a kept-alive connection that soon on purpose, and
-/// one that does costs a second send, not a failed attempt.
-const PROBE_AFTER_IDLE: Duration = Duration::from_millis(100);
 
 /// Output held for one write up to this size; beyond it, what is held goes out with
 /// the next piece in one vectored write.
@@ -225,8 +222,6 @@ pub struct LeanTcpTransport {
     /// Some of the answer to the request under way was read; between requests: the
     /// connection is going back to the pool (see `is_open`).
     read_since_probe: bool,
-    /// When the connection last went back to the pool.
-    pooled_at: Option<Instant>,
     /// The connection carried an earlier request: the endpoint may have closed it.
     reused: bool,
 }
@@ -240,7 +235,6 @@ impl LeanTcpTransport {
             write_timeout: SocketTimeout::default(),
             held: Vec::new(),
             read_since_probe: false,
-            pooled_at: None,
             reused: false,
         }
     }
@@ -436,15 +430,14 @@ impl Transport for LeanTcpTransport {
         // ureq asks as the connection goes back to the pool, right after an answer
         // was read to its end: a probe then would find what the read found.
         if std::mem::take(&mut self.read_since_probe) {
-            self.pooled_at = Some(Instant::now());
             return true;
         }
-        // And again as it is taken out for the next request.
+        // And again as it is taken out for the next request: always probed, however
+        // soon. Only the peek sees bytes the endpoint sent after its answer (a second
+        // answer, a 408, a TLS close_notify): unprobed, the next request would take
+        // them for its own answer.
         self.reused = true;
-        let recently = self
-            .pooled_at
-            .is_some_and(|at| at.elapsed() < PROBE_AFTER_IDLE);
-        recently || crate::os::idle_connection_usable(self.stream.as_raw_fd())
+        crate::os::idle_connection_usable(self.stream.as_raw_fd())
     }
 }
 
@@ -559,7 +552,7 @@ mod tests {
     fn a_reused_connection_closed_before_the_answer_may_be_sent_again() {
         let mut t = to_a_peer_answering(vec![Some(b"answer"), None]);
         exchange(&mut t);
-        // Taken out at once: no probe, so the close shows only in the read.
+        // The probe finds it open: the peer closes only once it has read the request.
         assert!(t.is_open());
         transmit(&mut t, 8, Duration::from_secs(5)).unwrap();
         let result = t.await_input(within(Duration::from_secs(5)));
@@ -589,14 +582,40 @@ mod tests {
     }
 
     #[test]
-    fn a_connection_idle_for_a_while_is_probed_before_it_is_used() {
+    fn a_pooled_connection_the_peer_closed_is_not_taken_out() {
         let mut t = to_a_peer_answering(vec![Some(b"answer"), None]);
         exchange(&mut t);
-        // Nothing to read yet for the peer's read below: send the next request's
-        // bytes outside the transport, so the peer closes while we are idle.
+        // The next request's bytes, sent around the transport: the peer reads them
+        // and closes while the connection sits in the pool.
         (&*t.stream).write_all(b"request!").unwrap();
-        std::thread::sleep(PROBE_AFTER_IDLE + Duration::from_millis(50));
-        assert!(!t.is_open(), "the probe sees the close");
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while t.is_open() {
+            assert!(Instant::now() < deadline, "the probe never saw the close");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    #[test]
+    fn a_reset_or_a_broken_pipe_on_a_reused_connection_is_told_apart_too() {
+        let mut t = to_a_peer_answering(vec![Some(b"answer"), None]);
+        exchange(&mut t);
+        assert!(t.is_open());
+        // Before any of the answer: a reset on the read, or a broken pipe on the write.
+        for error in [io::ErrorKind::ConnectionReset, io::ErrorKind::BrokenPipe] {
+            let failure = t.failure(io::Error::from(error));
+            assert!(ClosedBeforeAnswering::is(&failure), "{failure:?}");
+        }
+        // Other errors, and any error once part of the answer came, stay what they are.
+        assert!(!ClosedBeforeAnswering::is(
+            &t.failure(io::Error::from(io::ErrorKind::PermissionDenied))
+        ));
+        t.read_since_probe = true;
+        let failure = t.failure(io::Error::from(io::ErrorKind::ConnectionReset));
+        assert!(!ClosedBeforeAnswering::is(&failure), "{failure:?}");
+        // On a new connection the endpoint saw the request: a plain failure.
+        let fresh = to_a_peer_answering(vec![None]);
+        let failure = fresh.failure(io::Error::from(io::ErrorKind::ConnectionReset));
+        assert!(!ClosedBeforeAnswering::is(&failure), "{failure:?}");
     }
 
     #[test]
