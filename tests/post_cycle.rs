@@ -150,19 +150,24 @@ struct Scripted {
 const OK: &[u8] = b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n";
 
 impl Scripted {
-    fn start(first: fn(&mut TcpStream, &Bodies), answer_later: bool) -> Scripted {
+    fn start(
+        first: impl FnOnce(&mut TcpStream, &Bodies) + Send + 'static,
+        answer_later: bool,
+    ) -> Scripted {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let url = format!("http://{}/in", listener.local_addr().unwrap());
         let bodies = Bodies::default();
         let connections = Arc::new(AtomicUsize::new(0));
         let (seen, count) = (Arc::clone(&bodies), Arc::clone(&connections));
         std::thread::spawn(move || {
+            let mut first = Some(first);
             for mut stream in listener.incoming().flatten() {
-                let n = count.fetch_add(1, Ordering::SeqCst);
+                count.fetch_add(1, Ordering::SeqCst);
                 let seen = Arc::clone(&seen);
+                let script = first.take();
                 std::thread::spawn(move || {
-                    if n == 0 {
-                        first(&mut stream, &seen);
+                    if let Some(script) = script {
+                        script(&mut stream, &seen);
                         return;
                     }
                     while read_request(&mut stream, &seen) {
@@ -233,6 +238,17 @@ fn read_request(stream: &mut TcpStream, bodies: &Bodies) -> bool {
     true
 }
 
+/// A first connection that answers the first batch, reads the second, holds it
+/// `hold` and closes unanswered (after the forwarder's peek found it open).
+fn drops_the_second_batch_after(hold: Duration) -> impl FnOnce(&mut TcpStream, &Bodies) {
+    move |stream, bodies| {
+        if read_request(stream, bodies) && stream.write_all(OK).is_ok() {
+            read_request(stream, bodies);
+            std::thread::sleep(hold);
+        }
+    }
+}
+
 fn one_record_batches_to(endpoint: &Scripted, post_timeout: &str) -> Forwarder {
     Forwarder::start(
         &[
@@ -287,14 +303,7 @@ fn bytes_an_endpoint_sends_after_its_answer_are_never_taken_for_the_next_answer(
 fn a_batch_an_endpoint_drops_with_a_reused_connection_goes_again_on_a_new_one() {
     // Reads the second batch on the kept-alive connection and closes it unanswered,
     // after the forwarder's liveness peek found it open.
-    let endpoint = Scripted::start(
-        |stream, bodies| {
-            if read_request(stream, bodies) && stream.write_all(OK).is_ok() {
-                read_request(stream, bodies);
-            }
-        },
-        true,
-    );
+    let endpoint = Scripted::start(drops_the_second_batch_after(Duration::ZERO), true);
     let fwd = one_record_batches_to(&endpoint, "5s");
     post_two_one_after_the_other(&fwd);
     // Sent again at once, not a failed attempt with a 5 s wait.
@@ -325,12 +334,7 @@ fn a_batch_sent_again_gets_only_what_is_left_of_the_post_timeout() {
     // Holds the second batch 800 ms on the reused connection and closes it
     // unanswered; on a new connection, reads and never answers.
     let endpoint = Scripted::start(
-        |stream, bodies| {
-            if read_request(stream, bodies) && stream.write_all(OK).is_ok() {
-                read_request(stream, bodies);
-                std::thread::sleep(Duration::from_millis(800));
-            }
-        },
+        drops_the_second_batch_after(Duration::from_millis(800)),
         false,
     );
     let fwd = one_record_batches_to(&endpoint, "1s");
@@ -369,12 +373,7 @@ fn a_batch_sent_again_gets_only_what_is_left_of_the_post_timeout() {
 fn a_forced_stop_during_a_send_is_not_followed_by_a_second_one() {
     // Holds the second batch 1.5 s on the reused connection, then closes it.
     let endpoint = Scripted::start(
-        |stream, bodies| {
-            if read_request(stream, bodies) && stream.write_all(OK).is_ok() {
-                read_request(stream, bodies);
-                std::thread::sleep(Duration::from_millis(1500));
-            }
-        },
+        drops_the_second_batch_after(Duration::from_millis(1500)),
         true,
     );
     let dead_letter = temp_path("post-cycle-forced-resend.ndjson");
