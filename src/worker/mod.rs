@@ -28,7 +28,6 @@ use doorbell::Doorbell;
 use inbox::{Inbox, Job};
 use resolver::CachingResolver;
 use std::sync::atomic::Ordering;
-use transport::ClosedBeforeAnswering;
 use ureq::http::{HeaderName, HeaderValue, Uri, header};
 use ureq::unversioned::transport::Connector;
 
@@ -412,8 +411,6 @@ impl Poster {
         let size = records.len();
         self.gzipped = self.compress();
         let mut last = String::new();
-        // One second send per batch at most, whatever its attempts (see post_once).
-        let mut may_send_again = true;
         let first = if refusals_retried { 2 } else { 1 };
         for attempt in first..=RETRIES + 1 {
             if attempt > 1 {
@@ -423,7 +420,7 @@ impl Poster {
                 }
             }
             let started = Instant::now();
-            let result = self.post_once(inbox, &mut may_send_again);
+            let result = self.post_once();
             let took = started.elapsed();
             self.stats.attempts.fetch_add(1, Ordering::Relaxed);
             if attempt > 1 {
@@ -477,8 +474,7 @@ impl Poster {
         }
     }
 
-    /// The POST of the batch in hand, ready to send, and its body.
-    fn request(&self) -> (ureq::RequestBuilder<ureq::typestate::WithBody>, &[u8]) {
+    fn post_once(&mut self) -> Attempt {
         let mut request = self.agent.post(self.endpoint.clone());
         let body = match &self.gzip {
             Some(gzip) if self.gzipped => {
@@ -491,35 +487,8 @@ impl Poster {
         for (name, value) in &self.headers {
             request = request.header(name.clone(), value.clone());
         }
-        (request, body)
-    }
-
-    /// One attempt. A batch that met a reused connection the endpoint had closed
-    /// (between the liveness peek and the write) goes out again at once on a new
-    /// connection, once per batch, within the attempt's --post-timeout, and not
-    /// after a forced stop.
-    fn post_once(&mut self, inbox: &mut Inbox, may_send_again: &mut bool) -> Attempt {
-        let started = Instant::now();
-        let (request, body) = self.request();
         self.stats.observe_sent(body.len());
-        let mut sent = request.send(body);
-        let left = self.settings.post_timeout.saturating_sub(started.elapsed());
-        if *may_send_again
-            && sent.as_ref().is_err_and(ClosedBeforeAnswering::is)
-            && !left.is_zero()
-            && !inbox.must_give_up()
-        {
-            *may_send_again = false;
-            let (request, body) = self.request();
-            info!(error = ClosedBeforeAnswering.to_string().as_str(); "sending the batch again on a new connection");
-            self.stats.observe_sent(body.len());
-            sent = request
-                .config()
-                .timeout_global(Some(left))
-                .build()
-                .send(body);
-        }
-        match sent {
+        match request.send(body) {
             Ok(mut response) => {
                 let status = response.status().as_u16();
                 if (200..300).contains(&status) {

@@ -11,12 +11,7 @@
 //!   time left and tries again: on a steady connection the timeouts are set once;
 //! - probes a connection only when it is taken out of the pool, with one
 //!   `recv(MSG_PEEK | MSG_DONTWAIT)`; as it goes back, right after an answer was read
-//!   to its end, the next probe would see the same things. The probe is what keeps
-//!   bytes the endpoint sent after its answer (a second answer, a 408, a TLS
-//!   close_notify) from being taken for the next batch's answer, however soon that
-//!   batch follows. A close between the probe and the write shows in the read for the
-//!   answer instead: `ClosedBeforeAnswering`, on which the worker sends the batch
-//!   again at once on a new connection, as curl and Go's client do;
+//!   to its end, the next probe would see the same things;
 //! - holds what ureq transmits (the head, the body, TLS records) until it waits for
 //!   the answer or `COALESCE_LIMIT` bytes are held, and sends it in one write. The
 //!   time that takes counts against the wait for the answer, a peer that takes a
@@ -25,7 +20,6 @@
 //!
 //! TLS, CONNECT proxies and the absolute-form rewrite chain onto it as onto ureq's.
 
-use std::fmt;
 use std::io::{self, IoSlice, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::os::fd::AsRawFd;
@@ -153,36 +147,6 @@ fn worth_the_next_address(e: &io::Error) -> bool {
     )
 }
 
-/// The endpoint closed a connection that had carried an earlier answer, before any of
-/// this answer came: it never saw the request, or dropped it unanswered. Sending it
-/// again on a new connection is safe, and is not a failed attempt.
-#[derive(Debug)]
-pub struct ClosedBeforeAnswering;
-
-impl fmt::Display for ClosedBeforeAnswering {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("the endpoint closed a kept-alive connection before answering")
-    }
-}
-
-impl std::error::Error for ClosedBeforeAnswering {}
-
-impl ClosedBeforeAnswering {
-    /// Whether ureq's error is this one, from under any layer (TLS, proxy) that
-    /// passed it through.
-    pub fn is(error: &ureq::Error) -> bool {
-        matches!(error, ureq::Error::Io(e)
-            if e.get_ref().is_some_and(|inner| inner.is::<ClosedBeforeAnswering>()))
-    }
-
-    fn error() -> ureq::Error {
-        ureq::Error::Io(io::Error::new(
-            io::ErrorKind::ConnectionReset,
-            ClosedBeforeAnswering,
-        ))
-    }
-}
-
 /// One socket's timeout as last set, so it is set again only when it must be.
 #[derive(Debug, Default, Clone, Copy)]
 struct SocketTimeout {
@@ -219,11 +183,9 @@ pub struct LeanTcpTransport {
     write_timeout: SocketTimeout,
     /// Output transmitted by ureq and not yet written (see `COALESCE_LIMIT`).
     held: Vec<u8>,
-    /// Some of the answer to the request under way was read; between requests: the
-    /// connection is going back to the pool (see `is_open`).
+    /// An answer was read since the last probe: the connection is going back to the
+    /// pool, and the probe when it is taken out will tell all there is to tell.
     read_since_probe: bool,
-    /// The connection carried an earlier request: the endpoint may have closed it.
-    reused: bool,
 }
 
 impl LeanTcpTransport {
@@ -235,27 +197,7 @@ impl LeanTcpTransport {
             write_timeout: SocketTimeout::default(),
             held: Vec::new(),
             read_since_probe: false,
-            reused: false,
         }
-    }
-
-    /// `error` as it reaches ureq: `ClosedBeforeAnswering` when it shows the endpoint
-    /// closed a reused connection before answering.
-    fn failure(&self, error: io::Error) -> ureq::Error {
-        let closed = matches!(
-            error.kind(),
-            io::ErrorKind::BrokenPipe
-                | io::ErrorKind::ConnectionReset
-                | io::ErrorKind::ConnectionAborted
-        );
-        if closed && self.closed_before_answering() {
-            return ClosedBeforeAnswering::error();
-        }
-        error.into()
-    }
-
-    fn closed_before_answering(&self) -> bool {
-        self.reused && !self.read_since_probe
     }
 
     /// Sets the socket's timeout for `direction` if `remaining` calls for it.
@@ -354,7 +296,7 @@ impl LeanTcpTransport {
                         return Err(ureq::Error::Timeout(reason));
                     }
                 }
-                Err(e) => return Err(self.failure(e)),
+                Err(e) => return Err(e.into()),
             }
         }
     }
@@ -409,12 +351,9 @@ impl Transport for LeanTcpTransport {
                         return Err(ureq::Error::Timeout(timeout.reason));
                     }
                 }
-                Err(e) => return Err(self.failure(e)),
+                Err(e) => return Err(e.into()),
             }
         };
-        if amount == 0 && self.closed_before_answering() {
-            return Err(ClosedBeforeAnswering::error());
-        }
         self.buffers.input_appended(amount);
         // Only bytes read count: after an end of stream, the probe must see it.
         self.read_since_probe |= amount > 0;
@@ -427,16 +366,9 @@ impl Transport for LeanTcpTransport {
         if !self.held.is_empty() {
             return false;
         }
-        // ureq asks as the connection goes back to the pool, right after an answer
-        // was read to its end: a probe then would find what the read found.
         if std::mem::take(&mut self.read_since_probe) {
             return true;
         }
-        // And again as it is taken out for the next request: always probed, however
-        // soon. Only the peek sees bytes the endpoint sent after its answer (a second
-        // answer, a 408, a TLS close_notify): unprobed, the next request would take
-        // them for its own answer.
-        self.reused = true;
         crate::os::idle_connection_usable(self.stream.as_raw_fd())
     }
 }
@@ -544,43 +476,6 @@ mod tests {
         assert!(t.is_open(), "back to the pool after a whole answer");
     }
 
-    fn closed_before_answering(result: &Result<bool, ureq::Error>) -> bool {
-        matches!(result, Err(e) if ClosedBeforeAnswering::is(e))
-    }
-
-    #[test]
-    fn a_reused_connection_closed_before_the_answer_may_be_sent_again() {
-        let mut t = to_a_peer_answering(vec![Some(b"answer"), None]);
-        exchange(&mut t);
-        // The probe finds it open: the peer closes only once it has read the request.
-        assert!(t.is_open());
-        transmit(&mut t, 8, Duration::from_secs(5)).unwrap();
-        let result = t.await_input(within(Duration::from_secs(5)));
-        assert!(closed_before_answering(&result), "{result:?}");
-        assert!(
-            ClosedBeforeAnswering::error()
-                .to_string()
-                .contains("closed a kept-alive connection before answering")
-        );
-    }
-
-    #[test]
-    fn a_close_on_a_new_connection_or_within_an_answer_is_a_failure() {
-        // A new connection: the endpoint saw the request and dropped it.
-        let mut t = to_a_peer_answering(vec![None]);
-        transmit(&mut t, 8, Duration::from_secs(5)).unwrap();
-        let result = t.await_input(within(Duration::from_secs(5)));
-        assert!(matches!(result, Ok(false)), "{result:?}");
-        // A reused one, after part of the answer: the endpoint did answer.
-        let mut t = to_a_peer_answering(vec![Some(b"answer"), Some(b"HTTP/1.1 2")]);
-        exchange(&mut t);
-        assert!(t.is_open());
-        transmit(&mut t, 8, Duration::from_secs(5)).unwrap();
-        assert!(t.await_input(within(Duration::from_secs(5))).unwrap());
-        let result = t.await_input(within(Duration::from_secs(5)));
-        assert!(matches!(result, Ok(false)), "{result:?}");
-    }
-
     #[test]
     fn a_pooled_connection_the_peer_closed_is_not_taken_out() {
         let mut t = to_a_peer_answering(vec![Some(b"answer"), None]);
@@ -593,29 +488,6 @@ mod tests {
             assert!(Instant::now() < deadline, "the probe never saw the close");
             std::thread::sleep(Duration::from_millis(5));
         }
-    }
-
-    #[test]
-    fn a_reset_or_a_broken_pipe_on_a_reused_connection_is_told_apart_too() {
-        let mut t = to_a_peer_answering(vec![Some(b"answer"), None]);
-        exchange(&mut t);
-        assert!(t.is_open());
-        // Before any of the answer: a reset on the read, or a broken pipe on the write.
-        for error in [io::ErrorKind::ConnectionReset, io::ErrorKind::BrokenPipe] {
-            let failure = t.failure(io::Error::from(error));
-            assert!(ClosedBeforeAnswering::is(&failure), "{failure:?}");
-        }
-        // Other errors, and any error once part of the answer came, stay what they are.
-        assert!(!ClosedBeforeAnswering::is(
-            &t.failure(io::Error::from(io::ErrorKind::PermissionDenied))
-        ));
-        t.read_since_probe = true;
-        let failure = t.failure(io::Error::from(io::ErrorKind::ConnectionReset));
-        assert!(!ClosedBeforeAnswering::is(&failure), "{failure:?}");
-        // On a new connection the endpoint saw the request: a plain failure.
-        let fresh = to_a_peer_answering(vec![None]);
-        let failure = fresh.failure(io::Error::from(io::ErrorKind::ConnectionReset));
-        assert!(!ClosedBeforeAnswering::is(&failure), "{failure:?}");
     }
 
     #[test]
