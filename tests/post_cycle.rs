@@ -140,7 +140,7 @@ fn an_endpoint_that_drops_idle_connections_costs_no_failed_attempt() {
 type Bodies = Arc<Mutex<Vec<String>>>;
 
 /// An endpoint whose first connection runs `first`; later ones answer `200` to every
-/// request, or read one and hold it unanswered (`answer_later` false).
+/// request.
 struct Scripted {
     url: String,
     bodies: Bodies,
@@ -150,10 +150,7 @@ struct Scripted {
 const OK: &[u8] = b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n";
 
 impl Scripted {
-    fn start(
-        first: impl FnOnce(&mut TcpStream, &Bodies) + Send + 'static,
-        answer_later: bool,
-    ) -> Scripted {
+    fn start(first: impl FnOnce(&mut TcpStream, &Bodies) + Send + 'static) -> Scripted {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let url = format!("http://{}/in", listener.local_addr().unwrap());
         let bodies = Bodies::default();
@@ -171,9 +168,6 @@ impl Scripted {
                         return;
                     }
                     while read_request(&mut stream, &seen) {
-                        if !answer_later {
-                            std::thread::sleep(Duration::from_secs(60));
-                        }
                         if stream.write_all(OK).is_err() {
                             return;
                         }
@@ -249,22 +243,6 @@ fn drops_the_second_batch_after(hold: Duration) -> impl FnOnce(&mut TcpStream, &
     }
 }
 
-fn one_record_batches_to(endpoint: &Scripted, post_timeout: &str) -> Forwarder {
-    Forwarder::start(
-        &[
-            "--post-endpoint",
-            &endpoint.url,
-            "--batch-size",
-            "1",
-            "--post-timeout",
-            post_timeout,
-            "--retry-wait",
-            "5s",
-        ],
-        &[],
-    )
-}
-
 /// Posts record 1 and waits until it is delivered, then posts record 2: it goes out
 /// on the kept-alive connection the first used.
 fn post_two_one_after_the_other(fwd: &Forwarder) {
@@ -277,18 +255,18 @@ fn post_two_one_after_the_other(fwd: &Forwarder) {
 fn bytes_an_endpoint_sends_after_its_answer_are_never_taken_for_the_next_answer() {
     // A second answer 3 ms after the first, in a write of its own; the batch after
     // it is never read on that connection.
-    let endpoint = Scripted::start(
-        |stream, bodies| {
-            if read_request(stream, bodies) {
-                let _ = stream.write_all(OK);
-                std::thread::sleep(Duration::from_millis(3));
-                let _ = stream.write_all(OK);
-                std::thread::sleep(Duration::from_secs(5));
-            }
-        },
-        true,
+    let endpoint = Scripted::start(|stream, bodies| {
+        if read_request(stream, bodies) {
+            let _ = stream.write_all(OK);
+            std::thread::sleep(Duration::from_millis(3));
+            let _ = stream.write_all(OK);
+            std::thread::sleep(Duration::from_secs(5));
+        }
+    });
+    let fwd = Forwarder::start(
+        &["--post-endpoint", &endpoint.url, "--batch-size", "1"],
+        &[],
     );
-    let fwd = one_record_batches_to(&endpoint, "5s");
     assert_eq!(fwd.post(&record(1)).status, 201);
     fwd.proc.wait_line("msg=\"batch sent\"", SOON);
     // Long enough for the second answer to have come, well within the endpoint's hold.
@@ -303,10 +281,7 @@ fn bytes_an_endpoint_sends_after_its_answer_are_never_taken_for_the_next_answer(
 fn a_forced_stop_during_a_post_is_followed_by_no_other() {
     // Holds the second batch 1.5 s on the reused connection, then closes it
     // unanswered: a failed attempt, after which a forced stop allows no other.
-    let endpoint = Scripted::start(
-        drops_the_second_batch_after(Duration::from_millis(1500)),
-        true,
-    );
+    let endpoint = Scripted::start(drops_the_second_batch_after(Duration::from_millis(1500)));
     let dead_letter = temp_path("post-cycle-forced-resend.ndjson");
     let mut fwd = Forwarder::start(
         &[
