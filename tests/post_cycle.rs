@@ -185,11 +185,11 @@ impl Scripted {
     /// The user_id of every record the endpoint read, in order, repeats included.
     fn user_ids(&self) -> Vec<u64> {
         let bodies = self.bodies.lock().unwrap().clone();
-        bodies
+        let records: Vec<serde_json::Value> = bodies
             .iter()
             .flat_map(|b| serde_json::from_str::<Vec<serde_json::Value>>(b).unwrap())
-            .map(|r| r["user_id"].as_u64().unwrap())
-            .collect()
+            .collect();
+        user_ids(&records)
     }
 
     fn wait_user_ids(&self, count: usize) -> Vec<u64> {
