@@ -237,6 +237,198 @@ pub fn idle_connection_usable(fd: std::os::fd::RawFd) -> bool {
     n < 0 && io::Error::last_os_error().kind() == io::ErrorKind::WouldBlock
 }
 
+/// Asks the kernel to tell, with each read from this TCP socket, when the last bytes
+/// read arrived (SO_TIMESTAMPNS) and whether anything, bytes or the peer's close, waits
+/// behind them (TCP_INQ). Two calls, once per connection; what a batch costs after
+/// that is the write and the read alone (see `read_with_arrival`).
+pub fn report_arrivals(fd: std::os::fd::RawFd) -> io::Result<()> {
+    let on: libc::c_int = 1;
+    for (level, option) in [
+        (libc::SOL_SOCKET, libc::SO_TIMESTAMPNS),
+        (libc::IPPROTO_TCP, libc::TCP_INQ),
+    ] {
+        // SAFETY: setsockopt(2) reads an int that outlives the call.
+        let done = unsafe {
+            libc::setsockopt(
+                fd,
+                level,
+                option,
+                (&on as *const libc::c_int).cast(),
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        };
+        if done != 0 {
+            return Err(io::Error::last_os_error());
+        }
+    }
+    Ok(())
+}
+
+/// One read from a socket set up by `report_arrivals`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Arrival {
+    pub read: usize,
+    /// When the last segment read reached this host; `None` if not reported.
+    pub arrived: Option<std::time::SystemTime>,
+    /// Something waits behind what was read: bytes, or the peer's close (the kernel
+    /// reports a close as one byte). `None` if not reported.
+    pub more_waiting: Option<bool>,
+}
+
+/// Reads once from a socket (blocking up to its SO_RCVTIMEO), with what the kernel
+/// reports about the bytes alongside them; one recvmsg(2), as a plain read would be.
+pub fn read_with_arrival(fd: std::os::fd::RawFd, buf: &mut [u8]) -> io::Result<Arrival> {
+    // Room for a timespec and an int, each behind its header, aligned for cmsghdr.
+    let mut control = [0u64; 16];
+    let mut iov = libc::iovec {
+        iov_base: buf.as_mut_ptr().cast(),
+        iov_len: buf.len(),
+    };
+    // SAFETY: an all-zero msghdr is valid (no name, no buffers).
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_iov = &mut iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = control.as_mut_ptr().cast();
+    msg.msg_controllen = std::mem::size_of_val(&control);
+    // SAFETY: recvmsg(2) writes at most `buf.len()` bytes into `buf` and at most
+    // `msg_controllen` into `control`, both of which outlive the call.
+    let n = unsafe { libc::recvmsg(fd, &mut msg, 0) };
+    if n < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let mut arrival = Arrival {
+        read: n as usize,
+        arrived: None,
+        more_waiting: None,
+    };
+    // SAFETY: the kernel filled `control` and set `msg_controllen` to what it wrote;
+    // the CMSG_* walk stays within it, and each payload is read unaligned at the
+    // length the kernel gives for its type.
+    unsafe {
+        let mut header = libc::CMSG_FIRSTHDR(&msg);
+        while !header.is_null() {
+            let data = libc::CMSG_DATA(header);
+            let len = (*header).cmsg_len as usize;
+            match ((*header).cmsg_level, (*header).cmsg_type) {
+                (libc::SOL_SOCKET, libc::SCM_TIMESTAMPNS)
+                    if len
+                        >= libc::CMSG_LEN(std::mem::size_of::<libc::timespec>() as u32)
+                            as usize =>
+                {
+                    let ts = std::ptr::read_unaligned(data.cast::<libc::timespec>());
+                    arrival.arrived = u64::try_from(ts.tv_sec).ok().and_then(|secs| {
+                        std::time::UNIX_EPOCH.checked_add(std::time::Duration::new(
+                            secs,
+                            ts.tv_nsec.clamp(0, 999_999_999) as u32,
+                        ))
+                    });
+                }
+                (libc::IPPROTO_TCP, libc::TCP_CM_INQ)
+                    if len
+                        >= libc::CMSG_LEN(std::mem::size_of::<libc::c_int>() as u32) as usize =>
+                {
+                    let waiting = std::ptr::read_unaligned(data.cast::<libc::c_int>());
+                    arrival.more_waiting = Some(waiting != 0);
+                }
+                _ => {}
+            }
+            header = libc::CMSG_NXTHDR(&msg, header);
+        }
+    }
+    Ok(arrival)
+}
+
+/// A counter another thread bumps to wake this one out of `wait_for_either`: an
+/// eventfd(2), so it can be waited on together with a socket.
+#[derive(Debug)]
+pub struct EventFd(std::os::fd::OwnedFd);
+
+impl EventFd {
+    pub fn new() -> io::Result<EventFd> {
+        // SAFETY: eventfd(2) takes no pointers; a descriptor it returns is ours alone.
+        let fd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) };
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: `fd` was just opened and nothing else owns it.
+        Ok(EventFd(unsafe {
+            <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd)
+        }))
+    }
+
+    fn raw(&self) -> std::os::fd::RawFd {
+        std::os::fd::AsRawFd::as_raw_fd(&self.0)
+    }
+
+    /// Wakes the waiter. A full counter (EAGAIN) is already a wake-up.
+    pub fn signal(&self) {
+        let one = 1u64;
+        // SAFETY: write(2) reads 8 bytes from `one`, which outlives the call.
+        unsafe { libc::write(self.raw(), (&one as *const u64).cast(), 8) };
+    }
+
+    /// Takes the wake-ups given so far, so the next wait sleeps again.
+    fn clear(&self) {
+        let mut count = 0u64;
+        // SAFETY: read(2) writes at most 8 bytes into `count`, which outlives the
+        // call; an empty counter is EAGAIN (the descriptor is non-blocking).
+        unsafe { libc::read(self.raw(), (&mut count as *mut u64).cast(), 8) };
+    }
+}
+
+/// What ended a `wait_for_either`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Woken {
+    pub signalled: bool,
+    /// The watched socket has bytes to read, was closed by its peer, or is broken.
+    pub socket_stirred: bool,
+}
+
+/// Sleeps until `bell` is signalled, `watched` stirs, or `timeout` (if any) passes;
+/// one ppoll(2), and a read of the counter only when it was signalled.
+pub fn wait_for_either(
+    bell: &EventFd,
+    watched: Option<std::os::fd::RawFd>,
+    timeout: Option<std::time::Duration>,
+) -> Woken {
+    let mut fds = [
+        libc::pollfd {
+            fd: bell.raw(),
+            events: libc::POLLIN,
+            revents: 0,
+        },
+        libc::pollfd {
+            // A negative descriptor is skipped by poll(2).
+            fd: watched.unwrap_or(-1),
+            events: libc::POLLIN | libc::POLLRDHUP,
+            revents: 0,
+        },
+    ];
+    let timespec = timeout.map(|t| libc::timespec {
+        tv_sec: t.as_secs().min(i64::MAX as u64) as libc::time_t,
+        tv_nsec: t.subsec_nanos() as libc::c_long,
+    });
+    let timespec_ptr = timespec
+        .as_ref()
+        .map_or(std::ptr::null(), |t| t as *const libc::timespec);
+    // SAFETY: ppoll(2) reads and writes the two pollfds and reads the timespec, all
+    // of which outlive the call; a null timespec waits without limit, a null mask
+    // leaves the signal mask alone.
+    let ready = unsafe { libc::ppoll(fds.as_mut_ptr(), 2, timespec_ptr, std::ptr::null()) };
+    if ready <= 0 {
+        // Timed out, or a signal: the caller looks again and waits again.
+        return Woken::default();
+    }
+    let woken = Woken {
+        signalled: fds[0].revents != 0,
+        socket_stirred: watched.is_some() && fds[1].revents != 0,
+    };
+    if woken.signalled {
+        bell.clear();
+    }
+    woken
+}
+
 /// Shrinks a socket's send and receive buffers, so that a test can fill them with a
 /// few kilobytes instead of megabytes.
 #[cfg(test)]

@@ -19,15 +19,19 @@ mod inbox;
 mod proxy;
 mod resolver;
 mod transport;
+mod turns;
 
 use crate::config::{Outbound, PostCompression};
 use crate::gzip::GzipEncoder;
 use crate::metrics::WorkerStats;
+use crate::os::EventFd;
 use crate::record::Record;
 use doorbell::Doorbell;
 use inbox::{Inbox, Job};
 use resolver::CachingResolver;
 use std::sync::atomic::Ordering;
+use transport::IdleWatch;
+use turns::{Leftover, TurnsConnector};
 use ureq::http::{HeaderName, HeaderValue, Uri, header};
 use ureq::unversioned::transport::Connector;
 
@@ -85,8 +89,10 @@ enum Fate {
 /// The loop's handle on the worker thread.
 pub struct Worker {
     jobs: Sender<Job>,
+    /// Rung after each job, so a worker asleep between batches wakes.
+    job_bell: Arc<Doorbell<EventFd>>,
     outcomes: Receiver<Outcome>,
-    doorbell: Arc<Doorbell>,
+    doorbell: Arc<Doorbell<mio::Waker>>,
     /// Outcomes taken, for `may_sleep`.
     taken: u64,
     thread: Option<JoinHandle<()>>,
@@ -104,13 +110,18 @@ impl Worker {
         let (outcome_tx, outcomes) = mpsc::channel();
         let doorbell = Arc::new(Doorbell::new(waker));
         let ring = Arc::clone(&doorbell);
+        let job_bell = Arc::new(Doorbell::new(EventFd::new()?));
+        let jobs_rung = Arc::clone(&job_bell);
         let thread = std::thread::Builder::new()
             .name("forwarder".into())
             .spawn(move || {
-                Poster::new(settings, dead_letter, stats).run(job_rx, outcome_tx, &ring)
+                let watch = Arc::new(IdleWatch::default());
+                let inbox = Inbox::new(job_rx, jobs_rung, Arc::clone(&watch));
+                Poster::new(settings, dead_letter, stats, watch).run(inbox, outcome_tx, &ring)
             })?;
         Ok(Worker {
             jobs,
+            job_bell,
             outcomes,
             doorbell,
             taken: 0,
@@ -133,7 +144,10 @@ impl Worker {
     /// Hands a batch to the worker; the records come back if it is gone.
     pub fn send(&self, batch: Vec<Record>) -> Result<(), Vec<Record>> {
         match self.jobs.send(Job::Batch(batch)) {
-            Ok(()) => Ok(()),
+            Ok(()) => {
+                self.job_bell.ring();
+                Ok(())
+            }
             Err(mpsc::SendError(Job::Batch(batch))) => Err(batch),
             Err(_) => Err(Vec::new()),
         }
@@ -143,6 +157,7 @@ impl Worker {
     /// after it unattempted.
     pub fn abort(&self) {
         let _ = self.jobs.send(Job::Abort);
+        self.job_bell.ring();
     }
 
     /// The outcome of the oldest batch in flight, if it is known yet. Call it only while a
@@ -170,6 +185,7 @@ impl Worker {
         // Closing the job channel ends the worker's loop.
         let (closed, _) = mpsc::channel();
         self.jobs = closed;
+        self.job_bell.ring();
         if let Some(thread) = self.thread.take() {
             let _ = thread.join();
         }
@@ -194,6 +210,8 @@ struct Poster {
     resolver: CachingResolver,
     /// The serialized batch, reused from one batch to the next.
     body: Vec<u8>,
+    /// Raised when a reused connection's answer came with more bytes behind it.
+    leftover: Arc<Leftover>,
     stats: Arc<WorkerStats>,
     /// With `--post-compression gzip`: made at the first batch, then reused.
     gzip: Option<GzipEncoder>,
@@ -208,7 +226,13 @@ enum Attempt {
 }
 
 impl Poster {
-    fn new(settings: Outbound, dead_letter: PathBuf, stats: Arc<WorkerStats>) -> Poster {
+    /// `watch`: the pooled connection, shared with the inbox that watches it.
+    fn new(
+        settings: Outbound,
+        dead_letter: PathBuf,
+        stats: Arc<WorkerStats>,
+        watch: Arc<IdleWatch>,
+    ) -> Poster {
         // Chosen by config::proxy_for, per the endpoint's scheme. An http:// endpoint
         // behind an HTTP proxy gets absolute-form requests (see `proxy`), not ureq's
         // CONNECT tunnel.
@@ -245,23 +269,31 @@ impl Poster {
         // ureq's default chain with our TCP transport in place of its own (see
         // `transport`); SOCKS proxies are refused when the settings are read.
         use ureq::unversioned::transport::{ConnectProxyConnector, RustlsConnector};
+        let leftover = Arc::new(Leftover::default());
         let connector =
             ().chain(ConnectProxyConnector::default())
-                .chain(transport::LeanTcpConnector)
+                .chain(transport::LeanTcpConnector { watch })
                 .chain(RustlsConnector::default());
+        let turns = TurnsConnector {
+            leftover: Arc::clone(&leftover),
+        };
         let (resolver, agent) = match absolute {
             Some((rewrite, proxy_uri)) => {
                 let resolver = CachingResolver::via(proxy_uri);
                 let agent = ureq::Agent::with_parts(
                     config.build(),
-                    connector.chain(rewrite),
+                    connector.chain(rewrite).chain(turns),
                     resolver.clone(),
                 );
                 (resolver, agent)
             }
             None => {
                 let resolver = CachingResolver::default();
-                let agent = ureq::Agent::with_parts(config.build(), connector, resolver.clone());
+                let agent = ureq::Agent::with_parts(
+                    config.build(),
+                    connector.chain(turns),
+                    resolver.clone(),
+                );
                 (resolver, agent)
             }
         };
@@ -275,15 +307,15 @@ impl Poster {
             agent,
             resolver,
             body: Vec::with_capacity(16 * 1024),
+            leftover,
             stats,
             gzip: None,
             gzipped: false,
         }
     }
 
-    fn run(mut self, jobs: Receiver<Job>, outcomes: Sender<Outcome>, doorbell: &Doorbell) {
+    fn run(mut self, mut inbox: Inbox, outcomes: Sender<Outcome>, doorbell: &Doorbell<mio::Waker>) {
         crate::os::defer_wakeups_to_the_loop();
-        let mut inbox = Inbox::new(jobs);
         // After a failure the service is stopping: later batches go back unattempted,
         // so that none is delivered after records sent before it were given up on.
         let mut given_up: Option<&str> = None;
@@ -488,18 +520,31 @@ impl Poster {
             request = request.header(name.clone(), value.clone());
         }
         self.stats.observe_sent(body.len());
+        self.leftover.take();
         match request.send(body) {
             Ok(mut response) => {
                 let status = response.status().as_u16();
-                if (200..300).contains(&status) {
-                    self.stats.observe_delivery(std::time::SystemTime::now());
-                }
                 // Read the (small) answer so the connection can be reused; into a
                 // small stack buffer and away (std::io::copy would zero 8 KiB per
                 // read), so a batch costs no allocation here.
                 let mut answer = response.body_mut().with_config().limit(64 * 1024).reader();
                 let mut scratch = [0u8; 1024];
-                while matches!(std::io::Read::read(&mut answer, &mut scratch), Ok(n) if n > 0) {}
+                let read_to_end = loop {
+                    match std::io::Read::read(&mut answer, &mut scratch) {
+                        Ok(0) => break true,
+                        Ok(_) => {}
+                        Err(_) => break false,
+                    }
+                };
+                // The connection went (or back to the pool) as the answer ended.
+                if read_to_end && self.leftover.take() {
+                    return Attempt::Error(
+                        "the endpoint sent more than one answer on a reused connection".into(),
+                    );
+                }
+                if (200..300).contains(&status) {
+                    self.stats.observe_delivery(std::time::SystemTime::now());
+                }
                 Attempt::Status(status)
             }
             Err(e) => {
