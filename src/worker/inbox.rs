@@ -205,6 +205,18 @@ mod tests {
         assert!(inbox.next_batch().is_none());
     }
 
+    /// Runs `work` on its own thread and fails if it has not finished within
+    /// `limit`: a worker asleep for good would otherwise hang the test, not fail it.
+    fn within<T: Send + 'static>(limit: Duration, work: impl FnOnce() -> T + Send + 'static) -> T {
+        let (done, finished) = mpsc::channel();
+        std::thread::spawn(move || {
+            let _ = done.send(work());
+        });
+        finished
+            .recv_timeout(limit)
+            .expect("the worker slept through a wake-up")
+    }
+
     /// The loop sends at every moment of the worker's cycle; a lost wake-up would leave
     /// the worker asleep for good (`next_batch` waits without a timeout here).
     #[test]
@@ -220,40 +232,33 @@ mod tests {
             }
             tx.leave();
         });
-        let started = Instant::now();
-        for n in 0..BATCHES {
-            let next = inbox.next_batch().expect("a batch, not the end");
-            assert_eq!(first_id(&next), n);
-            assert!(
-                started.elapsed() < Duration::from_secs(30),
-                "stalled at {n}"
-            );
-        }
-        assert!(inbox.next_batch().is_none(), "the loop left: the end");
+        within(Duration::from_secs(30), move || {
+            for n in 0..BATCHES {
+                let next = inbox.next_batch().expect("a batch, not the end");
+                assert_eq!(first_id(&next), n);
+            }
+            assert!(inbox.next_batch().is_none(), "the loop left: the end");
+        });
         sender.join().unwrap();
     }
 
     #[test]
-    fn a_batch_wakes_a_sleeping_worker_at_once() {
+    fn a_batch_or_an_abort_wakes_a_sleeping_worker_at_once() {
         let (tx, mut inbox) = inbox();
         let sender = std::thread::spawn(move || {
             std::thread::sleep(Duration::from_millis(50));
             tx.send(Job::Batch(batch(9)));
-            tx
-        });
-        let started = Instant::now();
-        assert_eq!(first_id(&inbox.next_batch().unwrap()), 9);
-        assert!(started.elapsed() < Duration::from_secs(5));
-        // An abort during a retry wait ends it long before the wait is over.
-        let tx = sender.join().unwrap();
-        let aborter = std::thread::spawn(move || {
             std::thread::sleep(Duration::from_millis(50));
             tx.send(Job::Abort);
             tx
         });
-        let started = Instant::now();
-        assert!(inbox.wait_unless_given_up(Duration::from_secs(20)));
-        assert!(started.elapsed() < Duration::from_secs(5));
-        drop(aborter.join().unwrap());
+        let (first, given_up) = within(Duration::from_secs(10), move || {
+            let first = inbox.next_batch().map(|b| first_id(&b));
+            // The abort ends a retry wait long before it is over (`within`'s limit).
+            (first, inbox.wait_unless_given_up(Duration::from_secs(20)))
+        });
+        assert_eq!(first, Some(9));
+        assert!(given_up);
+        drop(sender.join().unwrap());
     }
 }
