@@ -1,6 +1,5 @@
-//! How one thread tells the other there is something for it, with a system call only
-//! when the other sleeps: the worker the loop of an outcome, the loop the worker of a
-//! batch.
+//! How the worker tells the loop an outcome is ready: with a system call only when
+//! the loop sleeps.
 //!
 //! The loop looks for outcomes after every event it handles, so while it is busy,
 //! which under load is always, a `mio::Waker` write (an eventfd write, and one more
@@ -12,63 +11,36 @@
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::SeqCst};
 
-/// What wakes the sleeper: the loop's `mio::Waker`, or the worker's eventfd.
-pub trait Wake {
-    fn wake(&self);
-}
-
-impl Wake for mio::Waker {
-    fn wake(&self) {
-        let _ = mio::Waker::wake(self);
-    }
-}
-
-impl Wake for crate::os::EventFd {
-    fn wake(&self) {
-        self.signal();
-    }
-}
-
-pub struct Doorbell<W: Wake> {
-    waker: W,
-    /// Things the sender has sent, ever.
+pub struct Doorbell {
+    waker: mio::Waker,
+    /// Outcomes the worker has sent, ever.
     rung: AtomicU64,
-    /// The receiver is in its wait with a timeout, or about to be.
-    asleep: AtomicBool,
+    /// The loop is in `poll` with a timeout, or about to be.
+    loop_asleep: AtomicBool,
 }
 
-impl<W: Wake> Doorbell<W> {
-    pub fn new(waker: W) -> Doorbell<W> {
+impl Doorbell {
+    pub fn new(waker: mio::Waker) -> Doorbell {
         Doorbell {
             waker,
             rung: AtomicU64::new(0),
-            asleep: AtomicBool::new(false),
+            loop_asleep: AtomicBool::new(false),
         }
     }
 
-    pub fn waker(&self) -> &W {
-        &self.waker
-    }
-
-    /// The sender's side, once a thing is sent: wakes the receiver if it sleeps.
+    /// The worker's side, once an outcome is sent: wakes the loop if it sleeps.
     pub fn ring(&self) {
         self.rung.fetch_add(1, SeqCst);
-        if self.asleep.load(SeqCst) {
-            self.waker.wake();
+        if self.loop_asleep.load(SeqCst) {
+            let _ = self.waker.wake();
         }
     }
 
-    /// How often the bell has rung: a receiver that reads this, then takes what was
-    /// sent, may pass it to `may_sleep`.
-    pub fn rung(&self) -> u64 {
-        self.rung.load(SeqCst)
-    }
-
-    /// The receiver's side, before a wait that may sleep, having taken what was sent
-    /// up to `taken` rings: false if more has been sent since, in which case it must
-    /// not sleep. After the wait, `awake`.
+    /// The loop's side, before a `poll` that may sleep, having taken `taken`
+    /// outcomes: false if one has been sent that it has not taken, in which case it
+    /// must not sleep. After the poll, `awake`.
     pub fn may_sleep(&self, taken: u64) -> bool {
-        self.asleep.store(true, SeqCst);
+        self.loop_asleep.store(true, SeqCst);
         if self.rung.load(SeqCst) == taken {
             return true;
         }
@@ -77,7 +49,7 @@ impl<W: Wake> Doorbell<W> {
     }
 
     pub fn awake(&self) {
-        self.asleep.store(false, SeqCst);
+        self.loop_asleep.store(false, SeqCst);
     }
 }
 
@@ -90,7 +62,7 @@ mod tests {
 
     const WAKER: Token = Token(7);
 
-    fn doorbell() -> (Poll, Arc<Doorbell<mio::Waker>>) {
+    fn doorbell() -> (Poll, Arc<Doorbell>) {
         let poll = Poll::new().unwrap();
         let waker = mio::Waker::new(poll.registry(), WAKER).unwrap();
         (poll, Arc::new(Doorbell::new(waker)))

@@ -1,11 +1,5 @@
 //! What the loop has sent the worker: batches, in order, and perhaps an abort.
 //!
-//! The worker sleeps here between batches, in one `ppoll` on the loop's doorbell and
-//! on the pooled connection's socket: an endpoint that closes an idle connection, or
-//! says something nobody asked for, wakes it, and the connection is not used again
-//! (see `transport::IdleWatch`). No call of its own, before the next batch, looks at
-//! the connection: the wait that looks is the one the worker makes anyway.
-//!
 //! The loop may hand over the next batch while the worker posts the last (see
 //! `pipeline::MAX_IN_FLIGHT`), so whatever the worker reads from the channel while it
 //! waits between retries or checks for an abort may be a batch: it is kept here, in
@@ -13,13 +7,9 @@
 //! goes back unattempted.
 
 use std::collections::VecDeque;
-use std::sync::Arc;
-use std::sync::mpsc::{Receiver, TryRecvError};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, TryRecvError};
 use std::time::{Duration, Instant};
 
-use super::doorbell::Doorbell;
-use super::transport::IdleWatch;
-use crate::os::EventFd;
 use crate::record::Record;
 
 pub enum Job {
@@ -30,9 +20,6 @@ pub enum Job {
 
 pub struct Inbox {
     jobs: Receiver<Job>,
-    /// Rung by the loop after each job it sends, and once it has gone.
-    bell: Arc<Doorbell<EventFd>>,
-    watch: Arc<IdleWatch>,
     queued: VecDeque<Vec<Record>>,
     aborted: bool,
     /// The loop has gone: nothing more will come.
@@ -40,11 +27,9 @@ pub struct Inbox {
 }
 
 impl Inbox {
-    pub fn new(jobs: Receiver<Job>, bell: Arc<Doorbell<EventFd>>, watch: Arc<IdleWatch>) -> Inbox {
+    pub fn new(jobs: Receiver<Job>) -> Inbox {
         Inbox {
             jobs,
-            bell,
-            watch,
             queued: VecDeque::new(),
             aborted: false,
             closed: false,
@@ -58,33 +43,14 @@ impl Inbox {
         }
     }
 
-    /// Takes in what the loop has sent, without waiting; true if anything came (or
-    /// the loop went).
-    fn collect(&mut self) -> bool {
-        let mut news = false;
+    /// Takes in what the loop has sent, without waiting.
+    fn collect(&mut self) {
         while !self.closed {
             match self.jobs.try_recv() {
                 Ok(job) => self.take(job),
                 Err(TryRecvError::Empty) => break,
                 Err(TryRecvError::Disconnected) => self.closed = true,
             }
-            news = true;
-        }
-        news
-    }
-
-    /// Takes in what the loop has sent, and if nothing, sleeps until it sends
-    /// something, `until` passes, or the pooled connection stirs.
-    fn wait(&mut self, until: Option<Instant>) {
-        let seen = self.bell.rung();
-        if self.collect() || !self.bell.may_sleep(seen) {
-            return;
-        }
-        let timeout = until.map(|u| u.saturating_duration_since(Instant::now()));
-        let woken = crate::os::wait_for_either(self.bell.waker(), self.watch.watched(), timeout);
-        self.bell.awake();
-        if woken.socket_stirred {
-            self.watch.stir();
         }
     }
 
@@ -103,10 +69,15 @@ impl Inbox {
             if self.must_give_up() {
                 return true;
             }
-            if Instant::now() >= deadline {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
                 return false;
             }
-            self.wait(Some(deadline));
+            match self.jobs.recv_timeout(left) {
+                Ok(job) => self.take(job),
+                Err(RecvTimeoutError::Timeout) => return false,
+                Err(RecvTimeoutError::Disconnected) => self.closed = true,
+            }
         }
     }
 
@@ -121,8 +92,17 @@ impl Inbox {
             if self.closed {
                 return None;
             }
-            let due = crate::logging::flush_due(Instant::now());
-            self.wait(due);
+            let received = match crate::logging::flush_due(Instant::now()) {
+                None => self.jobs.recv().map_err(|_| RecvTimeoutError::Disconnected),
+                Some(due) => self
+                    .jobs
+                    .recv_timeout(due.saturating_duration_since(Instant::now())),
+            };
+            match received {
+                Ok(job) => self.take(job),
+                Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => self.closed = true,
+            }
         }
     }
 }
@@ -131,32 +111,6 @@ impl Inbox {
 mod tests {
     use super::*;
     use std::sync::mpsc;
-
-    /// The loop's side of an inbox: what it sends rings the bell, as `Worker::send` does.
-    struct Loop {
-        jobs: mpsc::Sender<Job>,
-        bell: Arc<Doorbell<EventFd>>,
-    }
-
-    impl Loop {
-        fn send(&self, job: Job) {
-            self.jobs.send(job).unwrap();
-            self.bell.ring();
-        }
-
-        fn leave(self) {
-            let bell = self.bell;
-            drop(self.jobs);
-            bell.ring();
-        }
-    }
-
-    fn inbox() -> (Loop, Inbox) {
-        let (jobs, rx) = mpsc::channel();
-        let bell = Arc::new(Doorbell::new(EventFd::new().unwrap()));
-        let inbox = Inbox::new(rx, Arc::clone(&bell), Arc::default());
-        (Loop { jobs, bell }, inbox)
-    }
 
     fn batch(id: i64) -> Vec<Record> {
         vec![Record {
@@ -171,11 +125,12 @@ mod tests {
 
     #[test]
     fn batches_that_arrive_during_a_retry_wait_are_kept_in_order() {
-        let (tx, mut inbox) = inbox();
-        tx.send(Job::Batch(batch(1)));
+        let (tx, rx) = mpsc::channel();
+        let mut inbox = Inbox::new(rx);
+        tx.send(Job::Batch(batch(1))).unwrap();
         assert_eq!(first_id(&inbox.next_batch().unwrap()), 1);
-        tx.send(Job::Batch(batch(2)));
-        tx.send(Job::Batch(batch(3)));
+        tx.send(Job::Batch(batch(2))).unwrap();
+        tx.send(Job::Batch(batch(3))).unwrap();
         assert!(!inbox.wait_unless_given_up(Duration::from_millis(20)));
         assert!(!inbox.must_give_up());
         assert_eq!(first_id(&inbox.next_batch().unwrap()), 2);
@@ -184,9 +139,10 @@ mod tests {
 
     #[test]
     fn an_abort_ends_the_wait_and_stays_in_force() {
-        let (tx, mut inbox) = inbox();
-        tx.send(Job::Batch(batch(1)));
-        tx.send(Job::Abort);
+        let (tx, rx) = mpsc::channel();
+        let mut inbox = Inbox::new(rx);
+        tx.send(Job::Batch(batch(1))).unwrap();
+        tx.send(Job::Abort).unwrap();
         let started = Instant::now();
         assert!(inbox.wait_unless_given_up(Duration::from_secs(10)));
         assert!(started.elapsed() < Duration::from_secs(5));
@@ -197,68 +153,12 @@ mod tests {
 
     #[test]
     fn a_gone_loop_gives_up_and_ends_once_the_queue_is_empty() {
-        let (tx, mut inbox) = inbox();
-        tx.send(Job::Batch(batch(1)));
-        tx.leave();
+        let (tx, rx) = mpsc::channel();
+        let mut inbox = Inbox::new(rx);
+        tx.send(Job::Batch(batch(1))).unwrap();
+        drop(tx);
         assert!(inbox.wait_unless_given_up(Duration::from_secs(10)));
         assert_eq!(first_id(&inbox.next_batch().unwrap()), 1);
         assert!(inbox.next_batch().is_none());
-    }
-
-    /// Runs `work` on its own thread and fails if it has not finished within
-    /// `limit`: a worker asleep for good would otherwise hang the test, not fail it.
-    fn within<T: Send + 'static>(limit: Duration, work: impl FnOnce() -> T + Send + 'static) -> T {
-        let (done, finished) = mpsc::channel();
-        std::thread::spawn(move || {
-            let _ = done.send(work());
-        });
-        finished
-            .recv_timeout(limit)
-            .expect("the worker slept through a wake-up")
-    }
-
-    /// The loop sends at every moment of the worker's cycle; a lost wake-up would leave
-    /// the worker asleep for good (`next_batch` waits without a timeout here).
-    #[test]
-    fn no_batch_is_missed_whatever_the_timing() {
-        let (tx, mut inbox) = inbox();
-        const BATCHES: i64 = 20_000;
-        let sender = std::thread::spawn(move || {
-            for n in 0..BATCHES {
-                tx.send(Job::Batch(batch(n)));
-                if n % 7 == 0 {
-                    std::thread::yield_now();
-                }
-            }
-            tx.leave();
-        });
-        within(Duration::from_secs(30), move || {
-            for n in 0..BATCHES {
-                let next = inbox.next_batch().expect("a batch, not the end");
-                assert_eq!(first_id(&next), n);
-            }
-            assert!(inbox.next_batch().is_none(), "the loop left: the end");
-        });
-        sender.join().unwrap();
-    }
-
-    #[test]
-    fn a_batch_or_an_abort_wakes_a_sleeping_worker_at_once() {
-        let (tx, mut inbox) = inbox();
-        let sender = std::thread::spawn(move || {
-            std::thread::sleep(Duration::from_millis(50));
-            tx.send(Job::Batch(batch(9)));
-            std::thread::sleep(Duration::from_millis(50));
-            tx.send(Job::Abort);
-            tx
-        });
-        let (first, given_up) = within(Duration::from_secs(10), move || {
-            let first = inbox.next_batch().map(|b| first_id(&b));
-            // The abort ends a retry wait long before it is over (`within`'s limit).
-            (first, inbox.wait_unless_given_up(Duration::from_secs(20)))
-        });
-        assert_eq!(first, Some(9));
-        assert!(given_up);
-        drop(sender.join().unwrap());
     }
 }

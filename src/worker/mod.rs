@@ -24,13 +24,11 @@ mod turns;
 use crate::config::{Outbound, PostCompression};
 use crate::gzip::GzipEncoder;
 use crate::metrics::WorkerStats;
-use crate::os::EventFd;
 use crate::record::Record;
 use doorbell::Doorbell;
 use inbox::{Inbox, Job};
 use resolver::CachingResolver;
 use std::sync::atomic::Ordering;
-use transport::IdleWatch;
 use turns::{Leftover, TurnsConnector};
 use ureq::http::{HeaderName, HeaderValue, Uri, header};
 use ureq::unversioned::transport::Connector;
@@ -89,10 +87,8 @@ enum Fate {
 /// The loop's handle on the worker thread.
 pub struct Worker {
     jobs: Sender<Job>,
-    /// Rung after each job, so a worker asleep between batches wakes.
-    job_bell: Arc<Doorbell<EventFd>>,
     outcomes: Receiver<Outcome>,
-    doorbell: Arc<Doorbell<mio::Waker>>,
+    doorbell: Arc<Doorbell>,
     /// Outcomes taken, for `may_sleep`.
     taken: u64,
     thread: Option<JoinHandle<()>>,
@@ -110,18 +106,13 @@ impl Worker {
         let (outcome_tx, outcomes) = mpsc::channel();
         let doorbell = Arc::new(Doorbell::new(waker));
         let ring = Arc::clone(&doorbell);
-        let job_bell = Arc::new(Doorbell::new(EventFd::new()?));
-        let jobs_rung = Arc::clone(&job_bell);
         let thread = std::thread::Builder::new()
             .name("forwarder".into())
             .spawn(move || {
-                let watch = Arc::new(IdleWatch::default());
-                let inbox = Inbox::new(job_rx, jobs_rung, Arc::clone(&watch));
-                Poster::new(settings, dead_letter, stats, watch).run(inbox, outcome_tx, &ring)
+                Poster::new(settings, dead_letter, stats).run(job_rx, outcome_tx, &ring)
             })?;
         Ok(Worker {
             jobs,
-            job_bell,
             outcomes,
             doorbell,
             taken: 0,
@@ -144,10 +135,7 @@ impl Worker {
     /// Hands a batch to the worker; the records come back if it is gone.
     pub fn send(&self, batch: Vec<Record>) -> Result<(), Vec<Record>> {
         match self.jobs.send(Job::Batch(batch)) {
-            Ok(()) => {
-                self.job_bell.ring();
-                Ok(())
-            }
+            Ok(()) => Ok(()),
             Err(mpsc::SendError(Job::Batch(batch))) => Err(batch),
             Err(_) => Err(Vec::new()),
         }
@@ -157,7 +145,6 @@ impl Worker {
     /// after it unattempted.
     pub fn abort(&self) {
         let _ = self.jobs.send(Job::Abort);
-        self.job_bell.ring();
     }
 
     /// The outcome of the oldest batch in flight, if it is known yet. Call it only while a
@@ -185,7 +172,6 @@ impl Worker {
         // Closing the job channel ends the worker's loop.
         let (closed, _) = mpsc::channel();
         self.jobs = closed;
-        self.job_bell.ring();
         if let Some(thread) = self.thread.take() {
             let _ = thread.join();
         }
@@ -210,7 +196,7 @@ struct Poster {
     resolver: CachingResolver,
     /// The serialized batch, reused from one batch to the next.
     body: Vec<u8>,
-    /// Raised when a reused connection's answer came with more bytes behind it.
+    /// Raised when a reused connection's answer came with another behind it.
     leftover: Arc<Leftover>,
     stats: Arc<WorkerStats>,
     /// With `--post-compression gzip`: made at the first batch, then reused.
@@ -226,13 +212,7 @@ enum Attempt {
 }
 
 impl Poster {
-    /// `watch`: the pooled connection, shared with the inbox that watches it.
-    fn new(
-        settings: Outbound,
-        dead_letter: PathBuf,
-        stats: Arc<WorkerStats>,
-        watch: Arc<IdleWatch>,
-    ) -> Poster {
+    fn new(settings: Outbound, dead_letter: PathBuf, stats: Arc<WorkerStats>) -> Poster {
         // Chosen by config::proxy_for, per the endpoint's scheme. An http:// endpoint
         // behind an HTTP proxy gets absolute-form requests (see `proxy`), not ureq's
         // CONNECT tunnel.
@@ -269,11 +249,11 @@ impl Poster {
         // ureq's default chain with our TCP transport in place of its own (see
         // `transport`); SOCKS proxies are refused when the settings are read.
         use ureq::unversioned::transport::{ConnectProxyConnector, RustlsConnector};
-        let leftover = Arc::new(Leftover::default());
         let connector =
             ().chain(ConnectProxyConnector::default())
-                .chain(transport::LeanTcpConnector { watch })
+                .chain(transport::LeanTcpConnector)
                 .chain(RustlsConnector::default());
+        let leftover = Arc::new(Leftover::default());
         let turns = TurnsConnector {
             leftover: Arc::clone(&leftover),
         };
@@ -314,8 +294,9 @@ impl Poster {
         }
     }
 
-    fn run(mut self, mut inbox: Inbox, outcomes: Sender<Outcome>, doorbell: &Doorbell<mio::Waker>) {
+    fn run(mut self, jobs: Receiver<Job>, outcomes: Sender<Outcome>, doorbell: &Doorbell) {
         crate::os::defer_wakeups_to_the_loop();
+        let mut inbox = Inbox::new(jobs);
         // After a failure the service is stopping: later batches go back unattempted,
         // so that none is delivered after records sent before it were given up on.
         let mut given_up: Option<&str> = None;
@@ -539,7 +520,8 @@ impl Poster {
                 // The connection went (or back to the pool) as the answer ended.
                 if read_to_end && self.leftover.take() {
                     return Attempt::Error(
-                        "the endpoint sent more than one answer on a reused connection".into(),
+                        "the endpoint sent a second answer behind the first on a reused connection"
+                            .into(),
                     );
                 }
                 if (200..300).contains(&status) {

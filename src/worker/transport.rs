@@ -9,33 +9,22 @@
 //! - sets a socket timeout only when the one already set could let a read or write run
 //!   more than `SLACK` past its deadline, and on a timeout before the deadline sets the
 //!   time left and tries again: on a steady connection the timeouts are set once;
-//! - checks a pooled connection without a call of its own. An endpoint that speaks
-//!   out of turn (a second answer, a TLS close_notify) or closes must not have its
-//!   bytes taken for the next batch's answer, nor cost that batch a failed attempt:
-//!   - each read reports whether anything waits behind the bytes read, so a
-//!     connection goes back to the pool only if nothing followed its answer;
-//!   - while the worker waits for work it watches the pooled connection (see
-//!     `IdleWatch`), and one that stirs is not taken out again;
-//!   - each read reports when its bytes arrived, and bytes that arrived before the
-//!     request was sent are an error, not an answer: what stirs in the moment between
-//!     the worker's last look and its write costs a failed attempt, never a record;
+//! - probes a connection only when it is taken out of the pool, with one
+//!   `recv(MSG_PEEK | MSG_DONTWAIT)`; as it goes back, right after an answer was read
+//!   to its end, the next probe would see the same things;
 //! - holds what ureq transmits (the head, the body, TLS records) until it waits for
 //!   the answer or `COALESCE_LIMIT` bytes are held, and sends it in one write. The
 //!   time that takes counts against the wait for the answer, a peer that takes a
 //!   little at a time cannot stretch a write past its deadline, and a connection
 //!   with anything still held is never used again.
 //!
-//! Where the kernel reports neither (SO_TIMESTAMPNS, TCP_INQ), a pooled connection
-//! is probed with one `recv(MSG_PEEK | MSG_DONTWAIT)` when it is taken out instead.
-//!
 //! TLS, CONNECT proxies and the absolute-form rewrite chain onto it as onto ureq's.
 
-use std::io::{self, IoSlice, Write};
+use std::io::{self, IoSlice, Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::os::fd::{AsRawFd, RawFd};
-use std::sync::atomic::{AtomicBool, AtomicI32, Ordering::Relaxed};
+use std::os::fd::AsRawFd;
 use std::sync::{Arc, Weak};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
 use ureq::Timeout;
 use ureq::unversioned::transport::{
@@ -51,63 +40,9 @@ const SLACK: Duration = Duration::from_millis(100);
 /// the next piece in one vectored write.
 const COALESCE_LIMIT: usize = 16 * 1024;
 
-/// The pooled connection, as the worker sees it while it waits for work: it watches
-/// the socket, and marks it stirred if bytes or a close arrive. Only the worker's
-/// thread touches it (ureq runs the transport on the caller's thread); the atomics
-/// are there because a connector must be `Sync`.
-#[derive(Debug)]
-pub struct IdleWatch {
-    /// The socket of the connection in the pool; -1: none.
-    pooled: AtomicI32,
-    stirred: AtomicBool,
-}
-
-impl Default for IdleWatch {
-    fn default() -> IdleWatch {
-        IdleWatch {
-            pooled: AtomicI32::new(-1),
-            stirred: AtomicBool::new(false),
-        }
-    }
-}
-
-impl IdleWatch {
-    /// The socket to watch while waiting: the pooled connection's, until it stirs.
-    pub fn watched(&self) -> Option<RawFd> {
-        let fd = self.pooled.load(Relaxed);
-        (fd >= 0 && !self.stirred.load(Relaxed)).then_some(fd)
-    }
-
-    /// Bytes, a close or an error came on the watched socket.
-    pub fn stir(&self) {
-        self.stirred.store(true, Relaxed);
-    }
-
-    fn pool(&self, fd: RawFd) {
-        self.stirred.store(false, Relaxed);
-        self.pooled.store(fd, Relaxed);
-    }
-
-    /// As `fd` is taken out of the pool: `Some(quiet)` if it was the one watched.
-    fn take_out(&self, fd: RawFd) -> Option<bool> {
-        if self.pooled.load(Relaxed) != fd {
-            return None;
-        }
-        self.pooled.store(-1, Relaxed);
-        Some(!self.stirred.load(Relaxed))
-    }
-
-    /// `fd` is being closed: its number may soon belong to another file.
-    fn forget(&self, fd: RawFd) {
-        let _ = self.pooled.compare_exchange(fd, -1, Relaxed, Relaxed);
-    }
-}
-
 /// Opens the TCP connection; the next connectors (TLS, the proxy rewrite) wrap it.
 #[derive(Debug, Default)]
-pub struct LeanTcpConnector {
-    pub watch: Arc<IdleWatch>,
-}
+pub struct LeanTcpConnector;
 
 impl<In: Transport> Connector<In> for LeanTcpConnector {
     type Out = Either<In, LeanTcpTransport>;
@@ -132,7 +67,6 @@ impl<In: Transport> Connector<In> for LeanTcpConnector {
                 details.config.input_buffer_size(),
                 details.config.output_buffer_size(),
             ),
-            Arc::clone(&self.watch),
         );
         (details.register_shutdown)(Arc::downgrade(&transport.stream) as Weak<dyn ShutdownHandle>)?;
         Ok(Some(Either::B(transport)))
@@ -249,22 +183,13 @@ pub struct LeanTcpTransport {
     write_timeout: SocketTimeout,
     /// Output transmitted by ureq and not yet written (see `COALESCE_LIMIT`).
     held: Vec<u8>,
-    /// An answer was read since the last look: the connection is going back to the
-    /// pool, not being taken out.
+    /// An answer was read since the last probe: the connection is going back to the
+    /// pool, and the probe when it is taken out will tell all there is to tell.
     read_since_probe: bool,
-    /// The kernel reports arrivals on this socket (see `os::report_arrivals`).
-    reports_arrivals: bool,
-    /// When the request now going out was first written to the socket; bytes that
-    /// arrived before then are not its answer. Cleared by each read.
-    asked_at: Option<SystemTime>,
-    /// The last read left something behind it: bytes or the peer's close.
-    more_waiting: bool,
-    watch: Arc<IdleWatch>,
 }
 
 impl LeanTcpTransport {
-    fn new(stream: TcpStream, buffers: LazyBuffers, watch: Arc<IdleWatch>) -> LeanTcpTransport {
-        let reports_arrivals = crate::os::report_arrivals(stream.as_raw_fd()).is_ok();
+    fn new(stream: TcpStream, buffers: LazyBuffers) -> LeanTcpTransport {
         LeanTcpTransport {
             stream: Arc::new(stream),
             buffers,
@@ -272,10 +197,6 @@ impl LeanTcpTransport {
             write_timeout: SocketTimeout::default(),
             held: Vec::new(),
             read_since_probe: false,
-            reports_arrivals,
-            asked_at: None,
-            more_waiting: false,
-            watch,
         }
     }
 
@@ -332,9 +253,6 @@ impl LeanTcpTransport {
         let deadline = deadline(timeout, start);
         let left = time_left(deadline, timeout.reason)?;
         self.prepare(Direction::Write, left)?;
-        if self.asked_at.is_none() {
-            self.asked_at = Some(SystemTime::now());
-        }
         let mut held = std::mem::take(&mut self.held);
         let result = self.write_pieces(&held, more, deadline, timeout.reason);
         held.clear();
@@ -425,10 +343,9 @@ impl Transport for LeanTcpTransport {
         let deadline = deadline(timeout, start);
         let left = time_left(deadline, timeout.reason)?;
         self.prepare(Direction::Read, left)?;
-        let fd = self.stream.as_raw_fd();
-        let arrival = loop {
-            match crate::os::read_with_arrival(fd, self.buffers.input_append_buf()) {
-                Ok(arrival) => break arrival,
+        let amount = loop {
+            match (&*self.stream).read(self.buffers.input_append_buf()) {
+                Ok(n) => break n,
                 Err(e) if interrupted_or_timed_out(&e) => {
                     if !self.try_again(Direction::Read, deadline)? {
                         return Err(ureq::Error::Timeout(timeout.reason));
@@ -437,25 +354,10 @@ impl Transport for LeanTcpTransport {
                 Err(e) => return Err(e.into()),
             }
         };
-        let asked_at = self.asked_at.take();
-        if let (Some(asked_at), Some(arrived)) = (asked_at, arrival.arrived)
-            && arrival.read > 0
-            && arrived < asked_at
-        {
-            // Said before it was asked: a stray answer to an earlier request, or a
-            // TLS alert. The request may have reached the endpoint all the same, so
-            // this is a failed attempt (and the connection is not used again).
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidData,
-                "the endpoint sent bytes before it was asked",
-            )
-            .into());
-        }
-        self.more_waiting = arrival.more_waiting.unwrap_or(false);
-        self.buffers.input_appended(arrival.read);
+        self.buffers.input_appended(amount);
         // Only bytes read count: after an end of stream, the probe must see it.
-        self.read_since_probe |= arrival.read > 0;
-        Ok(arrival.read > 0)
+        self.read_since_probe |= amount > 0;
+        Ok(amount > 0)
     }
 
     fn is_open(&mut self) -> bool {
@@ -464,36 +366,16 @@ impl Transport for LeanTcpTransport {
         if !self.held.is_empty() {
             return false;
         }
-        let fd = self.stream.as_raw_fd();
         if std::mem::take(&mut self.read_since_probe) {
-            // Going back to the pool, its answer read: fit unless something followed.
-            if self.reports_arrivals {
-                if self.more_waiting {
-                    return false;
-                }
-                self.watch.pool(fd);
-            }
             return true;
         }
-        if self.reports_arrivals
-            && let Some(quiet) = self.watch.take_out(fd)
-        {
-            return quiet;
-        }
-        crate::os::idle_connection_usable(fd)
-    }
-}
-
-impl Drop for LeanTcpTransport {
-    fn drop(&mut self) {
-        self.watch.forget(self.stream.as_raw_fd());
+        crate::os::idle_connection_usable(self.stream.as_raw_fd())
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::io::Read;
     use std::net::TcpListener;
 
     fn within(after: Duration) -> NextTimeout {
@@ -522,7 +404,7 @@ mod tests {
         });
         let stream = TcpStream::connect(addr).unwrap();
         crate::os::shrink_socket_buffers(stream.as_raw_fd(), 1024);
-        LeanTcpTransport::new(stream, LazyBuffers::new(16 * 1024, output), Arc::default())
+        LeanTcpTransport::new(stream, LazyBuffers::new(16 * 1024, output))
     }
 
     fn transmit(
@@ -581,7 +463,7 @@ mod tests {
             }
         });
         let stream = TcpStream::connect(addr).unwrap();
-        LeanTcpTransport::new(stream, LazyBuffers::new(1024, 1024), Arc::default())
+        LeanTcpTransport::new(stream, LazyBuffers::new(1024, 1024))
     }
 
     /// One request and its whole answer, as ureq drives the transport, ending with
@@ -594,126 +476,9 @@ mod tests {
         assert!(t.is_open(), "back to the pool after a whole answer");
     }
 
-    /// The worker's wait between batches, `wait` long, watching the pooled connection.
-    fn wait_between_batches(t: &LeanTcpTransport, wait: Duration) {
-        let (_jobs, rx) = std::sync::mpsc::channel();
-        let bell = Arc::new(super::super::doorbell::Doorbell::new(
-            crate::os::EventFd::new().unwrap(),
-        ));
-        let mut inbox = super::super::inbox::Inbox::new(rx, bell, Arc::clone(&t.watch));
-        assert!(!inbox.wait_unless_given_up(wait));
-    }
-
     #[test]
-    fn a_pooled_connection_that_stirs_while_the_worker_waits_is_not_taken_out() {
-        for (stir, answers) in [
-            ("a close", vec![Some(&b"answer"[..]), None]),
-            (
-                "a stray answer",
-                vec![Some(b"answer"), Some(b"HTTP/1.1 200 OK\r\n")],
-            ),
-        ] {
-            let mut t = to_a_peer_answering(answers);
-            assert!(t.reports_arrivals, "this kernel reports arrivals");
-            exchange(&mut t);
-            // A quiet wait leaves it fit to be taken out.
-            wait_between_batches(&t, Duration::from_millis(50));
-            assert!(t.is_open(), "{stir}: nothing stirred, yet not taken out");
-            // Back to the pool, as after an answer.
-            t.read_since_probe = true;
-            assert!(t.is_open());
-            // The peer reads bytes sent around the transport and then stirs, while
-            // the connection sits in the pool and the worker waits.
-            (&*t.stream).write_all(b"request!").unwrap();
-            wait_between_batches(&t, Duration::from_millis(300));
-            assert!(!t.is_open(), "{stir} while pooled, yet taken out");
-        }
-    }
-
-    #[test]
-    fn a_connection_whose_answer_is_followed_by_a_close_does_not_go_back_to_the_pool() {
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        let addr = listener.local_addr().unwrap();
-        let (closed, has_closed) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            let (mut peer, _) = listener.accept().unwrap();
-            let mut request = [0u8; 64];
-            let _ = peer.read(&mut request);
-            peer.write_all(b"answer").unwrap();
-            drop(peer);
-            closed.send(()).unwrap();
-        });
-        let stream = TcpStream::connect(addr).unwrap();
-        let mut t = LeanTcpTransport::new(stream, LazyBuffers::new(1024, 1024), Arc::default());
-        transmit(&mut t, 8, Duration::from_secs(5)).unwrap();
-        t.write_out(Range(0, 0), within(Duration::from_secs(5)), Instant::now())
-            .unwrap();
-        has_closed.recv().unwrap();
-        // The close is on its way over loopback; let it land behind the answer.
-        std::thread::sleep(Duration::from_millis(50));
-        assert!(t.await_input(within(Duration::from_secs(5))).unwrap());
-        let answered = t.buffers().input().len();
-        t.buffers().input_consume(answered);
-        assert!(!t.is_open(), "the peer closed behind its answer");
-    }
-
-    /// Waits until the kernel stamps arrivals: it turns stamping on from a work queue
-    /// a moment after the first socket asks for it.
-    fn kernel_stamps_arrivals() {
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        let receiver = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
-        crate::os::report_arrivals(receiver.as_raw_fd()).unwrap();
-        let (mut sender, _) = listener.accept().unwrap();
-        let deadline = Instant::now() + Duration::from_secs(5);
-        let mut byte = [0u8; 1];
-        loop {
-            sender.write_all(b"x").unwrap();
-            let arrival = crate::os::read_with_arrival(receiver.as_raw_fd(), &mut byte).unwrap();
-            if arrival.arrived.is_some() {
-                // Held open until the test ends, so stamping stays on.
-                std::mem::forget(receiver);
-                return;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "the kernel never stamped an arrival"
-            );
-            std::thread::sleep(Duration::from_millis(1));
-        }
-    }
-
-    #[test]
-    fn bytes_that_came_before_the_request_are_not_its_answer() {
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        let addr = listener.local_addr().unwrap();
-        let (spoke, has_spoken) = std::sync::mpsc::channel();
-        let (go, speak) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            let (mut peer, _) = listener.accept().unwrap();
-            speak.recv().unwrap();
-            peer.write_all(b"HTTP/1.1 200 OK\r\n\r\n").unwrap();
-            spoke.send(()).unwrap();
-            // Reads the request and holds its answer, so the read can only be the
-            // stray one (one read of both is `turns`' to catch).
-            let mut request = [0u8; 64];
-            let _ = peer.read(&mut request);
-            std::thread::sleep(Duration::from_secs(2));
-        });
-        let stream = TcpStream::connect(addr).unwrap();
-        let mut t = LeanTcpTransport::new(stream, LazyBuffers::new(1024, 1024), Arc::default());
-        kernel_stamps_arrivals();
-        go.send(()).unwrap();
-        has_spoken.recv().unwrap();
-        std::thread::sleep(Duration::from_millis(50));
-        transmit(&mut t, 8, Duration::from_secs(5)).unwrap();
-        let read = t.await_input(within(Duration::from_secs(5)));
-        assert!(read.is_err(), "a stray answer was taken: {read:?}");
-    }
-
-    #[test]
-    fn without_arrival_reports_a_pooled_connection_is_probed() {
+    fn a_pooled_connection_the_peer_closed_is_not_taken_out() {
         let mut t = to_a_peer_answering(vec![Some(b"answer"), None]);
-        t.reports_arrivals = false;
         exchange(&mut t);
         // The next request's bytes, sent around the transport: the peer reads them
         // and closes while the connection sits in the pool.

@@ -1,26 +1,27 @@
-//! An answer followed by more bytes, on a connection that carried a request before:
-//! which of them answers this request cannot be told, so the attempt fails.
+//! A second answer behind the first on a reused connection: which of them answers
+//! this request cannot be told, so the attempt fails.
 //!
-//! The transport catches bytes that arrive before a request is sent (see
-//! `transport`), except when they are read in one piece with the answer that came
-//! after them: a stray answer to an earlier request, then the real one. ureq then
-//! parses the first as this request's answer and closes the connection for the
-//! bytes left over. On a connection's first request nothing earlier can stray in,
-//! so there the leftover is the endpoint's noise after its answer, and the answer
-//! stands; the connection is not reused either way.
+//! The probe as a pooled connection is taken out (see `transport`) sees what an
+//! endpoint sent out of turn until then. A stray answer that comes after it, while
+//! the batch goes out, can be read in one piece with the real answer behind it; ureq
+//! then parses the first as this request's answer and closes the connection for the
+//! bytes left over. So an answer with another HTTP answer left behind it fails the
+//! attempt (retried: a batch may go twice, never be lost). Other bytes left behind
+//! (a stray CRLF, noise) leave the answer standing, and on a connection's first
+//! request nothing earlier can stray in; either way the connection is not reused.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 
 use ureq::unversioned::transport::{Buffers, ConnectionDetails, Connector, NextTimeout, Transport};
 
-/// Set when a reused connection is dropped with bytes past its last answer; taken by
-/// the worker once it has read an answer to its end.
+/// Set when a reused connection is dropped with another answer behind its last one;
+/// taken by the worker once it has read an answer to its end.
 #[derive(Debug, Default)]
 pub struct Leftover(AtomicBool);
 
 impl Leftover {
-    /// Whether the answer just read came with more bytes behind it on a reused
+    /// Whether the answer just read came with another behind it on a reused
     /// connection; clears it.
     pub fn take(&self) -> bool {
         self.0.swap(false, Relaxed)
@@ -88,8 +89,48 @@ impl<T: Transport> Transport for Turns<T> {
 
 impl<T: Transport> Drop for Turns<T> {
     fn drop(&mut self) {
-        if self.requests > 1 && !self.inner.buffers().input().is_empty() {
+        if self.requests > 1 && starts_an_answer(self.inner.buffers().input()) {
             self.leftover.0.store(true, Relaxed);
+        }
+    }
+}
+
+/// Whether bytes left over after an answer begin another (blank lines before it
+/// allowed): `HTTP/`, or as much of it as came.
+fn starts_an_answer(leftover: &[u8]) -> bool {
+    let first = leftover.iter().position(|b| !matches!(b, b'\r' | b'\n'));
+    let Some(first) = first else {
+        return false;
+    };
+    let rest = &leftover[first..];
+    let compared = rest.len().min(5);
+    rest[..compared].eq_ignore_ascii_case(&b"HTTP/"[..compared])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::starts_an_answer;
+
+    #[test]
+    fn only_the_start_of_another_answer_counts() {
+        for answer in [
+            &b"HTTP/1.1 200 OK\r\n\r\n"[..],
+            b"\r\nHTTP/1.1 500 No\r\n",
+            b"HTTP/",
+            b"HTT",
+            b"http/1.0 201",
+        ] {
+            assert!(starts_an_answer(answer), "{answer:?}");
+        }
+        for noise in [
+            &b""[..],
+            b"\r\n",
+            b"\r\n\r\n",
+            b"junk",
+            b"0\r\n\r\n",
+            b"HTXP/1.1",
+        ] {
+            assert!(!starts_an_answer(noise), "{noise:?}");
         }
     }
 }
