@@ -217,10 +217,21 @@ pub fn count_dir_entries(dir: &std::fs::File) -> io::Result<usize> {
     }
 }
 
-/// Whether an idle connection is still fit to carry a request: open, and with nothing
-/// unasked-for waiting to be read. One `recv(MSG_PEEK | MSG_DONTWAIT)`, where the
-/// standard library would need the socket switched to non-blocking and back.
-pub fn idle_connection_usable(fd: std::os::fd::RawFd) -> bool {
+/// What a look at an idle connection found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IdleConnection {
+    /// Open, nothing waiting: fit to carry a request.
+    Quiet,
+    /// Closed by the peer, or broken.
+    Closed,
+    /// The peer sent something nobody asked for; its first byte.
+    Spoke(u8),
+}
+
+/// Looks at an idle connection: open, and with nothing unasked-for waiting to be
+/// read? One `recv(MSG_PEEK | MSG_DONTWAIT)`, where the standard library would need
+/// the socket switched to non-blocking and back.
+pub fn look_at_idle_connection(fd: std::os::fd::RawFd) -> IdleConnection {
     let mut byte = 0u8;
     // SAFETY: recv(2) writes at most 1 byte into `byte`, which outlives the call; an
     // invalid descriptor is an error return, not undefined behaviour.
@@ -234,7 +245,14 @@ pub fn idle_connection_usable(fd: std::os::fd::RawFd) -> bool {
     };
     // -1 with EAGAIN: nothing to read, the peer has not closed it. 0: closed by the
     // peer. A byte: the peer said something nobody asked for. Any other error: broken.
-    n < 0 && io::Error::last_os_error().kind() == io::ErrorKind::WouldBlock
+    match n {
+        1.. => IdleConnection::Spoke(byte),
+        0 => IdleConnection::Closed,
+        _ if io::Error::last_os_error().kind() == io::ErrorKind::WouldBlock => {
+            IdleConnection::Quiet
+        }
+        _ => IdleConnection::Closed,
+    }
 }
 
 /// Shrinks a socket's send and receive buffers, so that a test can fill them with a

@@ -317,6 +317,45 @@ fn a_second_answer_read_in_one_piece_with_the_first_fails_the_attempt() {
 }
 
 #[test]
+fn an_answer_that_comes_after_the_one_taken_is_reported() {
+    // Batch 2 gets a stray 200 at once and its real answer, 500, 100 ms later: the
+    // stray is taken (nothing can tell them apart), but the late 500, found before
+    // batch 3, is said loudly rather than dropped with the connection.
+    let late_answer_sent = Arc::new(AtomicUsize::new(0));
+    let sent = Arc::clone(&late_answer_sent);
+    let endpoint = Scripted::start(move |stream, bodies| {
+        if read_request(stream, bodies) && stream.write_all(OK).is_ok() {
+            read_request(stream, bodies);
+            let _ = stream.write_all(OK);
+            std::thread::sleep(Duration::from_millis(100));
+            let _ = stream.write_all(b"HTTP/1.1 500 Broken\r\nContent-Length: 0\r\n\r\n");
+            sent.store(1, Ordering::SeqCst);
+            std::thread::sleep(Duration::from_secs(5));
+        }
+    });
+    let fwd = Forwarder::start(
+        &["--post-endpoint", &endpoint.url, "--batch-size", "1"],
+        &[],
+    );
+    post_two_one_after_the_other(&fwd);
+    endpoint.wait_user_ids(2);
+    let deadline = Instant::now() + SOON;
+    while late_answer_sent.load(Ordering::SeqCst) == 0 {
+        assert!(
+            Instant::now() < deadline,
+            "the endpoint never sent its late answer"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    assert_eq!(fwd.post(&record(3)).status, 201);
+    assert_eq!(endpoint.wait_user_ids(3), [1, 2, 3]);
+    fwd.proc.wait_line(
+        "level=error msg=\"the endpoint sent an answer nobody asked for",
+        SOON,
+    );
+}
+
+#[test]
 fn noise_behind_an_answer_on_a_reused_connection_leaves_the_answer_standing() {
     // The second answer on the reused connection carries a stray CRLF, then a word.
     let endpoint = Scripted::start(|stream, bodies| {

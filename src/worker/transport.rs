@@ -23,6 +23,8 @@
 use std::io::{self, IoSlice, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::os::fd::AsRawFd;
+
+use crate::os::IdleConnection;
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
@@ -369,7 +371,20 @@ impl Transport for LeanTcpTransport {
         if std::mem::take(&mut self.read_since_probe) {
             return true;
         }
-        crate::os::idle_connection_usable(self.stream.as_raw_fd())
+        match crate::os::look_at_idle_connection(self.stream.as_raw_fd()) {
+            IdleConnection::Quiet => true,
+            IdleConnection::Closed => false,
+            // Plain HTTP: an answer that came after the last one was read. If it is
+            // that request's own, the one taken for it was a stray, and the batch may
+            // not have been delivered: say so (over TLS the bytes cannot be read).
+            IdleConnection::Spoke(b'H' | b'h') => {
+                log::error!(
+                    "the endpoint sent an answer nobody asked for after its last one: it answers twice, or the last batch took a stray answer for its own and may not have been delivered"
+                );
+                false
+            }
+            IdleConnection::Spoke(_) => false,
+        }
     }
 }
 
