@@ -113,24 +113,21 @@ mod tests {
 
     #[test]
     fn only_the_start_of_another_answer_counts() {
-        for answer in [
-            &b"HTTP/1.1 200 OK\r\n\r\n"[..],
-            b"\r\nHTTP/1.1 500 No\r\n",
-            b"HTTP/",
-            b"HTT",
-            b"http/1.0 201",
-        ] {
-            assert!(starts_an_answer(answer), "{answer:?}");
-        }
-        for noise in [
-            &b""[..],
-            b"\r\n",
-            b"\r\n\r\n",
-            b"junk",
-            b"0\r\n\r\n",
-            b"HTXP/1.1",
-        ] {
-            assert!(!starts_an_answer(noise), "{noise:?}");
+        let cases: [(&[u8], bool); 11] = [
+            (b"HTTP/1.1 200 OK\r\n\r\n", true),
+            (b"\r\nHTTP/1.1 500 No\r\n", true),
+            (b"HTTP/", true),
+            (b"HTT", true),
+            (b"http/1.0 201", true),
+            (b"", false),
+            (b"\r\n", false),
+            (b"\r\n\r\n", false),
+            (b"junk", false),
+            (b"0\r\n\r\n", false),
+            (b"HTXP/1.1", false),
+        ];
+        for (leftover, another_answer) in cases {
+            assert_eq!(starts_an_answer(leftover), another_answer, "{leftover:?}");
         }
     }
 }
