@@ -23,8 +23,6 @@
 use std::io::{self, IoSlice, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::os::fd::AsRawFd;
-
-use crate::os::IdleConnection;
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
@@ -33,6 +31,8 @@ use ureq::unversioned::transport::{
     Buffers, ConnectionDetails, Connector, Either, LazyBuffers, NextTimeout, ShutdownHandle,
     Transport,
 };
+
+use crate::os::IdleConnection;
 
 /// How far past its deadline a read or write may run before shortening the socket's
 /// timeout is worth a system call.
