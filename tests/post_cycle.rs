@@ -4,7 +4,8 @@
 //! says more than it was asked, costs a new connection, never a failed attempt; a
 //! second answer behind the first on a reused connection fails the attempt.
 //! The worker holds the next batch while it posts one, and posts nothing after a
-//! failure or a forced stop; a drain delivers both, in order.
+//! failure or a forced stop; a drain delivers both, in order. A name slower to look
+//! up than `--post-timeout` costs one attempt, not the batch.
 
 mod common;
 
@@ -710,4 +711,136 @@ fn a_flooded_loop_on_one_core_still_lets_every_batch_out() {
         took < Duration::from_secs(1),
         "{RECORDS} batches took {took:?} with the loop flooded ({flood_during} health checks)"
     );
+}
+
+/// A DNS server for one test: it answers every A query with 127.0.0.1 and every other
+/// query with no record, each after `delay`, and counts the A queries.
+struct SlowDns {
+    ip: std::net::Ipv4Addr,
+    a_queries: Arc<AtomicUsize>,
+}
+
+impl SlowDns {
+    /// None when port 53 cannot be had (not root).
+    fn start(delay: Duration) -> Option<SlowDns> {
+        // An address of its own in 127/8, so no other resolver on the host is in the way.
+        let ip = std::net::Ipv4Addr::new(127, 83, (std::process::id() % 250) as u8 + 1, 1);
+        let socket = std::net::UdpSocket::bind((ip, 53)).ok()?;
+        let a_queries = Arc::new(AtomicUsize::new(0));
+        let counted = Arc::clone(&a_queries);
+        std::thread::spawn(move || {
+            let mut query = [0u8; 512];
+            while let Ok((len, from)) = socket.recv_from(&mut query) {
+                let Some(answer) = dns_answer(&query[..len]) else {
+                    continue;
+                };
+                if answer[7] == 1 {
+                    counted.fetch_add(1, Ordering::SeqCst);
+                }
+                let socket = socket.try_clone().unwrap();
+                std::thread::spawn(move || {
+                    std::thread::sleep(delay);
+                    let _ = socket.send_to(&answer, from);
+                });
+            }
+        });
+        Some(SlowDns { ip, a_queries })
+    }
+}
+
+/// The answer to one DNS query, with one A record of 127.0.0.1 if it asks for A.
+fn dns_answer(query: &[u8]) -> Option<Vec<u8>> {
+    let mut end = 12;
+    while *query.get(end)? != 0 {
+        end += 1 + usize::from(query[end]);
+    }
+    let question = query.get(12..end + 5)?;
+    let asks_for_a = question[question.len() - 4..question.len() - 2] == [0, 1];
+    let mut answer = vec![
+        query[0],
+        query[1],
+        0x81,
+        0x80,
+        0,
+        1,
+        0,
+        u8::from(asks_for_a),
+        0,
+        0,
+        0,
+        0,
+    ];
+    answer.extend_from_slice(question);
+    if asks_for_a {
+        // The name by pointer to the question, A, IN, TTL 60 s, four bytes.
+        answer.extend_from_slice(&[0xc0, 12, 0, 1, 0, 1, 0, 0, 0, 60, 0, 4, 127, 0, 0, 1]);
+    }
+    Some(answer)
+}
+
+/// A name that takes longer to look up than `--post-timeout` costs the first attempt,
+/// not the batch: the retry uses what that attempt looked up instead of asking again,
+/// and again, until the batch is dead-lettered.
+#[test]
+fn a_lookup_slower_than_the_post_timeout_costs_one_attempt_not_the_batch() {
+    // The service sees its own resolv.conf in a mount namespace of its own.
+    let isolated = std::process::Command::new("unshare")
+        .args(["-m", "true"])
+        .status()
+        .is_ok_and(|s| s.success());
+    let dns = if isolated {
+        SlowDns::start(Duration::from_millis(1500))
+    } else {
+        None
+    };
+    let Some(dns) = dns else {
+        assert!(
+            !in_ci(),
+            "CI runs as root: unshare -m and port 53 must work"
+        );
+        eprintln!("skipped: needs root (a mount namespace and port 53)");
+        return;
+    };
+    let resolv = temp_path("resolv.conf");
+    std::fs::write(
+        &resolv,
+        format!("nameserver {}\noptions timeout:5 attempts:1\n", dns.ip),
+    )
+    .unwrap();
+    let sink = Sink::start(&[]);
+    let endpoint = format!("http://sink.test:{}/ingest", sink.addr.port());
+    let mut launcher = std::process::Command::new("unshare");
+    launcher.args([
+        "-m",
+        "sh",
+        "-c",
+        "mount --bind \"$0\" /etc/resolv.conf && exec \"$@\"",
+    ]);
+    launcher
+        .arg(&resolv)
+        .arg(env!("CARGO_BIN_EXE_webhook-forwarder"));
+    let args = [
+        "--post-endpoint",
+        &endpoint,
+        "--batch-size",
+        "1",
+        "--post-timeout",
+        "1s",
+        "--retry-wait",
+        "100ms",
+    ];
+    let mut fwd = Forwarder::listening(spawn_forwarder_with(launcher, &args, &[]));
+    fwd.post_accepted(&record(1));
+    assert_eq!(user_ids(&sink.wait_delivered_records(1, SOON)), [1]);
+    let sent = fwd.proc.wait_line("batch sent", SOON);
+    assert_eq!(field(&sent.text, "attempt"), "2", "{}", fwd.proc.text());
+    let failed = fwd.proc.wait_line("batch post failed", SOON);
+    assert!(failed.text.contains("timeout"), "{}", failed.text);
+    assert_eq!(
+        dns.a_queries.load(Ordering::SeqCst),
+        1,
+        "one lookup for both attempts"
+    );
+    fwd.proc.signal("TERM");
+    assert_eq!(fwd.proc.wait_exit(SOON).code(), Some(0));
 }

@@ -433,7 +433,7 @@ impl Poster {
                 }
             }
             let started = Instant::now();
-            let result = self.post_once();
+            let result = self.post_once(started);
             let took = started.elapsed();
             self.stats.attempts.fetch_add(1, Ordering::Relaxed);
             if attempt > 1 {
@@ -487,7 +487,7 @@ impl Poster {
         }
     }
 
-    fn post_once(&mut self) -> Attempt {
+    fn post_once(&mut self, attempt_began: Instant) -> Attempt {
         let mut request = self.agent.post(self.endpoint.clone());
         let body = match &self.gzip {
             Some(gzip) if self.gzipped => {
@@ -531,7 +531,7 @@ impl Poster {
             }
             Err(e) => {
                 // The endpoint may have moved: look its name up again next time.
-                self.resolver.forget();
+                self.resolver.forget_unless_looked_up_since(attempt_began);
                 // The message may quote the URL, userinfo and all.
                 Attempt::Error(crate::config::redact_urls_in(&e.to_string()))
             }

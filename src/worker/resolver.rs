@@ -5,7 +5,7 @@
 //! answers an IP literal without any lookup, looks a name up once on the worker
 //! thread (getaddrinfo; its time counts within the POST's global timeout, and the
 //! system resolver's own timeouts bound a hung lookup), and keeps the answer until
-//! a connection fails or `TTL` has passed.
+//! `TTL` has passed or an attempt fails that did not look it up itself.
 
 use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
 use std::sync::{Arc, Mutex};
@@ -54,9 +54,14 @@ impl CachingResolver {
         }
     }
 
-    /// A connection failed: the next request looks the name up again.
-    pub fn forget(&self) {
-        if let Ok(mut cache) = self.cache.lock() {
+    /// An attempt that began at `attempt_began` failed: the next one looks the name
+    /// up again, unless this attempt looked it up itself. Asking again at once would
+    /// bring the same answer at the same cost, and a lookup slower than
+    /// `--post-timeout` would then fail every retry in turn.
+    pub fn forget_unless_looked_up_since(&self, attempt_began: Instant) {
+        if let Ok(mut cache) = self.cache.lock()
+            && cache.at.is_some_and(|at| at < attempt_began)
+        {
             cache.at = None;
         }
     }
@@ -167,12 +172,31 @@ mod tests {
             assert_eq!(resolve(&r, "http://localhost:8080/x"), first);
         }
         assert_eq!(r.lookups(), 1);
-        r.forget();
+        r.forget_unless_looked_up_since(Instant::now());
         resolve(&r, "http://localhost:8080/x");
         assert_eq!(r.lookups(), 2);
         // Another port of the same host is another key.
         resolve(&r, "http://localhost:9090/x");
         assert_eq!(r.lookups(), 3);
+    }
+
+    /// A lookup made by the failing attempt itself stays for the retry; one made
+    /// before the attempt began goes.
+    #[test]
+    fn a_failed_attempt_keeps_only_the_lookup_it_made_itself() {
+        let r = CachingResolver::default();
+        let attempt_began = Instant::now();
+        resolve(&r, "http://localhost:8080/x");
+        r.forget_unless_looked_up_since(attempt_began);
+        resolve(&r, "http://localhost:8080/x");
+        assert_eq!(r.lookups(), 1, "looked up during the failed attempt: kept");
+        r.forget_unless_looked_up_since(Instant::now() + Duration::from_millis(1));
+        resolve(&r, "http://localhost:8080/x");
+        assert_eq!(
+            r.lookups(),
+            2,
+            "looked up by an earlier attempt: asked again"
+        );
     }
 
     #[test]

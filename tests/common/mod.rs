@@ -314,7 +314,11 @@ impl Forwarder {
         env: &[(&str, &str)],
         max_open_files: Option<u32>,
     ) -> Forwarder {
-        let proc = spawn_forwarder_limited(args, env, max_open_files);
+        Forwarder::listening(spawn_forwarder_limited(args, env, max_open_files))
+    }
+
+    /// The service started some other way (see `spawn_forwarder`), once it listens.
+    pub fn listening(proc: Proc) -> Forwarder {
         let line = proc.wait_for("the startup line", SOON, |lines| {
             lines
                 .iter()
@@ -385,7 +389,7 @@ pub fn spawn_forwarder_limited(
     env: &[(&str, &str)],
     max_open_files: Option<u32>,
 ) -> Proc {
-    let mut command = match max_open_files {
+    let command = match max_open_files {
         None => Command::new(env!("CARGO_BIN_EXE_webhook-forwarder")),
         Some(n) => {
             let mut sh = Command::new("sh");
@@ -397,6 +401,12 @@ pub fn spawn_forwarder_limited(
             sh
         }
     };
+    spawn_forwarder_with(command, args, env)
+}
+
+/// Starts the forwarder through `command`: the binary itself, or a launcher that ends
+/// by running it with the arguments added after its own.
+pub fn spawn_forwarder_with(mut command: Command, args: &[&str], env: &[(&str, &str)]) -> Proc {
     let names_http = |a: &&str| {
         let name = a.trim_start_matches('-');
         a.starts_with('-') && (name == "http" || name.starts_with("http="))
