@@ -112,3 +112,42 @@ fn a_policy_set_from_outside_is_left_alone() {
         "chrt's policy on both threads"
     );
 }
+
+/// The lookups that follow failed connections make no thread either.
+#[test]
+fn looking_the_name_up_again_after_failures_creates_no_thread() {
+    if !strace_available() {
+        return;
+    }
+    // Nothing listens there: every attempt fails to connect.
+    let endpoint = format!("http://localhost:{}/ingest", closed_port());
+    let mut fwd = Forwarder::start(
+        &[
+            "--post-endpoint",
+            &endpoint,
+            "--batch-size",
+            "1",
+            "--retry-wait",
+            "20ms",
+        ],
+        &[],
+    );
+    let pid = fwd.proc.pid();
+    assert_eq!(threads_of(pid).len(), 2);
+    let strace = Strace::attach(
+        &pid.to_string(),
+        &["-f", "-qq", "-e", "trace=clone,clone3,fork,vfork,openat"],
+        "relookup.trace",
+    );
+    fwd.post_accepted(&record(1));
+    fwd.proc
+        .wait_line("batch delivery failed after all retries", SOON);
+    assert_ne!(fwd.proc.wait_exit(SOON).code(), Some(0));
+    let calls = strace.finish();
+    let lookups = calls.matches("/etc/hosts").count();
+    assert!(
+        lookups >= 2,
+        "the retries looked the name up again:\n{calls}"
+    );
+    assert!(!calls.contains("clone"), "threads were created:\n{calls}");
+}
