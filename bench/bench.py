@@ -575,6 +575,7 @@ def remote_run(procs, batch):
     post_ms = m["webhook_post_duration_seconds_sum"] / posts * 1000 if posts else None
     return {
         "batch": batch, "records_per_s": accepted / elapsed, "non2xx": w["non2xx"],
+        "socket_errors": w["socket_errors"],
         "limit_per_s": batch / (post_ms / 1000) if post_ms else None, "post_mean_ms": post_ms,
         "cpu_percent": 100.0 * ticks / CLK_TCK / elapsed,
         "cpu_us_per_record": ticks / CLK_TCK * 1e6 / accepted if accepted else None,
@@ -1052,10 +1053,12 @@ def table(results):
         reached = r["records_per_s"] / r["limit_per_s"] if r["limit_per_s"] else 0
         rows.append((f"remote 20 ms, batch {batch}",
                      f"{fmt_int(r['records_per_s'])}/s of {fmt_int(r['limit_per_s'] or 0)}/s "
-                     f"({reached:.2f}), non-2xx {r['non2xx']}",
+                     f"({reached:.2f}), non-2xx {r['non2xx']}, socket errors "
+                     f"{r.get('socket_errors', 'n/a')}",
                      f"{r['cpu_percent']:.1f}% CPU, {r['cpu_us_per_record'] or 0:.1f} us/record",
-                     ">= 0.9 of the limit, 0 non-2xx",
-                     verdict(reached >= 0.9 and r["non2xx"] == 0)))
+                     ">= 0.9 of the limit, 0 non-2xx, 0 socket errors",
+                     verdict(reached >= 0.9 and r["non2xx"] == 0
+                             and r.get("socket_errors") == 0)))
     rows.append(None)
     idle = results.get("idle")
     if idle:
