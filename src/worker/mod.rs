@@ -530,7 +530,8 @@ impl Poster {
                 Attempt::Status(status)
             }
             Err(e) => {
-                // The endpoint may have moved: look its name up again next time.
+                // The endpoint may have moved: look its name up again next time,
+                // unless this attempt has just done so.
                 self.resolver.forget_unless_looked_up_since(attempt_began);
                 // The message may quote the URL, userinfo and all.
                 Attempt::Error(crate::config::redact_urls_in(&e.to_string()))
